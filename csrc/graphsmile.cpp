@@ -1,0 +1,34 @@
+// The graphsmile operator library: schemas, defined once. Kernels are registered per dispatch
+// key in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); autograd formulas and fake (meta)
+// implementations are registered from Python in graphsmile/ops/_registry.py.
+//
+// Importing graphsmile._C loads this library; it exposes no Python functions of its own (the
+// ops are reached through torch.ops.graphsmile.*).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// A module with no methods: `import graphsmile._C` only has to run the static registrations.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(graphsmile, m) {
+  // s = d^{-1/2} (0 where d == 0), d_i = sum of the weights of the edges leaving node i. [M*N]
+  m.def("window_norm(Tensor edge_weight, Tensor lengths, SymInt num_nodes, int num_modal, int win_p, "
+        "int win_f, int weight_mode) -> Tensor");
+  m.def("window_norm_backward(Tensor grad_norm, Tensor norm, Tensor edge_weight, Tensor lengths, "
+        "int num_modal, int win_p, int win_f, int weight_mode) -> Tensor");
+  // y_i = s_i sum_{e=(i,j)} a_e s_j x_j over the windowed cross-modal edges. [M*N, D]
+  m.def("window_spmm(Tensor x, Tensor edge_weight, Tensor norm, Tensor lengths, int num_modal, "
+        "int win_p, int win_f, int weight_mode) -> Tensor");
+  m.def("window_spmm_backward(Tensor grad_y, Tensor x, Tensor edge_weight, Tensor norm, Tensor lengths, "
+        "int num_modal, int win_p, int win_f, int weight_mode, bool[3] output_mask) -> "
+        "(Tensor, Tensor, Tensor)");
+  // out[pair(i, j)] = a_i + b_j over the shift pairs of each chunk. [P, C]
+  m.def("shift_pair_sum(Tensor a, Tensor b, Tensor lengths, SymInt num_pairs, int shift_win) -> Tensor");
+  m.def("shift_pair_sum_backward(Tensor grad, Tensor lengths, SymInt num_nodes, int shift_win, "
+        "bool[2] output_mask) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,149 @@
+// Host-side argument checks and per-dialogue metadata shared by the CPU and CUDA launchers.
+// Every user-facing error names the argument and says what was expected (TORCH_CHECK raises a
+// Python RuntimeError/ValueError with the message); nothing here is an internal assertion.
+#pragma once
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <vector>
+
+#include "../kernels/window_index.h"
+
+namespace graphsmile {
+
+// Per-dialogue offsets of one batch, computed from `lengths` on the host in O(B).
+struct WindowMeta {
+  int64_t num_dialogues = 0;
+  int64_t num_nodes = 0;         // N = sum(lengths): utterances per modality
+  int64_t num_edges = 0;         // E = M(M-1) * sum_b c(L_b)
+  int64_t max_len = 0;
+  std::vector<int64_t> start;    // s_b: first packed utterance of dialogue b
+  std::vector<int64_t> length;   // L_b
+  std::vector<int64_t> band;     // c(L_b): edges of one modality pair in dialogue b
+  std::vector<int64_t> edge_base;// first edge id of dialogue b
+};
+
+inline void check_windows(int64_t num_modal, int64_t win_p, int64_t win_f, int64_t weight_mode) {
+  TORCH_CHECK_VALUE(num_modal >= 2, "graphsmile: num_modal must be >= 2 (a cross-modal graph needs two "
+                    "modalities), got ", num_modal);
+  TORCH_CHECK_VALUE(win_p >= -1, "graphsmile: win_p must be -1 (unbounded) or >= 0, got ", win_p);
+  TORCH_CHECK_VALUE(win_f >= -1, "graphsmile: win_f must be -1 (unbounded) or >= 0, got ", win_f);
+  TORCH_CHECK_VALUE(weight_mode == kPerEdge || weight_mode == kRelative,
+                    "graphsmile: weight_mode must be 0 (per_edge) or 1 (relative), got ", weight_mode);
+  TORCH_CHECK_VALUE(weight_mode != kRelative || (win_p >= 0 && win_f >= 0),
+                    "graphsmile: weight_mode 'relative' needs finite windows (win_p, win_f >= 0), got "
+                    "win_p=", win_p, ", win_f=", win_f);
+}
+
+// Reads `lengths` (a 1-D integer tensor; copied to the host if it lives on a GPU) and builds the
+// per-dialogue offsets. Edge counts are only needed by the window ops (with_edges).
+inline WindowMeta make_window_meta(const at::Tensor& lengths, int64_t num_modal, int64_t win_p,
+                                   int64_t win_f, bool with_edges = true) {
+  TORCH_CHECK_VALUE(lengths.dim() == 1, "graphsmile: lengths must be a 1-D tensor of dialogue lengths, got "
+                    "shape ", lengths.sizes());
+  TORCH_CHECK_VALUE(!at::isFloatingType(lengths.scalar_type()) && !at::isComplexType(lengths.scalar_type()) &&
+                    lengths.scalar_type() != at::kBool,
+                    "graphsmile: lengths must hold integers, got dtype ", lengths.scalar_type());
+  TORCH_CHECK_VALUE(lengths.numel() > 0, "graphsmile: lengths is empty: a batch needs at least one dialogue");
+  at::Tensor host = lengths.to(at::kCPU, at::kLong).contiguous();
+  const int64_t* len = host.data_ptr<int64_t>();
+  WindowMeta meta;
+  meta.num_dialogues = host.numel();
+  meta.start.resize(meta.num_dialogues);
+  meta.length.resize(meta.num_dialogues);
+  if (with_edges) {
+    meta.band.resize(meta.num_dialogues);
+    meta.edge_base.resize(meta.num_dialogues);
+  }
+  const int64_t pairs = num_modal * (num_modal - 1);
+  for (int64_t b = 0; b < meta.num_dialogues; ++b) {
+    TORCH_CHECK_VALUE(len[b] >= 1, "graphsmile: lengths[", b, "] = ", len[b],
+                      ": every dialogue needs at least one utterance");
+    meta.start[b] = meta.num_nodes;
+    meta.length[b] = len[b];
+    meta.num_nodes += len[b];
+    meta.max_len = std::max(meta.max_len, len[b]);
+    if (with_edges) {
+      meta.band[b] = window_band_count(len[b], win_p, win_f);
+      meta.edge_base[b] = meta.num_edges;
+      meta.num_edges += pairs * meta.band[b];
+    }
+  }
+  return meta;
+}
+
+inline void check_float_tensor(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "graphsmile: ", name,
+                   " must be a floating-point tensor, got dtype ", t.scalar_type());
+}
+
+inline void check_same_device(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), "graphsmile: ", an, " is on ", a.device(), " but ", bn,
+                    " is on ", b.device(), "; move them to the same device");
+}
+
+inline void check_same_dtype(const at::Tensor& a, const char* an, const at::Tensor& b, const char* bn) {
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "graphsmile: ", an, " has dtype ", a.scalar_type(),
+                   " but ", bn, " has dtype ", b.scalar_type(), "; they must match");
+}
+
+// Edge weights: a vector of >= E entries (per_edge; entries past E are unused), or the
+// [M, M-1, win_p+win_f+1] table of the relative mode (any shape with that many entries).
+inline void check_edge_weight(const at::Tensor& w, const WindowMeta& meta, int64_t num_modal,
+                              int64_t win_p, int64_t win_f, int64_t weight_mode) {
+  check_float_tensor(w, "edge_weight");
+  if (weight_mode == kPerEdge) {
+    TORCH_CHECK_VALUE(w.dim() == 1, "graphsmile: edge_weight must be 1-D in per_edge mode, got shape ",
+                      w.sizes());
+    TORCH_CHECK_VALUE(w.numel() >= meta.num_edges, "graphsmile: edge_weight has ", w.numel(),
+                      " entries but this batch has E = ", meta.num_edges, " edges (",
+                      meta.num_dialogues, " dialogues, ", meta.num_nodes, " utterances, num_modal=", num_modal,
+                      ", win_p=", win_p, ", win_f=", win_f,
+                      "); raise edge_capacity, shorten the windows or use smaller batches");
+  } else {
+    const int64_t want = num_modal * (num_modal - 1) * (win_p + win_f + 1);
+    TORCH_CHECK_VALUE(w.numel() == want, "graphsmile: edge_weight in relative mode must have M*(M-1)*"
+                      "(win_p+win_f+1) = ", want, " entries (shape [", num_modal, ", ", num_modal - 1, ", ",
+                      win_p + win_f + 1, "]), got shape ", w.sizes());
+  }
+}
+
+inline void check_features(const at::Tensor& x, const char* name, const WindowMeta& meta, int64_t num_modal) {
+  check_float_tensor(x, name);
+  TORCH_CHECK_VALUE(x.dim() == 2, "graphsmile: ", name, " must be 2-D [num_modal * N, D], got shape ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(x.size(0) == num_modal * meta.num_nodes, "graphsmile: ", name, " has ", x.size(0),
+                    " rows but num_modal * sum(lengths) = ", num_modal, " * ", meta.num_nodes, " = ",
+                    num_modal * meta.num_nodes);
+}
+
+inline void check_norm(const at::Tensor& norm, const WindowMeta& meta, int64_t num_modal) {
+  check_float_tensor(norm, "norm");
+  TORCH_CHECK_VALUE(norm.dim() == 1 && norm.size(0) == num_modal * meta.num_nodes,
+                    "graphsmile: norm must be 1-D with num_modal * sum(lengths) = ", num_modal * meta.num_nodes,
+                    " entries, got shape ", norm.sizes());
+}
+
+// Shift pairs: per-dialogue pair offsets.
+struct ShiftMeta {
+  int64_t num_nodes = 0;
+  int64_t num_pairs = 0;
+  std::vector<int64_t> start, length, pair_base;
+};
+
+inline ShiftMeta make_shift_meta(const at::Tensor& lengths, int64_t shift_win) {
+  TORCH_CHECK_VALUE(shift_win == -1 || shift_win > 0,
+                    "graphsmile: shift_win must be -1 (whole dialogue) or > 0, got ", shift_win);
+  WindowMeta w = make_window_meta(lengths, 2, -1, -1, /*with_edges=*/false);
+  ShiftMeta meta;
+  meta.num_nodes = w.num_nodes;
+  meta.start = w.start;
+  meta.length = w.length;
+  meta.pair_base.resize(w.num_dialogues);
+  for (int64_t b = 0; b < w.num_dialogues; ++b) {
+    meta.pair_base[b] = meta.num_pairs;
+    meta.num_pairs += shift_pair_count(w.length[b], shift_win);
+  }
+  return meta;
+}
+
+}  // namespace graphsmile

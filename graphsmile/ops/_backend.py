@@ -1,0 +1,52 @@
+"""Backend selection shared by the public ops."""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference", "dense")
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """Maps ``backend`` to a concrete one for tensors on ``device``; raises a clear error when
+    the requested backend cannot run there."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cpu":
+            return "cpu" if _ext.has_kernel("CPU") else "reference"
+        if device.type == "cuda":
+            if _ext.has_kernel("CUDA"):
+                return "cuda"
+            return "triton" if triton_available() else "reference"
+        return "reference"
+    if backend == "cpu":
+        if not _ext.has_kernel("CPU"):
+            raise RuntimeError(f"backend='cpu' needs the compiled extension graphsmile._C, which is not available ({_ext.LOAD_ERROR}); use backend='reference' or rebuild")
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' runs on CPU tensors, but the inputs are on {device}")
+    elif backend == "cuda":
+        if not _ext.has_kernel("CUDA"):
+            why = _ext.LOAD_ERROR or "graphsmile._C was built without CUDA kernels (no nvcc or a CPU-only torch at build time)"
+            raise RuntimeError(f"backend='cuda' is not available: {why}")
+        if device.type != "cuda":
+            raise ValueError(f"backend='cuda' runs on CUDA tensors, but the inputs are on {device}")
+    elif backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs the triton package, which is not installed (pip install triton)")
+        if device.type != "cuda" and not _triton_interpreting():
+            raise ValueError(f"backend='triton' runs on CUDA tensors (or on the CPU under TRITON_INTERPRET=1), but the inputs are on {device}")
+    return backend
+
+
+def _triton_interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -1,0 +1,37 @@
+"""Loading the compiled extension ``graphsmile._C``.
+
+The extension defines the ``torch.ops.graphsmile`` library (schemas in ``csrc/graphsmile.cpp``)
+and its CPU (and, when built with CUDA, CUDA) kernels. If it cannot be loaded, graphsmile still
+imports: ``backend="auto"`` then runs the pure-torch reference implementation, and one warning
+says why.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+HAS_EXTENSION = False
+LOAD_ERROR: str | None = None
+
+try:  # importing the module runs the TORCH_LIBRARY registrations
+    from graphsmile import _C  # noqa: F401
+
+    HAS_EXTENSION = True
+except Exception as exc:  # ImportError, or an undefined-symbol OSError from a torch mismatch
+    LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    warnings.warn(
+        "graphsmile: the compiled extension graphsmile._C could not be loaded "
+        f"({LOAD_ERROR}); the graph ops fall back to the pure-torch reference implementation, "
+        "which is correct but slower. Rebuild with `pip install --no-build-isolation -e .` "
+        "against the installed torch to get the C++/CUDA kernels.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def has_kernel(dispatch_key: str) -> bool:
+    """True when the ``graphsmile`` library has kernels for ``dispatch_key`` ("CPU", "CUDA")."""
+    if not HAS_EXTENSION:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("graphsmile::window_spmm", dispatch_key)

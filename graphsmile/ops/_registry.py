@@ -1,0 +1,99 @@
+"""Fake (meta) implementations and autograd formulas of the C++ ops ``torch.ops.graphsmile.*``.
+
+Registered with ``torch.library`` so the ops work under ``torch.compile(fullgraph=True)`` and
+``torch.library.opcheck``. Backward formulas call the registered backward ops, so they stay
+traceable. Imported only when the extension loaded.
+"""
+from __future__ import annotations
+
+import torch
+
+_lib = "graphsmile::"
+
+
+@torch.library.register_fake(_lib + "window_norm")
+def _window_norm_fake(edge_weight, lengths, num_nodes, num_modal, win_p, win_f, weight_mode):
+    return edge_weight.new_empty(num_modal * num_nodes)
+
+
+@torch.library.register_fake(_lib + "window_norm_backward")
+def _window_norm_backward_fake(grad_norm, norm, edge_weight, lengths, num_modal, win_p, win_f, weight_mode):
+    return torch.empty_like(edge_weight, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake(_lib + "window_spmm")
+def _window_spmm_fake(x, edge_weight, norm, lengths, num_modal, win_p, win_f, weight_mode):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake(_lib + "window_spmm_backward")
+def _window_spmm_backward_fake(grad_y, x, edge_weight, norm, lengths, num_modal, win_p, win_f, weight_mode, output_mask):
+    gx = torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None
+    gw = torch.empty_like(edge_weight, memory_format=torch.contiguous_format) if output_mask[1] else None
+    gs = torch.empty_like(norm, memory_format=torch.contiguous_format) if output_mask[2] else None
+    return gx, gw, gs
+
+
+@torch.library.register_fake(_lib + "shift_pair_sum")
+def _shift_pair_sum_fake(a, b, lengths, num_pairs, shift_win):
+    return a.new_empty(num_pairs, a.shape[1])
+
+
+@torch.library.register_fake(_lib + "shift_pair_sum_backward")
+def _shift_pair_sum_backward_fake(grad, lengths, num_nodes, shift_win, output_mask):
+    ga = grad.new_empty(num_nodes, grad.shape[1]) if output_mask[0] else None
+    gb = grad.new_empty(num_nodes, grad.shape[1]) if output_mask[1] else None
+    return ga, gb
+
+
+# --- autograd -----------------------------------------------------------------------------
+
+
+def _norm_setup(ctx, inputs, output):
+    edge_weight, lengths, num_nodes, num_modal, win_p, win_f, weight_mode = inputs
+    ctx.save_for_backward(output, edge_weight, lengths)
+    ctx.args = (num_modal, win_p, win_f, weight_mode)
+
+
+def _norm_backward(ctx, grad_norm):
+    norm, edge_weight, lengths = ctx.saved_tensors
+    grad_w = None
+    if ctx.needs_input_grad[0]:
+        grad_w = torch.ops.graphsmile.window_norm_backward(grad_norm, norm, edge_weight, lengths, *ctx.args)
+    return grad_w, None, None, None, None, None, None
+
+
+def _spmm_setup(ctx, inputs, output):
+    x, edge_weight, norm, lengths, num_modal, win_p, win_f, weight_mode = inputs
+    ctx.save_for_backward(x, edge_weight, norm, lengths)
+    ctx.args = (num_modal, win_p, win_f, weight_mode)
+
+
+def _spmm_backward(ctx, grad_y):
+    x, edge_weight, norm, lengths = ctx.saved_tensors
+    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])]
+    if not any(mask):
+        return (None,) * 8
+    gx, gw, gs = torch.ops.graphsmile.window_spmm_backward(grad_y, x, edge_weight, norm, lengths, *ctx.args, mask)
+    return gx, gw, gs, None, None, None, None, None
+
+
+def _pair_setup(ctx, inputs, output):
+    a, b, lengths, num_pairs, shift_win = inputs
+    ctx.save_for_backward(lengths)
+    ctx.num_nodes = a.shape[0]
+    ctx.shift_win = shift_win
+
+
+def _pair_backward(ctx, grad):
+    (lengths,) = ctx.saved_tensors
+    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
+    if not any(mask):
+        return (None,) * 5
+    ga, gb = torch.ops.graphsmile.shift_pair_sum_backward(grad, lengths, ctx.num_nodes, ctx.shift_win, mask)
+    return ga, gb, None, None, None
+
+
+torch.library.register_autograd(_lib + "window_norm", _norm_backward, setup_context=_norm_setup)
+torch.library.register_autograd(_lib + "window_spmm", _spmm_backward, setup_context=_spmm_setup)
+torch.library.register_autograd(_lib + "shift_pair_sum", _pair_backward, setup_context=_pair_setup)

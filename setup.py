@@ -1,0 +1,87 @@
+"""Builds graphsmile._C: the C++ CPU kernels always, the CUDA kernels when torch has CUDA and
+nvcc is found.
+
+Environment knobs:
+  USE_CUDA=0                skip the CUDA sources even where they could be built
+  GRAPHSMILE_FORCE_CUDA=1   build the CUDA sources on a machine without a GPU (CI, containers)
+  TORCH_CUDA_ARCH_LIST      target architectures (default on a GPU-less forced build: "8.0;9.0")
+  DEBUG=1                   -O0 -g
+  MAX_JOBS                  parallel compile jobs (ninja)
+"""
+import glob
+import os
+import sys
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _want_cuda() -> tuple[bool, str]:
+    if os.environ.get("USE_CUDA", "1") == "0":
+        return False, "USE_CUDA=0"
+    if torch.version.cuda is None:
+        return False, "the installed torch has no CUDA"
+    if cpp_extension.CUDA_HOME is None:
+        return False, "nvcc / CUDA_HOME not found"
+    if torch.cuda.is_available() or _flag("GRAPHSMILE_FORCE_CUDA"):
+        return True, ""
+    return False, "no GPU visible (set GRAPHSMILE_FORCE_CUDA=1 to build the CUDA kernels anyway)"
+
+
+def extensions():
+    debug = _flag("DEBUG")
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-std=c++17"]
+    ldflags = []
+    if torch.backends.openmp.is_available() and sys.platform != "darwin":
+        # at::parallel_for expands to an OpenMP region inside our translation units.
+        cxx += ["-fopenmp"]
+        ldflags += ["-fopenmp"]
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "kernels")]
+    use_cuda, why = _want_cuda()
+    if use_cuda:
+        cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        # torch's CUDA headers include cuBLAS/cuSPARSE headers; with pip-installed CUDA torch
+        # they live in the nvidia-* wheels.
+        try:
+            import nvidia
+
+            for base in nvidia.__path__:
+                for inc in glob.glob(os.path.join(base, "*", "include")):
+                    include_dirs.append(inc)
+        except ImportError:
+            pass
+        print(f"graphsmile: building CPU + CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(detected)')}")
+        return [
+            cpp_extension.CUDAExtension(
+                "graphsmile._C",
+                sources + cu,
+                include_dirs=include_dirs,
+                extra_compile_args={"cxx": cxx + ["-DGRAPHSMILE_WITH_CUDA"], "nvcc": nvcc},
+                extra_link_args=ldflags,
+            )
+        ]
+    print(f"graphsmile: building CPU kernels only ({why})")
+    return [
+        cpp_extension.CppExtension(
+            "graphsmile._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}, extra_link_args=ldflags
+        )
+    ]
+
+
+setup(
+    packages=find_packages(include=["graphsmile", "graphsmile.*"]),
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)},
+)
