@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
@@ -10,8 +11,12 @@ from . import _ext
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference", "dense")
 
 
+_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Whether the triton package is installed (looked up once, at import)."""
+    return _TRITON
 
 
 def resolve(backend: str, device: torch.device) -> str:
@@ -47,6 +52,4 @@ def resolve(backend: str, device: torch.device) -> str:
 
 
 def _triton_interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -7,6 +7,7 @@ says why.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -15,6 +16,8 @@ HAS_EXTENSION = False
 LOAD_ERROR: str | None = None
 
 try:  # importing the module runs the TORCH_LIBRARY registrations
+    if os.environ.get("GRAPHSMILE_NO_EXTENSION", "0") == "1":
+        raise ImportError("disabled by GRAPHSMILE_NO_EXTENSION=1")
     from graphsmile import _C  # noqa: F401
 
     HAS_EXTENSION = True
@@ -30,8 +33,17 @@ except Exception as exc:  # ImportError, or an undefined-symbol OSError from a t
     )
 
 
-def has_kernel(dispatch_key: str) -> bool:
-    """True when the ``graphsmile`` library has kernels for ``dispatch_key`` ("CPU", "CUDA")."""
+def _has_kernel(dispatch_key: str) -> bool:
     if not HAS_EXTENSION:
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key("graphsmile::window_spmm", dispatch_key)
+
+
+# Looked up once: the registrations are fixed once _C is loaded, and plain booleans trace
+# under torch.compile.
+_KERNELS = {key: _has_kernel(key) for key in ("CPU", "CUDA")}
+
+
+def has_kernel(dispatch_key: str) -> bool:
+    """True when the ``graphsmile`` library has kernels for ``dispatch_key`` ("CPU", "CUDA")."""
+    return _KERNELS.get(dispatch_key, False)

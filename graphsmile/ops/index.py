@@ -89,17 +89,25 @@ def _hi(j: torch.Tensor, L: torch.Tensor, win_f: int) -> torch.Tensor:
 
 
 def band_count(L: int, win_p: int, win_f: int) -> int:
-    """c(L): edges of one ordered modality pair in a dialogue of length L."""
-    t = torch.tensor([L], dtype=torch.long)
-    return int(_row_start(t, t, win_p, win_f)[0])
+    """c(L): edges of one ordered modality pair in a dialogue of length L (closed form of
+    ``window_row_start(L, L)`` in window_index.h, in Python ints so it traces under
+    torch.compile)."""
+    if win_f < 0:
+        sum_hi = L * L
+    else:
+        cnt = min(max(L - win_f, 0), L)
+        sum_hi = cnt * (win_f + 1) + cnt * (cnt - 1) // 2 + (L - cnt) * L
+    if win_p < 0:
+        return sum_hi
+    q = max(0, L - 1 - win_p)
+    return sum_hi - q * (q + 1) // 2
 
 
 def num_edges(lengths: Lengths, num_modal: int, win_p: int, win_f: int) -> int:
-    """E = M(M-1) * sum_b c(L_b) (SPEC 2), in O(B) without building any edge."""
+    """E = M(M-1) * sum_b c(L_b) (SPEC 2): O(B) integer arithmetic, no edge is built."""
     lens = lengths_to_list(lengths)
     check_window(win_p, win_f, num_modal)
-    L = torch.tensor(lens, dtype=torch.long)
-    return int(num_modal * (num_modal - 1) * _row_start(L, L, win_p, win_f).sum())
+    return num_modal * (num_modal - 1) * sum(band_count(L, win_p, win_f) for L in lens)
 
 
 def num_shift_pairs(lengths: Lengths, shift_win: int) -> int:
