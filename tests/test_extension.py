@@ -1,0 +1,60 @@
+"""The compiled extension: registration per dispatch key, and the pure-torch fallback when it
+cannot be loaded."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+import graphsmile.ops as ops
+
+OPS = ["window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward", "shift_pair_sum", "shift_pair_sum_backward"]
+
+
+def test_schemas_and_cpu_kernels_registered():
+    assert ops.HAS_EXTENSION, f"graphsmile._C did not load: {ops._ext.LOAD_ERROR}"
+    for name in OPS:
+        op = getattr(torch.ops.graphsmile, name)
+        assert op.default._schema.name == f"graphsmile::{name}"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{name}", "CPU")
+
+
+def test_auto_backend_is_cpu_kernel_on_cpu():
+    assert ops._backend.resolve("auto", torch.device("cpu")) == "cpu"
+
+
+def _run(code: str, **env):
+    full_env = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, timeout=120)
+
+
+def test_fallback_without_extension_warns_once_and_works():
+    proc = _run(
+        """
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import graphsmile, graphsmile.ops as ops
+            import torch
+            x = torch.randn(10, 4, dtype=torch.float64)
+            w = torch.rand(100, dtype=torch.float64) + 0.5
+            y = ops.window_propagate(x, w, [3, 2], 2, 1, 1)
+            ref = ops.window_propagate(x, w, [3, 2], 2, 1, 1, backend="dense")
+            assert torch.allclose(y, ref)
+            assert ops._backend.resolve("auto", torch.device("cpu")) == "reference"
+            try:
+                ops.window_propagate(x, w, [3, 2], 2, 1, 1, backend="cpu")
+            except RuntimeError as e:
+                assert "graphsmile._C" in str(e), e
+            else:
+                raise AssertionError("backend='cpu' without the extension must fail")
+        ours = [str(c.message) for c in caught if "graphsmile" in str(c.message)]
+        assert len(ours) == 1, ours
+        assert "fall back to the pure-torch reference" in ours[0], ours
+        print("fallback ok")
+        """,
+        GRAPHSMILE_NO_EXTENSION="1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "fallback ok" in proc.stdout
