@@ -80,7 +80,10 @@ def window_spmm(x, edge_weight, norm, lengths: Sequence[int], num_modal: int, wi
     acc = [x.new_zeros(N, x.shape[1]) for _ in range(M)]
     for m, n, p, delta, valid, slot, col in _diagonals(lengths, M, win_p, win_f, x.device):
         coef = _edge_weights(edge_weight, mode, p, delta, slot, valid, win_p, win_f) * s[n][col]
-        acc[m] = acc[m] + coef[:, None].to(x.dtype) * xs[n].index_select(0, col)
+        # masked after the product: a NaN/inf of a clamped (invalid) column must not leak in
+        coef = torch.where(valid, coef, torch.zeros((), dtype=coef.dtype, device=coef.device))
+        rows = torch.where(valid[:, None], xs[n].index_select(0, col), torch.zeros((), dtype=x.dtype, device=x.device))
+        acc[m] = acc[m] + coef[:, None].to(x.dtype) * rows
     return (s[:, :, None] * torch.stack(acc)).reshape(M * N, -1)
 
 
