@@ -1,0 +1,407 @@
+"""One full GraphSmile training step (forward, loss, backward, AdamW step) per backend.
+
+    python bench/model.py                      # CPU, IEMOCAP-6 preset, B=16, L 50 .. 5000 + 1x20000
+    python bench/model.py --quick              # small end-to-end run (results/quick/)
+    python bench/model.py --device cuda --providers cuda,triton,original
+    python bench/model.py --lengths 50 110 250 --no-single
+
+Model: ``GraphSmile(GraphSmileConfig.preset("IEMOCAP"))`` -- hidden 512, three graph modules of
+7 layers, win (17, 17), shift_win 19, dropout 0.2, loss ``emo_sen_sft`` with lambd (1, 1, 0.7),
+AdamW (amsgrad, lr 1e-4, weight decay 1e-4), training mode. Batches: synthetic, IEMOCAP-shaped
+(text 1024, visual 342, audio 1582, padded time-major ``[T, B, D]``), ``B`` dialogues of ``L``
+utterances, and one dialogue of 20,000.
+
+Providers:
+
+- graphsmile's backends (``cpu``, ``reference``; ``cuda``, ``triton`` on a GPU), each with a
+  per-edge weight vector large enough for the batch (``edge_capacity = max(500000, E)``);
+- ``original``: the original's math in the same model -- each graph module's forward replaced
+  by the original ``HeterGConv_Edge`` computation (Python-loop edges, dense ``[2N, 2N]``
+  adjacency and diagonal products once per module and forward, ``spmm`` per layer; see
+  bench/baselines.py) and the shift head's ``[P, 2H]`` pair embeddings; 500,000 edge weights;
+- ``dense``: the model with ``config.backend="dense"`` -- the same dense math, but through the
+  op API, which rebuilds the dense normalised adjacency in every layer (``window_spmm``), so it
+  is slower than the original by about the number of layers. Not run by default.
+
+A batch with more edges than the original's 500,000 is recorded as "edge-capacity exceeded" for
+``original`` and ``dense``. Results: ``bench/results/model.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import fmt_s  # noqa: E402
+
+import torch  # noqa: E402
+
+import baselines  # noqa: E402
+import ops as opbench  # noqa: E402  (bench/ops.py: shared helpers)
+import graphsmile.ops as gops  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+PROVIDERS_EXTRA = ("original", "dense")
+# IEMOCAP-6 emotion -> sentiment (SPEC 7): {1,3,5} -> 0, {2} -> 1, {0,4} -> 2
+SENTIMENT_OF_EMOTION = [2, 0, 1, 0, 2, 0]
+
+
+def default_providers(device: str) -> List[str]:
+    return baselines.available_backends(device) + ["original"]
+
+
+def all_providers(device: str) -> List[str]:
+    return baselines.available_backends(device) + list(PROVIDERS_EXTRA)
+
+
+# --- the original's graph module, patched into our model ----------------------------------
+
+
+def _original_graph_forward(self, features, lengths):
+    """The original ``HeterGConv_Edge.forward`` on this module's parameters (bench/baselines.py
+    ``dense_prepare``: loops, dense adjacency, ``gcn_fact`` once per forward)."""
+    from graphsmile.ops.index import lengths_to_list
+
+    lens = lengths_to_list(lengths)
+    x = features if isinstance(features, torch.Tensor) else torch.cat(list(features), dim=0)
+    M = self.num_modal
+    propagate = baselines.dense_prepare(lens, M, self.win_p, self.win_f, capacity=self.edge_weight.numel())(self.edge_weight)
+    out = x
+    h = x
+    for layer, fc in zip(self.hetergcn_layers, self.fc_layers):
+        h = layer(h, propagate)
+        out = out + fc(h)
+    return tuple(out.chunk(M, dim=0))
+
+
+def preset():
+    from graphsmile.config import GraphSmileConfig
+
+    return GraphSmileConfig.preset("IEMOCAP")
+
+
+def build_model(provider: str, lens: List[int], seed: int, device: str, dtype: torch.dtype, capacity: int):
+    from graphsmile.model import GraphSmile
+
+    backend = "dense" if provider in PROVIDERS_EXTRA else provider
+    cfg = preset()
+    # the original's 500,000 per-edge weights for original/dense; ours: as many as the batch needs
+    cap = capacity if provider in PROVIDERS_EXTRA else max(capacity, gops.num_edges(lens, 2, cfg.win_p, cfg.win_f))
+    cfg = cfg.replace(backend=backend, edge_capacity=cap)
+    torch.manual_seed(seed)
+    model = GraphSmile(cfg)
+    if provider == "original":
+        for m in (model.hetergconv_tv, model.hetergconv_ta, model.hetergconv_va):
+            m.forward = types.MethodType(_original_graph_forward, m)
+    return model.to(device=device, dtype=dtype), cfg
+
+
+def make_batch(lens: List[int], cfg, seed: int, device: str, dtype: torch.dtype):
+    """A synthetic IEMOCAP-shaped padded batch and its packed labels."""
+    g = torch.Generator().manual_seed(seed + 11)
+    T, B = max(lens), len(lens)
+    Dt, Dv, Da = cfg.feature_dims
+    mask = (torch.arange(T)[:, None] < torch.tensor(lens)[None, :]).to(dtype)
+
+    def feat(d):
+        return (torch.randn(T, B, d, generator=g) * mask[:, :, None]).to(device=device, dtype=dtype)
+
+    text = feat(Dt)
+    visual, audio = feat(Dv), feat(Da)
+    spk = torch.randint(0, 2, (T, B), generator=g)
+    qmask = torch.nn.functional.one_hot(spk, 2).to(device=device, dtype=dtype)
+    N = sum(lens)
+    emotion = torch.randint(0, cfg.num_emotions, (N,), generator=g)
+    sentiment = torch.tensor(SENTIMENT_OF_EMOTION[: cfg.num_emotions] + [0] * max(0, cfg.num_emotions - 6))[emotion]
+    shift = gops.shift_pair_labels(sentiment, lens, cfg.shift_win)
+    inputs = (text, text, text, text, visual, audio, mask.to(device), qmask)
+    return inputs, emotion.to(device), sentiment.to(device), shift.to(device)
+
+
+def estimate_model_bytes(provider: str, lens: List[int], itemsize: int = 4) -> int:
+    """Rough peak of one training step (guard only): inputs and their BatchNorm/projection
+    activations, three graph modules of 7 layers at H=512, the shift head, and for the dense
+    providers their [2N, 2N] matrices (original: ~12 per module; dense: ~6 per layer)."""
+    N, T, B, H, K = sum(lens), max(lens), len(lens), 512, 7
+    inputs = T * B * (1024 + 342 + 1582) * itemsize * 2 + N * (1024 + 342 + 1582) * itemsize * 3
+    graphs = 3 * (3.5 * K + 4) * 2 * N * H * itemsize
+    P = gops.num_shift_pairs(lens, 19)
+    est = inputs + graphs + 12 * N * H * itemsize + 10 * P * 4 * itemsize + 400e6  # + parameters and AdamW state
+    n = 2 * N
+    if provider == "original":
+        est += 3 * 12 * n * n * itemsize + 3 * P * 2 * H * itemsize
+    elif provider == "dense":
+        est += 3 * K * 6 * n * n * itemsize + 3 * P * 2 * H * itemsize
+    return int(est)
+
+
+# --- one measurement ----------------------------------------------------------------------
+
+
+def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
+    from graphsmile.losses import MultiTaskLoss
+
+    dev = spec["device"]
+    dt = common.parse_dtype(spec["dtype"])
+    lens = spec["lengths"]
+    model, cfg = build_model(spec["provider"], lens, spec["seed"], dev, dt, spec["dense_capacity"])
+    model.train()
+    inputs, emotion, sentiment, shift = make_batch(lens, cfg, spec["seed"], dev, dt)
+    loss_fn = MultiTaskLoss.from_config(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.l2, amsgrad=True)
+    holder: Dict[str, Any] = {}
+
+    def make_step(batch):
+        inp, emo_y, sen_y, sft_y, lns = batch
+
+        def step() -> Dict[str, float]:
+            opt.zero_grad(set_to_none=True)
+            common.sync(dev)
+            t0 = time.perf_counter()
+            emo, sen, sft, _ = model(*inp, lengths=lns)
+            loss, _ = loss_fn(emo, sen, sft, emo_y, sen_y, sft_y)
+            common.sync(dev)
+            t1 = time.perf_counter()
+            loss.backward()
+            common.sync(dev)
+            t2 = time.perf_counter()
+            opt.step()
+            common.sync(dev)
+            t3 = time.perf_counter()
+            holder["loss"] = float(loss.detach())
+            return {"fwd": t1 - t0, "bwd": t2 - t1, "opt": t3 - t2, "total": t3 - t0}
+
+        return step
+
+    def prewarm():
+        # two steps on a tiny batch: lazy initialisation and the AdamW state are in place before
+        # the measurement, so the peak is that of a steady-state step
+        torch.manual_seed(spec["seed"] + 5)
+        tiny = [3, 2]
+        ti, te, ts, tsh = make_batch(tiny, cfg, spec["seed"] + 1, dev, dt)
+        st = make_step((ti, te, ts, tsh, tiny))
+        st()
+        st()
+
+    step = make_step((inputs, emotion, sentiment, shift, lens))
+    fingerprint: List[Optional[List[float]]] = [None]
+
+    def step_or_first():
+        if fingerprint[0] is not None:
+            return step()
+        torch.manual_seed(spec["seed"] + 7)  # same dropout masks for every provider
+        r = step()
+        named = dict(model.named_parameters())
+        fingerprint[0] = [holder["loss"]] + opbench._fingerprint([
+            named["hetergconv_tv.hetergcn_layers.0.hetergconv.weight"].grad,
+            named["dim_layer_t.0.weight"].grad, named["dim_layer_a.0.weight"].grad,
+            named["senshift.shift_output_layer.0.weight"].grad, named["emo_output.weight"].grad,
+        ])
+        return r
+
+    times, mem, primary, method = common.measure_with_memory(step_or_first, dev, spec, prewarm=prewarm)
+    isz = torch.empty((), dtype=dt).element_size()
+    mem["model_state_bytes"] = sum(p.numel() for p in params) * isz * 4  # weights + AdamW amsgrad state (3 buffers)
+    fingerprint = fingerprint[0]
+    return {
+        "status": "ok",
+        "time_s": times.pop("total"),
+        "fwd_s": times.pop("fwd"),
+        "bwd_s": times.pop("bwd"),
+        "opt_s": times.pop("opt"),
+        "warmup_first_s": times["warmup_first_s"],
+        "budget_limited": times["budget_limited"],
+        "peak_mem_bytes": primary,
+        "mem_method": method,
+        "mem": mem,
+        "fingerprint": fingerprint,
+        "E": gops.num_edges(lens, 2, cfg.win_p, cfg.win_f),
+        "P": gops.num_shift_pairs(lens, cfg.shift_win),
+        "edge_capacity": cfg.edge_capacity,
+    }
+
+
+def correctness_check(providers: List[str], args) -> Dict[str, Dict[str, Any]]:
+    """Each provider's model, same seed, eval mode (no dropout), on a small batch: outputs and a
+    few gradients compared with the ``reference`` backend's."""
+    from graphsmile.losses import MultiTaskLoss
+
+    dt = common.parse_dtype(args.dtype)
+    tol = 1e-4 if dt in (torch.float32, torch.float64) else 3e-2
+    lens = opbench.CHECK_LENGTHS
+    got: Dict[str, List[torch.Tensor]] = {}
+    errors: Dict[str, str] = {}
+    for p in (["reference"] if "reference" not in providers else []) + providers:
+        try:
+            model, cfg = build_model(p, lens, args.seed, args.device, dt, args.dense_capacity)
+            model.eval()
+            inputs, emotion, sentiment, shift = make_batch(lens, cfg, args.seed, args.device, dt)
+            emo, sen, sft, fused = model(*inputs, lengths=lens)
+            loss, _ = MultiTaskLoss.from_config(cfg)(emo, sen, sft, emotion, sentiment, shift)
+            loss.backward()
+            named = dict(model.named_parameters())
+            got[p] = [t.detach().double().cpu() for t in (emo, sen, sft, fused, named["hetergconv_tv.hetergcn_layers.0.hetergconv.weight"].grad,
+                                                          named["dim_layer_v.0.weight"].grad, named["hetergconv_va.edge_weight"].grad[: 1000])]
+        except Exception as exc:
+            errors[p] = f"{type(exc).__name__}: {exc}"[:300]
+    ref = "reference" if "reference" in got else next(iter(got), None)
+    out: Dict[str, Dict[str, Any]] = {}
+    for p in providers:
+        if p in errors:
+            out[p] = {"ok": False, "error": errors[p]}
+        elif p == ref:
+            out[p] = {"ok": True, "against": "self (the reference)"}
+        else:
+            worst = 0.0
+            for a, b in zip(got[p], got[ref]):
+                worst = max(worst, float((a - b).abs().max()) / (float(b.abs().max()) or 1.0))
+            out[p] = {"ok": worst <= tol, "max_rel_err": worst, "against": ref, "tol": tol}
+        out[p]["lengths"] = lens
+    return out
+
+
+# --- driver -------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small end-to-end run: L 20 50, B 2, no single dialogue, 3 reps, budget 30 s")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--lengths", type=int, nargs="+", default=None, help="dialogue lengths (default 50 110 250 500 1000 2000 5000)")
+    ap.add_argument("--single", type=int, default=None, help="length of the single-dialogue case (default 20000)")
+    ap.add_argument("--no-single", action="store_true", help="leave out the single-dialogue case")
+    ap.add_argument("--batch", type=int, default=None, help="dialogues per batch (default 16)")
+    ap.add_argument("--providers", default=None, help=f"comma list (default: every available backend + original; also: dense)")
+    ap.add_argument("--reps", type=int, default=None, help="timed steps after warm-up (default 5)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--budget-s", type=float, default=None, help="time budget per measurement in s (default 120)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--mem-safety", type=float, default=0.8)
+    ap.add_argument("--dense-capacity", type=int, default=baselines.ORIGINAL_EDGE_CAPACITY)
+    ap.add_argument("--isolate", choices=("subprocess", "none"), default="subprocess")
+    ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="JSON-lines file (default bench/results/model.jsonl, or quick/model.jsonl)")
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.lengths = args.lengths or ([20, 50] if q else [50, 110, 250, 500, 1000, 2000, 5000])
+    args.batch = args.batch or (2 if q else 16)
+    args.single = None if (args.no_single or (q and args.single is None)) else (args.single or 20000)
+    args.reps = args.reps or (3 if q else 5)
+    args.budget_s = args.budget_s or (30.0 if q else 120.0)
+    if args.out is None:
+        args.out = str(common.RESULTS / ("quick" if q else "") / "model.jsonl")
+    avail = all_providers(args.device)
+    if args.providers:
+        args.providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+        bad = [p for p in args.providers if p not in baselines.OUR_BACKENDS + PROVIDERS_EXTRA]
+        if bad:
+            ap.error(f"unknown provider(s) {bad}; choose from {baselines.OUR_BACKENDS + PROVIDERS_EXTRA}")
+        missing = [p for p in args.providers if p not in avail]
+        if missing:
+            print(f"note: {missing} not available on {args.device} here")
+        args.providers = [p for p in args.providers if p in avail]
+    else:
+        args.providers = default_providers(args.device)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here", file=sys.stderr)
+        return 2
+    env = common.env_info(args.device, args.dtype)
+    run_id = common.new_run_id()
+    cases = [{"label": f"{args.batch}x{L}", "B": args.batch, "L": L, "lengths": [L] * args.batch} for L in sorted(args.lengths)]
+    if args.single:
+        cases.append({"label": f"1x{args.single}", "B": 1, "L": args.single, "lengths": [args.single]})
+    out_path = Path(args.out)
+    print(f"GraphSmile training-step benchmark (IEMOCAP preset), run {run_id}: {env['device_name']} ({args.device}, "
+          f"{env['threads']} threads), torch {env['torch']}, {args.dtype}, git {str(env['git_commit'])[:10]}")
+    print(f"  cases {[c['label'] for c in cases]}, providers {args.providers}, reps={args.reps}, budget {args.budget_s:.0f} s -> {out_path}")
+    checks: Dict[str, Dict[str, Any]] = {}
+    if not args.no_check:
+        t0 = time.time()
+        checks = correctness_check(args.providers, args)
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        bad = [f"{p} ({c.get('error') or 'max rel err %.2e' % c.get('max_rel_err', float('nan'))})" for p, c in checks.items() if c.get("ok") is False]
+        print(f"correctness vs reference on lengths {opbench.CHECK_LENGTHS}: " + ("all ok" if not bad else "FAILED: " + ", ".join(bad))
+              + f" ({time.time() - t0:.1f} s)")
+    memo = common.FailureMemo()
+    t_start = time.time()
+    n_written = 0
+    isz = torch.empty((), dtype=common.parse_dtype(args.dtype)).element_size()
+    for case in cases:
+        lens = case["lengths"]
+        E = gops.num_edges(lens, 2, preset().win_p, preset().win_f)
+        group: List[Dict[str, Any]] = []
+        ref_fp = None
+        for provider in args.providers:
+            base = dict(bench="model", run_id=run_id, quick=args.quick, op="train_step", provider=provider, case=case["label"],
+                        B=case["B"], L=case["L"], N=sum(lens), preset="IEMOCAP", isolate=args.isolate, **env)
+            res = None
+            skip = memo.reason(provider, base["N"])
+            if skip:
+                res = {"status": "skipped", "reason": skip}
+            elif provider in PROVIDERS_EXTRA and E > args.dense_capacity:
+                res = {"status": "edge-capacity exceeded", "reason": f"E = {E} edges > the original's per-edge capacity {args.dense_capacity}", "E": E}
+            else:
+                need = estimate_model_bytes(provider, lens, isz)
+                avail = common.mem_available_bytes(args.device)
+                if need > args.mem_safety * avail:
+                    res = {"status": "skipped", "reason": f"skipped: would need ~{common.fmt_bytes(need)}, {common.fmt_bytes(avail)} available",
+                           "estimated_bytes": need}
+            if res is None:
+                spec = dict(provider=provider, lengths=lens, device=args.device, dtype=args.dtype, reps=args.reps, warmup=args.warmup,
+                            budget_s=args.budget_s, seed=args.seed, threads=args.threads or torch.get_num_threads(),
+                            dense_capacity=args.dense_capacity, isolated=args.isolate == "subprocess")
+                t0 = time.time()
+                print(f"  [train step {case['label']}] {provider} ...", end="", flush=True)
+                if args.isolate == "subprocess":
+                    res = common.run_child(SCRIPT, spec, timeout_s=2 * args.budget_s + 120)
+                else:
+                    try:
+                        res = run_measurement(spec)
+                    except Exception as exc:
+                        res = common.classify_exception(exc)
+                if res.get("status") == "error" and "edge" in res.get("reason", "") and "capacity" in res.get("reason", ""):
+                    res["status"] = "edge-capacity exceeded"
+                print(f" {fmt_s(res['time_s']['median']) if res.get('status') == 'ok' else res.get('status')} ({time.time() - t0:.1f} s)", flush=True)
+                memo.note(provider, base["N"], res.get("status", "error"))
+            rec = {**base, **res}
+            if provider in checks:
+                rec["check"] = checks[provider]
+            if rec["status"] == "ok":
+                rec["utt_per_s"] = rec["N"] / rec["time_s"]["median"]
+                fp = rec.pop("fingerprint", None)
+                if fp is not None:
+                    if ref_fp is None:
+                        ref_fp = (provider, fp)
+                    else:
+                        tol = 1e-3 if args.dtype in ("float32", "float64", "fp32") else 5e-2
+                        rec["fingerprint_check"] = {**opbench.fingerprint_check(fp, ref_fp[1], tol), "against": ref_fp[0]}
+            group.append(rec)
+        opbench.add_ratios(group)
+        opbench.print_group("train step", case, group)
+        common.append_jsonl(out_path, group)
+        n_written += len(group)
+    print(f"\n{n_written} records appended to {out_path} in {time.time() - t_start:.0f} s. Draw: python bench/plot.py" + (" --quick" if args.quick else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--child":
+        common.child_main(sys.argv[2:], run_measurement)
+    else:
+        sys.exit(main())
