@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 run: setup
-	$(PY) -m graphsmile.demo
+	$(PY) -m graphsmile train --dataset IEMOCAP --out runs/demo --overwrite
 
 test: setup
 	$(PY) -m pytest tests -q -p no:cacheprovider --ignore=tests/test_triton.py

@@ -38,7 +38,9 @@ def _want_cuda() -> tuple[bool, str]:
 def extensions():
     debug = _flag("DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-std=c++17"]
+    # No -std flag: torch.utils.cpp_extension picks the standard the installed torch needs
+    # (C++17 for torch <= 2.13, C++20 for 2.14+).
+    cxx = list(opt)
     ldflags = []
     if torch.backends.openmp.is_available() and sys.platform != "darwin":
         # at::parallel_for expands to an OpenMP region inside our translation units.
@@ -51,7 +53,7 @@ def extensions():
         cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
-        nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         # torch's CUDA headers include cuBLAS/cuSPARSE headers; with pip-installed CUDA torch
         # they live in the nvidia-* wheels.
         try:

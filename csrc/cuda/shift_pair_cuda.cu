@@ -1,0 +1,132 @@
+// CUDA launchers of the sentiment-shift pair op (SPEC 4): the same ops, argument checks and
+// semantics as csrc/cpu/shift_pair_cpu.cpp; device code in kernels/shift_pair.cuh.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <tuple>
+
+#include "cuda_utils.h"
+#include "../../kernels/shift_pair.cuh"
+
+namespace graphsmile {
+namespace {
+
+using cuda_host::ceil_div;
+using cuda_host::check_cuda;
+
+struct DeviceShiftMeta {
+  at::Tensor buf;
+  gpu::ShiftArgs args;
+};
+
+DeviceShiftMeta upload_shift_meta(const ShiftMeta& meta, int64_t shift_win, int64_t C, const at::Device& device) {
+  DeviceShiftMeta d;
+  d.buf = cuda_host::upload_meta({&meta.start, &meta.length, &meta.pair_base}, device);
+  const int64_t B = static_cast<int64_t>(meta.length.size());
+  const int64_t* p = d.buf.data_ptr<int64_t>();
+  d.args.start = p;
+  d.args.length = p + B;
+  d.args.pair_base = p + 2 * B;
+  d.args.B = B;
+  d.args.N = meta.num_nodes;
+  d.args.shift_win = shift_win;
+  d.args.C = C;
+  return d;
+}
+
+void check_pair_inputs(const at::Tensor& a, const char* an, const ShiftMeta& meta) {
+  check_float_tensor(a, an);
+  check_cuda(a, an);
+  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == meta.num_nodes, "graphsmile: ", an,
+                    " must be [sum(lengths), C] = [", meta.num_nodes, ", C], got shape ", a.sizes());
+}
+
+at::Tensor shift_pair_sum_cuda(const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& lengths,
+                               int64_t num_pairs, int64_t shift_win) {
+  ShiftMeta meta = make_shift_meta(lengths, shift_win);
+  check_pair_inputs(a_, "a", meta);
+  check_pair_inputs(b_, "b", meta);
+  check_same_device(a_, "a", b_, "b");
+  TORCH_CHECK_VALUE(a_.sizes() == b_.sizes(), "graphsmile: a and b must have the same shape, got ",
+                    a_.sizes(), " and ", b_.sizes());
+  check_same_dtype(a_, "a", b_, "b");
+  TORCH_CHECK_VALUE(num_pairs == meta.num_pairs, "graphsmile: num_pairs = ", num_pairs,
+                    " but lengths and shift_win give ", meta.num_pairs, " pairs");
+  c10::cuda::CUDAGuard guard(a_.device());
+  const at::Tensor a = a_.contiguous(), b = b_.contiguous();
+  const int64_t C = a.size(1);
+  at::Tensor out = at::empty({meta.num_pairs, C}, a.options());
+  if (out.numel() == 0) return out;
+  DeviceShiftMeta dm = upload_shift_meta(meta, shift_win, C, a.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const unsigned int blocks = cuda_host::grid_x(ceil_div(meta.num_nodes, gpu::kShiftWarps), "shift_pair_sum");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "shift_pair_sum_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    gpu::shift_pair_sum_kernel<scalar_t, acc_t><<<blocks, gpu::kShiftWarps * 32, 0, stream>>>(
+        a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), dm.args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> shift_pair_sum_backward_cuda(const at::Tensor& grad_, const at::Tensor& lengths,
+                                                                int64_t num_nodes, int64_t shift_win,
+                                                                std::array<bool, 2> mask) {
+  ShiftMeta meta = make_shift_meta(lengths, shift_win);
+  check_float_tensor(grad_, "grad");
+  check_cuda(grad_, "grad");
+  TORCH_CHECK_VALUE(grad_.dim() == 2 && grad_.size(0) == meta.num_pairs, "graphsmile: grad must be [P, C] with P = ",
+                    meta.num_pairs, ", got shape ", grad_.sizes());
+  TORCH_CHECK_VALUE(num_nodes == meta.num_nodes, "graphsmile: num_nodes = ", num_nodes,
+                    " but sum(lengths) = ", meta.num_nodes);
+  c10::cuda::CUDAGuard guard(grad_.device());
+  const at::Tensor grad = grad_.contiguous();
+  const int64_t C = grad.size(1), N = meta.num_nodes;
+  at::Tensor ga, gb;
+  if (mask[0]) ga = at::empty({N, C}, grad.options());
+  if (mask[1]) gb = at::empty({N, C}, grad.options());
+  if ((!mask[0] && !mask[1]) || C == 0) return {ga, gb};
+  DeviceShiftMeta dm = upload_shift_meta(meta, shift_win, C, grad.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  // Largest chunk of the batch: how many kColSeg-row segments the column sums need.
+  int64_t max_chunk = 0;
+  for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, shift_win), L));
+  const int64_t nseg = ceil_div(max_chunk, gpu::kColSeg);
+  at::Tensor partial;
+  if (mask[1] && nseg > 1) partial = at::empty({nseg * N * C}, grad.options().dtype(cuda_host::acc_dtype(grad.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "shift_pair_sum_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (mask[0]) {
+      const unsigned int blocks = cuda_host::grid_x(ceil_div(N, gpu::kShiftWarps), "shift_pair_sum_backward");
+      gpu::shift_pair_rows_kernel<scalar_t, acc_t><<<blocks, gpu::kShiftWarps * 32, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), ga.data_ptr<scalar_t>(), dm.args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (mask[1]) {
+      const unsigned int bx = cuda_host::grid_x(ceil_div(N * C, gpu::kShiftThreads), "shift_pair_sum_backward");
+      const dim3 grid(bx, cuda_host::grid_y(nseg, "shift_pair_sum_backward (chunk-row segments)"));
+      acc_t* partial_ptr = partial.defined() ? partial.data_ptr<acc_t>() : nullptr;
+      gpu::shift_pair_cols_kernel<scalar_t, acc_t><<<grid, gpu::kShiftThreads, 0, stream>>>(
+          grad.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), partial_ptr, dm.args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (partial_ptr != nullptr) {
+        gpu::shift_pair_cols_combine_kernel<scalar_t, acc_t><<<bx, gpu::kShiftThreads, 0, stream>>>(
+            partial_ptr, gb.data_ptr<scalar_t>(), dm.args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+  });
+  return {ga, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphsmile, CUDA, m) {
+  m.impl("shift_pair_sum", &shift_pair_sum_cuda);
+  m.impl("shift_pair_sum_backward", &shift_pair_sum_backward_cuda);
+}
+
+}  // namespace graphsmile

@@ -1,0 +1,235 @@
+// CUDA launchers of windowed cross-modal propagation (SPEC 3 and 5): the same ops, argument
+// checks and semantics as csrc/cpu/window_propagate_cpu.cpp; the device code (tiling, shared
+// memory staging, determinism) is described in kernels/window_propagate.cuh.
+//
+// `lengths` is read on the host (make_window_meta; a CUDA tensor is copied); the per-dialogue
+// offsets (start, length, band, edge_base) go to the device as one int64 tensor, and the
+// kernels map rows to dialogues by binary search over the starts.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <array>
+#include <tuple>
+
+#include "cuda_utils.h"
+#include "../../kernels/window_propagate.cuh"
+
+namespace graphsmile {
+namespace {
+
+using cuda_host::ceil_div;
+using cuda_host::check_cuda;
+
+#define GS_CUDA_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// The metadata on the device; `buf` owns the memory the pointers of `args` point into.
+struct DeviceWindowMeta {
+  at::Tensor buf;
+  gpu::WindowArgs args;
+};
+
+DeviceWindowMeta upload_window_meta(const WindowMeta& meta, int64_t M, int64_t wp, int64_t wf, int64_t mode,
+                                    const at::Device& device) {
+  DeviceWindowMeta d;
+  d.buf = cuda_host::upload_meta({&meta.start, &meta.length, &meta.band, &meta.edge_base}, device);
+  const int64_t B = meta.num_dialogues;
+  const int64_t* p = d.buf.data_ptr<int64_t>();
+  d.args.start = p;
+  d.args.length = p + B;
+  d.args.band = p + 2 * B;
+  d.args.edge_base = p + 3 * B;
+  d.args.B = B;
+  d.args.N = meta.num_nodes;
+  d.args.M = M;
+  d.args.wp = wp;
+  d.args.wf = wf;
+  d.args.mode = mode;
+  return d;
+}
+
+// Launches the relative-mode reduction: out[q] = sum of the per-edge values of table entry q.
+template <typename scalar_t, typename acc_t, typename Edges>
+void launch_relative_reduce(const Edges& edges, scalar_t* out, const gpu::WindowArgs& args, int64_t entries,
+                            cudaStream_t stream) {
+  gpu::relative_reduce_kernel<scalar_t, acc_t, Edges>
+      <<<cuda_host::grid_x(entries, "the relative-weight reduction"), gpu::kReduceThreads, 0, stream>>>(edges, out,
+                                                                                                         args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor window_norm_cuda(const at::Tensor& edge_weight, const at::Tensor& lengths, int64_t num_nodes, int64_t M,
+                            int64_t wp, int64_t wf, int64_t mode) {
+  check_windows(M, wp, wf, mode);
+  check_cuda(edge_weight, "edge_weight");
+  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
+  TORCH_CHECK_VALUE(num_nodes == meta.num_nodes, "graphsmile: num_nodes = ", num_nodes,
+                    " but sum(lengths) = ", meta.num_nodes);
+  check_edge_weight(edge_weight, meta, M, wp, wf, mode);
+  c10::cuda::CUDAGuard guard(edge_weight.device());
+  const at::Tensor w = edge_weight.contiguous();
+  const int64_t rows = M * meta.num_nodes;
+  at::Tensor s = at::empty({rows}, w.options());
+  DeviceWindowMeta dm = upload_window_meta(meta, M, wp, wf, mode, w.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const unsigned int blocks = cuda_host::grid_x(ceil_div(rows, gpu::kNormWarps), "window_norm");
+  GS_CUDA_DISPATCH(w.scalar_type(), "window_norm_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    gpu::window_norm_kernel<scalar_t, acc_t>
+        <<<blocks, gpu::kNormWarps * 32, 0, stream>>>(w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), dm.args);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return s;
+}
+
+at::Tensor window_norm_backward_cuda(const at::Tensor& grad_norm, const at::Tensor& norm,
+                                     const at::Tensor& edge_weight, const at::Tensor& lengths, int64_t M,
+                                     int64_t wp, int64_t wf, int64_t mode) {
+  check_windows(M, wp, wf, mode);
+  check_cuda(edge_weight, "edge_weight");
+  check_cuda(norm, "norm");
+  check_cuda(grad_norm, "grad_norm");
+  check_same_device(norm, "norm", edge_weight, "edge_weight");
+  check_same_device(grad_norm, "grad_norm", edge_weight, "edge_weight");
+  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
+  check_edge_weight(edge_weight, meta, M, wp, wf, mode);
+  check_norm(norm, meta, M);
+  TORCH_CHECK_VALUE(grad_norm.sizes() == norm.sizes(), "graphsmile: grad_norm must have the shape of norm ",
+                    norm.sizes(), ", got ", grad_norm.sizes());
+  check_same_dtype(norm, "norm", edge_weight, "edge_weight");
+  check_same_dtype(grad_norm, "grad_norm", edge_weight, "edge_weight");
+  c10::cuda::CUDAGuard guard(edge_weight.device());
+  const at::Tensor gs = grad_norm.contiguous(), s = norm.contiguous();
+  at::Tensor gw = at::empty_like(edge_weight, at::MemoryFormat::Contiguous);
+  DeviceWindowMeta dm = upload_window_meta(meta, M, wp, wf, mode, edge_weight.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t rows = M * meta.num_nodes;
+  if (mode == kPerEdge && gw.numel() > meta.num_edges) {
+    gw.view(-1).narrow(0, meta.num_edges, gw.numel() - meta.num_edges).zero_();  // unused entries
+  }
+  GS_CUDA_DISPATCH(edge_weight.scalar_type(), "window_norm_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (mode == kPerEdge) {
+      const unsigned int blocks = cuda_host::grid_x(ceil_div(rows, gpu::kNormWarps), "window_norm_backward");
+      gpu::window_norm_grad_per_edge_kernel<scalar_t, acc_t><<<blocks, gpu::kNormWarps * 32, 0, stream>>>(
+          gs.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), dm.args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else {
+      gpu::NormGradEdges<scalar_t, acc_t> edges{s.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>()};
+      launch_relative_reduce<scalar_t, acc_t>(edges, gw.data_ptr<scalar_t>(), dm.args, gw.numel(), stream);
+    }
+  });
+  return gw.view(edge_weight.sizes());
+}
+
+WindowMeta check_spmm_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const at::Tensor& lengths,
+                           int64_t M, int64_t wp, int64_t wf, int64_t mode) {
+  check_windows(M, wp, wf, mode);
+  check_cuda(x, "x");
+  check_cuda(w, "edge_weight");
+  check_cuda(s, "norm");
+  check_same_device(x, "x", w, "edge_weight");
+  check_same_device(x, "x", s, "norm");
+  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
+  check_features(x, "x", meta, M);
+  check_edge_weight(w, meta, M, wp, wf, mode);
+  check_norm(s, meta, M);
+  check_same_dtype(x, "x", w, "edge_weight");
+  check_same_dtype(x, "x", s, "norm");
+  return meta;
+}
+
+at::Tensor window_spmm_cuda(const at::Tensor& x_, const at::Tensor& edge_weight, const at::Tensor& norm,
+                            const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode) {
+  WindowMeta meta = check_spmm_args(x_, edge_weight, norm, lengths, M, wp, wf, mode);
+  c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor x = x_.contiguous(), w = edge_weight.contiguous(), s = norm.contiguous();
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (y.numel() == 0) return y;
+  const int64_t N = meta.num_nodes, D = x.size(1);
+  DeviceWindowMeta dm = upload_window_meta(meta, M, wp, wf, mode, x.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const dim3 grid(cuda_host::grid_x(M * ceil_div(N, gpu::kTileRows), "window_spmm"),
+                  cuda_host::grid_y(ceil_div(D, gpu::kTileD), "window_spmm (feature tiles)"));
+  GS_CUDA_DISPATCH(x.scalar_type(), "window_spmm_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    gpu::window_spmm_forward_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x_, const at::Tensor& edge_weight, const at::Tensor& norm,
+    const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode, std::array<bool, 3> mask) {
+  WindowMeta meta = check_spmm_args(x_, edge_weight, norm, lengths, M, wp, wf, mode);
+  check_cuda(grad_y, "grad_y");
+  check_same_device(x_, "x", grad_y, "grad_y");
+  TORCH_CHECK_VALUE(grad_y.sizes() == x_.sizes(), "graphsmile: grad_y must have the shape of x ", x_.sizes(),
+                    ", got ", grad_y.sizes());
+  check_same_dtype(x_, "x", grad_y, "grad_y");
+  c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor g = grad_y.contiguous(), x = x_.contiguous(), w = edge_weight.contiguous(), s = norm.contiguous();
+  const bool need_gx = mask[0], need_gw = mask[1], need_gs = mask[2];
+  const int64_t N = meta.num_nodes, D = x.size(1), rows = M * N;
+  at::Tensor gx, gw, gs;
+  if (need_gx) gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (need_gw) gw = at::empty_like(w, at::MemoryFormat::Contiguous);
+  if (need_gs) gs = at::empty({rows}, s.options());
+  if (!need_gx && !need_gw && !need_gs) return {gx, gw, gs};
+  if (need_gw && mode == kPerEdge && gw.numel() > meta.num_edges) {
+    gw.view(-1).narrow(0, meta.num_edges, gw.numel() - meta.num_edges).zero_();  // unused entries
+  }
+  const at::ScalarType acc_type = cuda_host::acc_dtype(x.scalar_type());
+  const int64_t n_dtiles = ceil_div(D, gpu::kTileD);
+  // grad_norm's column part, one partial per feature tile (summed in a fixed order by pass B).
+  at::Tensor colpart;
+  if (need_gs && n_dtiles > 0) colpart = at::empty({n_dtiles * rows}, x.options().dtype(acc_type));
+  // Per-edge values of the relative mode, reduced per table entry afterwards.
+  at::Tensor edge_tmp;
+  if (need_gw && mode == kRelative) edge_tmp = at::empty({std::max<int64_t>(meta.num_edges, 1)}, x.options().dtype(acc_type));
+  DeviceWindowMeta dm = upload_window_meta(meta, M, wp, wf, mode, x.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const unsigned int row_tiles = cuda_host::grid_x(M * ceil_div(N, gpu::kTileRows), "window_spmm_backward");
+  GS_CUDA_DISPATCH(x.scalar_type(), "window_spmm_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    acc_t* colpart_ptr = colpart.defined() ? colpart.data_ptr<acc_t>() : nullptr;
+    // Pass A (columns): grad_x and the column part of grad_norm.
+    if ((need_gx || need_gs) && D > 0) {
+      const dim3 grid(row_tiles, cuda_host::grid_y(n_dtiles, "window_spmm_backward (feature tiles)"));
+      gpu::window_spmm_cols_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
+          need_gx ? gx.data_ptr<scalar_t>() : nullptr, colpart_ptr, dm.args, D);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    // Pass B (rows): per-edge dots -> grad_edge_weight and the row part of grad_norm.
+    if (need_gw || need_gs) {
+      scalar_t* gw_ptr = need_gw && mode == kPerEdge ? gw.data_ptr<scalar_t>() : nullptr;
+      acc_t* tmp_ptr = edge_tmp.defined() ? edge_tmp.data_ptr<acc_t>() : nullptr;
+      gpu::window_spmm_rows_kernel<scalar_t, acc_t><<<row_tiles, gpu::kDotThreads, 0, stream>>>(
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr,
+          tmp_ptr, colpart_ptr, colpart.defined() ? n_dtiles : 0, need_gs ? gs.data_ptr<scalar_t>() : nullptr,
+          dm.args, D);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (need_gw && mode == kRelative) {
+      gpu::BufferedEdges<acc_t> edges{edge_tmp.data_ptr<acc_t>()};
+      launch_relative_reduce<scalar_t, acc_t>(edges, gw.data_ptr<scalar_t>(), dm.args, gw.numel(), stream);
+    }
+  });
+  if (gw.defined()) gw = gw.view(edge_weight.sizes());
+  return {gx, gw, gs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(graphsmile, CUDA, m) {
+  m.impl("window_norm", &window_norm_cuda);
+  m.impl("window_norm_backward", &window_norm_backward_cuda);
+  m.impl("window_spmm", &window_spmm_cuda);
+  m.impl("window_spmm_backward", &window_spmm_backward_cuda);
+}
+
+}  // namespace graphsmile

@@ -1,0 +1,554 @@
+// CUDA kernels of windowed cross-modal propagation (SPEC 3 and 5); launched by
+// csrc/cuda/window_propagate_cuda.cu. No torch headers.
+//
+// Coordinates. Node m*N + t is packed utterance t of modality m. Utterance t of dialogue b
+// (start s_b, length L) is row j = t - s_b; its window covers the packed columns
+// [s_b + lo(j), s_b + hi(j)) of every other modality (window_index.h). Both ends are
+// non-decreasing in t, also across dialogue boundaries (the last row of a dialogue ends at
+// s_b + L = s_{b+1}), so the columns needed by any run of consecutive rows form one contiguous
+// packed range: "the band". Likewise for the transposed windows of consecutive columns. A
+// column u lies in row t's window only if both are in the same dialogue, so the block-diagonal
+// structure needs no extra test. Edge id of (row t -> column u, pair p):
+//   ebase(t) + p * band(b) + u,   ebase(t) = edge_base[b] + row_start(j) - lo(j) - s_b.
+// (relative mode: weight slot p * (win_p + win_f + 1) + (u - t) + win_p via weight_index()).
+//
+// Tiling (forward, window_spmm_forward_kernel). A block owns kTileRows consecutive target rows
+// of one modality m (tiles may span dialogues) and kTileD feature columns (grid.y). For every
+// other modality n it walks the tile's band in chunks of kChunk source rows; per chunk it stages
+// in shared memory x[n*N + u, d-tile] (converted to acc_t; zeros past the band / past D) and
+// the coefficient tile cf[r][k] = a_e * s_u (0 outside row r's window). Each thread then owns a
+// 4 rows x 4 features register tile and runs a small dense GEMM over the chunk, restricted to
+// the union of its 4 rows' windows (k rounded to groups of 4; coefficients outside a window
+// are exact zeros). Shared memory is O(kChunk * kTileD), independent of the window: an
+// unbounded window (band = whole dialogue, up to 20000) just means more chunks.
+//
+// Backward, two passes, no atomics (every output element has exactly one writer, every
+// reduction has a fixed order, so the bits are the same on every run):
+//   pass A (window_spmm_cols_kernel): the same GEMM over the transposed band. A block owns
+//     kTileRows target columns u of modality n; source rows t of each other modality m are
+//     staged as g[m*N + t] with coefficients a_e * s_t. U_u = sum_e a_e s_t g_t gives
+//     grad_x_u = s_u U_u and the column part <x_u, U_u> of grad_norm, written as per-(D tile)
+//     partial sums colpart[blockIdx.y][node] (reduced later in a fixed order).
+//   pass B (window_spmm_rows_kernel): per-edge dots <g_i, x_j>. A block owns kTileRows rows i of
+//     modality m and walks their band in chunks of kChunk columns; for each chunk it loops over
+//     all of D in steps of kDotD, staging g rows and x columns, each thread accumulating a 4x4
+//     tile of dots (rows ry + 8i, columns kx + 8j: strided so the 128-bit shared loads are
+//     bank-conflict free). Epilogue per edge: grad_a_e = s_i s_j dot (per_edge mode: stored at
+//     its edge id; relative mode: into a temp [E] buffer), and the row part
+//     sum_e a_e s_j dot of grad_norm, reduced over the 8 column-threads with a fixed butterfly
+//     and added to the pass-A partials in a fixed order.
+//   relative mode: relative_reduce_kernel, one block per table entry (p, delta), sums the
+//     per-edge values of that entry over all rows in a fixed thread map + fixed tree.
+//   window_norm_kernel / window_norm_grad_per_edge_kernel: one warp per row, lanes over the
+//     row's window (coalesced: a row's edges are consecutive ids), fixed butterfly.
+#pragma once
+#include <stdint.h>
+
+#include "cuda_common.cuh"
+#include "window_index.h"
+
+namespace graphsmile {
+namespace gpu {
+
+constexpr int kTileRows = 32;     // target rows (pass A: target columns) per block
+constexpr int kChunk = 32;        // source rows (columns) staged per step
+constexpr int kTileD = 64;        // feature columns per block (forward, pass A)
+constexpr int kSpmmThreads = 128; // (kTileRows / 4) x (kTileD / 4) register tiles of 4 x 4
+constexpr int kDotD = 32;         // feature columns staged per step (pass B)
+constexpr int kDotThreads = 64;   // (kTileRows / 4) x (kChunk / 4) register tiles of 4 x 4
+constexpr int kNormWarps = 8;     // rows (warps) per block of the norm kernels
+constexpr int kReduceThreads = 256;
+
+static_assert(kSpmmThreads == (kTileRows / 4) * (kTileD / 4), "forward/pass A thread layout");
+static_assert(kDotThreads == (kTileRows / 4) * (kChunk / 4), "pass B thread layout");
+static_assert(kTileRows == 32 && kChunk == 32, "pass B strides (8) assume 32 x 32 tiles");
+static_assert(kChunk % 4 == 0 && kTileD % 4 == 0 && kDotD % 4 == 0, "vector loads of 4");
+
+// Per-batch metadata, device pointers into one int64 tensor uploaded by the launcher.
+struct WindowArgs {
+  const int64_t* start;      // [B] s_b
+  const int64_t* length;     // [B] L_b
+  const int64_t* band;       // [B] c(L_b)
+  const int64_t* edge_base;  // [B] first edge id of dialogue b
+  int64_t B, N, M, wp, wf, mode;
+};
+
+// Row t's window in packed columns and its edge-id base (see the header comment).
+struct RowWindow {
+  int64_t lo, hi, ebase, band;
+};
+
+__device__ __forceinline__ RowWindow row_window(const WindowArgs& a, int64_t t) {
+  const int64_t b = find_dialogue(a.start, a.B, t);
+  const int64_t s = a.start[b], L = a.length[b], j = t - s;
+  const int64_t lo = window_lo(j, a.wp), hi = window_hi(j, L, a.wf);
+  RowWindow r;
+  r.lo = s + lo;
+  r.hi = s + hi;
+  r.ebase = a.edge_base[b] + window_row_start(j, L, a.wp, a.wf) - lo - s;
+  r.band = a.band[b];
+  return r;
+}
+
+// Column u's transposed window: the packed rows t whose window holds u.
+__device__ __forceinline__ void col_window(const WindowArgs& a, int64_t u, int64_t& lo, int64_t& hi) {
+  const int64_t b = find_dialogue(a.start, a.B, u);
+  const int64_t s = a.start[b], L = a.length[b], k = u - s;
+  lo = s + window_row_lo(k, a.wf);
+  hi = s + window_row_hi(k, L, a.wp);
+}
+
+// Weight slot of edge (row t -> column u) of pair p.
+__device__ __forceinline__ int64_t edge_slot(const WindowArgs& a, int64_t edge_id, int64_t p, int64_t t,
+                                             int64_t u) {
+  return weight_index(a.mode, edge_id, p, u - t, a.wp, a.wf);
+}
+
+// ---------------------------------------------------------------------------------------------
+// window_norm: s_r = d_r^{-1/2} (0 where d_r == 0, NaN where d_r < 0), one warp per row r.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kNormWarps * 32)
+    window_norm_kernel(const scalar_t* __restrict__ w, scalar_t* __restrict__ s_out, WindowArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + (threadIdx.x >> 5);
+  if (row >= a.M * a.N) return;  // uniform per warp
+  const int64_t m = row / a.N, t = row - m * a.N;
+  const RowWindow rw = row_window(a, t);
+  acc_t d = acc_t(0);
+  for (int64_t n = 0; n < a.M; ++n) {
+    if (n == m) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    const int64_t e0 = rw.ebase + p * rw.band;
+    for (int64_t u = rw.lo + lane; u < rw.hi; u += 32) d += to_acc<acc_t>(w[edge_slot(a, e0 + u, p, t, u)]);
+  }
+  d = group_sum(d, 32);
+  if (lane == 0) {
+    const acc_t v = d == acc_t(0) ? acc_t(0) : acc_t(1) / sqrt(d);
+    s_out[row] = static_cast<scalar_t>(v);
+  }
+}
+
+// window_norm_backward, per_edge mode: grad_a_e = -0.5 s_r^3 grad_s_r for every edge e leaving r.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kNormWarps * 32)
+    window_norm_grad_per_edge_kernel(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ s,
+                                     scalar_t* __restrict__ gw, WindowArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + (threadIdx.x >> 5);
+  if (row >= a.M * a.N) return;
+  const int64_t m = row / a.N, t = row - m * a.N;
+  const RowWindow rw = row_window(a, t);
+  const acc_t si = to_acc<acc_t>(s[row]);
+  const scalar_t v = static_cast<scalar_t>(acc_t(-0.5) * si * si * si * to_acc<acc_t>(gs[row]));
+  for (int64_t n = 0; n < a.M; ++n) {
+    if (n == m) continue;
+    const int64_t e0 = rw.ebase + modal_pair_index(m, n, a.M) * rw.band;
+    for (int64_t u = rw.lo + lane; u < rw.hi; u += 32) gw[e0 + u] = v;
+  }
+}
+
+// Per-edge values of window_norm_backward (relative mode): depend on the row only.
+template <typename scalar_t, typename acc_t>
+struct NormGradEdges {
+  const scalar_t* s;
+  const scalar_t* gs;
+  __device__ __forceinline__ acc_t operator()(int64_t row, int64_t /*edge*/) const {
+    const acc_t si = to_acc<acc_t>(s[row]);
+    return acc_t(-0.5) * si * si * si * to_acc<acc_t>(gs[row]);
+  }
+};
+
+// Per-edge values stored in a temp [E] buffer (window_spmm_backward, relative mode).
+template <typename acc_t>
+struct BufferedEdges {
+  const acc_t* v;
+  __device__ __forceinline__ acc_t operator()(int64_t /*row*/, int64_t edge) const { return v[edge]; }
+};
+
+// out[p, delta + win_p] = sum of the per-edge values of the edges of pair p with k - j = delta,
+// one block per table entry; fixed thread->row map and fixed tree: deterministic.
+template <typename scalar_t, typename acc_t, typename Edges>
+__global__ void __launch_bounds__(kReduceThreads)
+    relative_reduce_kernel(Edges edges, scalar_t* __restrict__ out, WindowArgs a) {
+  __shared__ acc_t part[kReduceThreads / 32];
+  const int64_t W = a.wp + a.wf + 1;
+  const int64_t q = blockIdx.x;
+  const int64_t p = q / W, delta = q - p * W - a.wp;
+  const int64_t m = p / (a.M - 1);  // row modality of pair p
+  acc_t sum = acc_t(0);
+  for (int64_t t = threadIdx.x; t < a.N; t += kReduceThreads) {
+    const int64_t b = find_dialogue(a.start, a.B, t);
+    const int64_t s = a.start[b], L = a.length[b], j = t - s, k = j + delta;
+    if (k >= 0 && k < L) {  // delta in [-win_p, win_f]: then k is inside row j's window
+      const int64_t e = a.edge_base[b] + p * a.band[b] + window_row_start(j, L, a.wp, a.wf) + (k - window_lo(j, a.wp));
+      sum += edges(m * a.N + t, e);
+    }
+  }
+  sum = group_sum(sum, 32);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t total = part[0];
+    for (int i = 1; i < kReduceThreads / 32; ++i) total += part[i];
+    out[q] = static_cast<scalar_t>(total);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: y[m*N + t] = s_t * sum_{n != m} sum_{u in window(t)} a_e s_u x[n*N + u].
+// grid: (M * ceil(N / kTileRows), ceil(D / kTileD)), block: kSpmmThreads.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kSpmmThreads)
+    window_spmm_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+                               const scalar_t* __restrict__ s, scalar_t* __restrict__ y, WindowArgs a, int64_t D) {
+  __shared__ __align__(16) acc_t xs[kChunk * kTileD];             // [k][d]
+  __shared__ __align__(16) acc_t cf[kTileRows * (kChunk + 4)];    // [r][k], rows padded
+  __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
+  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
+  const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
+  if (tid < kTileRows) {
+    if (tid < nrows) {
+      const RowWindow rw = row_window(a, t0 + tid);
+      r_lo[tid] = rw.lo;
+      r_hi[tid] = rw.hi;
+      r_eb[tid] = rw.ebase;
+      r_band[tid] = rw.band;
+    } else {  // past the end: an empty window
+      r_lo[tid] = 0;
+      r_hi[tid] = 0;
+      r_eb[tid] = 0;
+      r_band[tid] = 0;
+    }
+  }
+  __syncthreads();
+  const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
+  const int ry = tid / (kTileD / 4), dx = tid % (kTileD / 4);
+  // Union of this thread's rows' windows (windows are monotone in the row).
+  const int rfirst = 4 * ry, rlast = static_cast<int>(gs_min(4 * ry + 3, nrows - 1));
+  const bool th_any = rfirst < nrows;
+  const int64_t th_lo = th_any ? r_lo[rfirst] : 0, th_hi = th_any ? r_hi[rlast] : 0;
+
+  acc_t acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[i][q] = acc_t(0);
+
+  for (int64_t n = 0; n < a.M; ++n) {
+    if (n == m) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    const scalar_t* __restrict__ xn = x + n * N * D;
+    const scalar_t* __restrict__ sn = s + n * N;
+    for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
+      const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
+      __syncthreads();  // the previous chunk's GEMM is done with xs / cf
+      for (int idx = tid; idx < kChunk * kTileD; idx += kSpmmThreads) {
+        const int k = idx / kTileD, dd = idx % kTileD;
+        acc_t v = acc_t(0);
+        if (k < clen && d0 + dd < D) v = to_acc<acc_t>(xn[(u0 + k) * D + d0 + dd]);
+        xs[idx] = v;
+      }
+      for (int idx = tid; idx < kTileRows * kChunk; idx += kSpmmThreads) {
+        const int r = idx / kChunk, k = idx % kChunk;  // consecutive threads: consecutive edge ids
+        const int64_t u = u0 + k;
+        acc_t c = acc_t(0);
+        if (k < clen && u >= r_lo[r] && u < r_hi[r]) {
+          const int64_t slot = edge_slot(a, r_eb[r] + p * r_band[r] + u, p, t0 + r, u);
+          c = to_acc<acc_t>(w[slot]) * to_acc<acc_t>(sn[u]);
+        }
+        cf[r * (kChunk + 4) + k] = c;
+      }
+      __syncthreads();
+      if (th_any) {
+        const int kb = static_cast<int>(gs_min(gs_max(th_lo - u0, 0), kChunk)) & ~3;
+        const int ke = static_cast<int>(gs_max(gs_min(th_hi - u0, clen), 0));
+        for (int k = kb; k < ke; k += 4) {  // k + 3 < kChunk: kb, kChunk multiples of 4
+          acc_t xv[4][4], cv[4][4];
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) load4(&xs[(k + kk) * kTileD + 4 * dx], xv[kk]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) load4(&cf[(4 * ry + i) * (kChunk + 4) + k], cv[i]);
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+              for (int q = 0; q < 4; ++q) acc[i][q] += cv[i][kk] * xv[kk][q];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = 4 * ry + i;
+    if (r >= nrows) continue;
+    const int64_t row = m * N + t0 + r;
+    const acc_t si = to_acc<acc_t>(s[row]);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t d = d0 + 4 * dx + q;
+      if (d < D) y[row * D + d] = static_cast<scalar_t>(si * acc[i][q]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward pass A, over columns c = n*N + u: U_c = sum_{m != n} sum_{t: u in window(t)} a_e s_t g[m*N + t];
+//   grad_x_c = s_c U_c (if gx), colpart[blockIdx.y][c] = <x_c, U_c> over this D tile (if colpart).
+// grid: (M * ceil(N / kTileRows), ceil(D / kTileD)), block: kSpmmThreads.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kSpmmThreads)
+    window_spmm_cols_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                            const scalar_t* __restrict__ w, const scalar_t* __restrict__ s,
+                            scalar_t* __restrict__ gx, acc_t* __restrict__ colpart, WindowArgs a, int64_t D) {
+  __shared__ __align__(16) acc_t gsrc[kChunk * kTileD];           // [k][d]: source rows t
+  __shared__ __align__(16) acc_t cf[kChunk * (kTileRows + 4)];    // [k][r]: r = target column
+  __shared__ int64_t c_lo[kTileRows], c_hi[kTileRows];             // transposed windows of the targets
+  __shared__ int64_t s_lo[kChunk], s_hi[kChunk], s_eb[kChunk], s_band[kChunk];  // source rows' windows
+  __shared__ acc_t s_s[kChunk];                                       // s of the source rows
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) - n * tiles) * kTileRows;
+  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
+  const int ncols = static_cast<int>(gs_min(kTileRows, N - c0));
+  if (tid < kTileRows) {
+    int64_t lo = 0, hi = 0;
+    if (tid < ncols) col_window(a, c0 + tid, lo, hi);
+    c_lo[tid] = lo;
+    c_hi[tid] = hi;
+  }
+  __syncthreads();
+  const int64_t band_lo = c_lo[0], band_hi = c_hi[ncols - 1];
+  const int ry = tid / (kTileD / 4), dx = tid % (kTileD / 4);
+  const int rfirst = 4 * ry, rlast = static_cast<int>(gs_min(4 * ry + 3, ncols - 1));
+  const bool th_any = rfirst < ncols;
+  const int64_t th_lo = th_any ? c_lo[rfirst] : 0, th_hi = th_any ? c_hi[rlast] : 0;
+
+  acc_t acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[i][q] = acc_t(0);
+
+  for (int64_t m = 0; m < a.M; ++m) {
+    if (m == n) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    const scalar_t* __restrict__ gm = g + m * N * D;
+    for (int64_t t0 = band_lo; t0 < band_hi; t0 += kChunk) {
+      const int clen = static_cast<int>(gs_min(kChunk, band_hi - t0));
+      __syncthreads();  // the previous chunk is done with gsrc / cf / s_*
+      for (int idx = tid; idx < kChunk * kTileD; idx += kSpmmThreads) {
+        const int k = idx / kTileD, dd = idx % kTileD;
+        acc_t v = acc_t(0);
+        if (k < clen && d0 + dd < D) v = to_acc<acc_t>(gm[(t0 + k) * D + d0 + dd]);
+        gsrc[idx] = v;
+      }
+      if (tid < kChunk) {
+        if (tid < clen) {
+          const RowWindow rw = row_window(a, t0 + tid);
+          s_lo[tid] = rw.lo;
+          s_hi[tid] = rw.hi;
+          s_eb[tid] = rw.ebase;
+          s_band[tid] = rw.band;
+          s_s[tid] = to_acc<acc_t>(s[m * N + t0 + tid]);
+        } else {
+          s_lo[tid] = 0;
+          s_hi[tid] = 0;
+          s_eb[tid] = 0;
+          s_band[tid] = 0;
+          s_s[tid] = acc_t(0);
+        }
+      }
+      __syncthreads();
+      for (int idx = tid; idx < kChunk * kTileRows; idx += kSpmmThreads) {
+        const int k = idx / kTileRows, r = idx % kTileRows;  // consecutive threads: consecutive edge ids
+        const int64_t u = c0 + r;
+        acc_t c = acc_t(0);
+        if (r < ncols && u >= s_lo[k] && u < s_hi[k]) {  // k < clen implied (empty windows past it)
+          const int64_t slot = edge_slot(a, s_eb[k] + p * s_band[k] + u, p, t0 + k, u);
+          c = to_acc<acc_t>(w[slot]) * s_s[k];
+        }
+        cf[k * (kTileRows + 4) + r] = c;
+      }
+      __syncthreads();
+      if (th_any) {
+        const int kb = static_cast<int>(gs_min(gs_max(th_lo - t0, 0), kChunk)) & ~3;
+        const int ke = static_cast<int>(gs_max(gs_min(th_hi - t0, clen), 0));
+        for (int k = kb; k < ke; k += 4) {
+          acc_t gv[4][4], cv[4][4];
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) load4(&gsrc[(k + kk) * kTileD + 4 * dx], gv[kk]);
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) load4(&cf[(k + kk) * (kTileRows + 4) + 4 * ry], cv[kk]);
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+              for (int q = 0; q < 4; ++q) acc[i][q] += cv[kk][i] * gv[kk][q];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = 4 * ry + i;
+    const bool valid = r < ncols;
+    const int64_t col = n * N + c0 + r;
+    acc_t dot = acc_t(0);
+    if (valid) {
+      const acc_t sc = to_acc<acc_t>(s[col]);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int64_t d = d0 + 4 * dx + q;
+        if (d < D) {
+          if (gx != nullptr) gx[col * D + d] = static_cast<scalar_t>(sc * acc[i][q]);
+          if (colpart != nullptr) dot += to_acc<acc_t>(x[col * D + d]) * acc[i][q];
+        }
+      }
+    }
+    if (colpart != nullptr) {  // uniform: every lane shuffles
+      dot = group_sum(dot, kTileD / 4);
+      if (valid && dx == 0) colpart[static_cast<int64_t>(blockIdx.y) * a.M * N + col] = dot;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward pass B, over rows r = m*N + t: dot_e = <g_r, x_c> for each edge e = (r, c = n*N + u).
+//   edge_grad: grad_a_e = s_r s_c dot_e (per_edge: gw[e] in scalar_t; relative: tmp[e] in acc_t).
+//   gs: grad_s_r = sum_{dc} colpart[dc][r] + sum_e a_e s_c dot_e.
+// grid: M * ceil(N / kTileRows), block: kDotThreads.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kDotThreads)
+    window_spmm_rows_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                            const scalar_t* __restrict__ w, const scalar_t* __restrict__ s,
+                            scalar_t* __restrict__ gw, acc_t* __restrict__ tmp, const acc_t* __restrict__ colpart,
+                            int64_t n_colpart, scalar_t* __restrict__ gs, WindowArgs a, int64_t D) {
+  __shared__ __align__(16) acc_t gt[kTileRows * (kDotD + 4)];  // [r][d], rows padded
+  __shared__ __align__(16) acc_t xt[kChunk * (kDotD + 4)];     // [k][d]
+  __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
+  __shared__ acc_t r_s[kTileRows];
+  __shared__ acc_t c_s[kChunk];
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
+  const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
+  if (tid < kTileRows) {
+    if (tid < nrows) {
+      const RowWindow rw = row_window(a, t0 + tid);
+      r_lo[tid] = rw.lo;
+      r_hi[tid] = rw.hi;
+      r_eb[tid] = rw.ebase;
+      r_band[tid] = rw.band;
+      r_s[tid] = to_acc<acc_t>(s[m * N + t0 + tid]);
+    } else {
+      r_lo[tid] = 0;
+      r_hi[tid] = 0;
+      r_eb[tid] = 0;
+      r_band[tid] = 0;
+      r_s[tid] = acc_t(0);
+    }
+  }
+  __syncthreads();
+  const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
+  const int ry = tid >> 3, kx = tid & 7;  // rows ry + 8i, columns kx + 8j
+  const bool edge_grad = gw != nullptr || tmp != nullptr;
+  const scalar_t* __restrict__ gm = g + (m * N + t0) * D;
+  acc_t rowsum[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+
+  for (int64_t n = 0; n < a.M; ++n) {
+    if (n == m) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
+      const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
+      const scalar_t* __restrict__ xc = x + (n * N + u0) * D;
+      __syncthreads();  // the previous chunk's epilogue is done with c_s
+      if (tid < kChunk) c_s[tid] = tid < clen ? to_acc<acc_t>(s[n * N + u0 + tid]) : acc_t(0);
+      acc_t dots[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) dots[i][j] = acc_t(0);
+      for (int64_t f0 = 0; f0 < D; f0 += kDotD) {
+        __syncthreads();  // the previous step is done with gt / xt
+        for (int idx = tid; idx < kTileRows * kDotD; idx += kDotThreads) {
+          const int r = idx / kDotD, dd = idx % kDotD;
+          acc_t v = acc_t(0);
+          if (r < nrows && f0 + dd < D) v = to_acc<acc_t>(gm[r * D + f0 + dd]);
+          gt[r * (kDotD + 4) + dd] = v;
+        }
+        for (int idx = tid; idx < kChunk * kDotD; idx += kDotThreads) {
+          const int k = idx / kDotD, dd = idx % kDotD;
+          acc_t v = acc_t(0);
+          if (k < clen && f0 + dd < D) v = to_acc<acc_t>(xc[k * D + f0 + dd]);
+          xt[k * (kDotD + 4) + dd] = v;
+        }
+        __syncthreads();
+#pragma unroll 2
+        for (int dd = 0; dd < kDotD; dd += 4) {
+          acc_t gv[4][4], xv[4][4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) load4(&gt[(ry + 8 * i) * (kDotD + 4) + dd], gv[i]);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) load4(&xt[(kx + 8 * j) * (kDotD + 4) + dd], xv[j]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+              for (int q = 0; q < 4; ++q) dots[i][j] += gv[i][q] * xv[j][q];
+        }
+      }
+      __syncthreads();  // c_s visible (also when D == 0)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = ry + 8 * i;
+        if (r >= nrows) continue;
+        const int64_t lo = r_lo[r], hi = r_hi[r];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int k = kx + 8 * j;
+          const int64_t u = u0 + k;
+          if (k >= clen || u < lo || u >= hi) continue;
+          const acc_t sj = c_s[k], dot = dots[i][j];
+          const int64_t e = r_eb[r] + p * r_band[r] + u;
+          if (edge_grad) {
+            const acc_t v = r_s[r] * sj * dot;
+            if (gw != nullptr) gw[e] = static_cast<scalar_t>(v);
+            else tmp[e] = v;
+          }
+          if (gs != nullptr) rowsum[i] += to_acc<acc_t>(w[edge_slot(a, e, p, t0 + r, u)]) * sj * dot;
+        }
+      }
+    }
+  }
+  if (gs != nullptr) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const acc_t part = group_sum(rowsum[i], 8);  // the 8 column-threads of rows ry + 8i
+      const int r = ry + 8 * i;
+      if (kx == 0 && r < nrows) {
+        const int64_t row = m * N + t0 + r;
+        acc_t total = acc_t(0);
+        for (int64_t dc = 0; dc < n_colpart; ++dc) total += colpart[dc * a.M * N + row];
+        gs[row] = static_cast<scalar_t>(total + part);
+      }
+    }
+  }
+}
+
+}  // namespace gpu
+}  // namespace graphsmile

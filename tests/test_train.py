@@ -1,0 +1,189 @@
+"""Training machinery (graphsmile/train): loss combination, metrics, checkpoints, selection
+protocol, resume == uninterrupted, and DDP gradients == the global batch's (torchrun, 2 CPU
+processes). Everything runs on tiny synthetic files (a few dialogues, 16-dim features)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from graphsmile.cli import main
+from graphsmile.config import LOSS_TYPES, GraphSmileConfig
+from graphsmile.data import load_dataset, synthesize
+from graphsmile.losses import MultiTaskLoss
+from graphsmile.train import Trainer, combine_parts, load_checkpoint
+from graphsmile.train import metrics as M
+from graphsmile.train.checkpoint import atomic_save, capture_rng_state, restore_rng_state
+from graphsmile.train.trainer import shift_pair_counts
+
+DIMS = (16, 12, 10)
+TINY = ["--hidden_dim", "16", "--heter_n_layers", "1", "1", "1", "--win", "3", "3", "--shift_win", "5",
+        "--batch_size", "3", "--dims", "infer", "--lr", "1e-3", "--edge_capacity", "4096"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A tiny IEMOCAP-layout file: 12 train (1 of them valid) + 4 test dialogues."""
+    p = tmp_path_factory.mktemp("data") / "tiny.pkl"
+    synthesize("IEMOCAP", p, seed=3, dims=DIMS, n_dialogues=(12, 4), min_len=4, max_len=24, mean_len=12)
+    return p
+
+
+def _run(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+# --- pieces ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_combine_parts_matches_multitaskloss(loss_type):
+    torch.manual_seed(0)
+    loss = MultiTaskLoss(loss_type, (1.0, 0.6, 0.3), epochs=7)
+    if loss.awl is not None:
+        with torch.no_grad():
+            loss.awl.params.copy_(torch.tensor([0.7, 1.3, 1.1]))
+    emo, sen, sft = torch.randn(9, 6), torch.randn(9, 3), torch.randn(20, 2)
+    ye, ys, yf = torch.randint(0, 6, (9,)), torch.randint(0, 3, (9,)), torch.randint(0, 2, (20,))
+    total, parts = loss(emo, sen, sft, ye, ys, yf, epoch=3)
+    again = combine_parts(loss, {k: parts[k] for k in ("emo", "sen", "sft")}, 3)
+    assert torch.allclose(total, again, atol=0, rtol=1e-6)
+
+
+def test_metrics_and_seed_summary():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.array([0, 1, 1, 1, 2, 0])
+    m = M.acc_f1(y, p)
+    assert m["acc"] == pytest.approx(400 / 6)
+    from sklearn.metrics import f1_score
+
+    assert m["f1"] == pytest.approx(100 * f1_score(y, p, average="weighted"))
+    assert M.confusion(y, p, 4).tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    s = M.mean_std([70.0, 72.0, 74.0])
+    assert s["mean"] == pytest.approx(72.0) and s["std"] == pytest.approx(2.0) and s["n"] == 3
+    summ = M.summarise_seeds([{"test": {"emo_f1": 70.0, "utterances": 5}}, {"test": {"emo_f1": 74.0, "utterances": 5}}])
+    assert summ["test_emo_f1"]["mean"] == pytest.approx(72.0) and "test_utterances" not in summ
+    assert shift_pair_counts([3, 7, 1], 3) == [9, 9 + 9 + 1, 1]
+    assert shift_pair_counts([4], -1) == [16]
+
+
+def test_rng_state_roundtrip_and_atomic_save(tmp_path):
+    import random
+
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    st = capture_rng_state()
+    atomic_save({"rng": st}, tmp_path / "x.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]          # no temporary file left
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(torch.load(tmp_path / "x.pt", weights_only=True)["rng"])
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_trainer_selects_on_validation(tiny):
+    sp = load_dataset(tiny, "IEMOCAP", dims="infer")
+    cfg = GraphSmileConfig.preset("IEMOCAP", hidden_dim=16, heter_n_layers=(1, 1, 1), win=(3, 3), shift_win=5,
+                                  batch_size=3, epochs=3, lr=3e-3, edge_capacity=4096, dim_t=16, dim_v=12, dim_a=10)
+    tr = Trainer(cfg, sp, seed=1)
+    for _ in range(3):
+        tr.run_epoch()
+    f1s = [r["valid"]["emo_f1"] for r in tr.history]
+    assert tr.best["epoch"] == 1 + int(np.argmax(f1s))                # first maximum
+    assert tr.best["test"] == tr.history[tr.best["epoch"] - 1]["test"]
+    final = tr.final_results()
+    assert final["test"]["metrics"]["emo_f1"] == pytest.approx(tr.best["test"]["emo_f1"], abs=1e-9)
+    assert final["test"]["confusion"].sum() == sp.test.num_utterances
+    for k in ("loss", "emo_acc", "emo_f1", "sen_acc", "sen_f1", "sft_acc", "sft_f1"):
+        assert np.isfinite(tr.history[-1]["train"][k]) and np.isfinite(tr.history[-1]["test"][k])
+    ev = tr.evaluate(sp.test)
+    assert ev.ids == sp.test.ids and ev.emo_probs.shape == (sp.test.num_utterances, 6)
+    assert np.allclose(ev.emo_probs.sum(1), 1, atol=1e-5)
+
+
+# --- resume == uninterrupted ----------------------------------------------------------------
+
+
+def test_resume_equals_uninterrupted(tiny, tmp_path, capsys):
+    common = ["train", "--dataset", "IEMOCAP", "--data", tiny, *TINY, "--epochs", 3, "--loss_type", "auto", "--seed", 4]
+    a, b = tmp_path / "straight", tmp_path / "interrupted"
+    assert _run(*common, "--out", a) == 0
+    assert _run(*common, "--out", b, "--stop_after", 2) == 0
+    assert "--resume" in capsys.readouterr().out
+    assert load_checkpoint(b / "last.pt")["epoch"] == 2 and not (b / "results.json").exists()
+    assert _run("train", "--resume", b) == 0
+    ca, cb = load_checkpoint(a / "last.pt"), load_checkpoint(b / "last.pt")
+    assert ca["epoch"] == cb["epoch"] == 3
+    for k, v in ca["model"].items():
+        assert torch.equal(v, cb["model"][k]), k
+    assert torch.equal(ca["loss"]["awl.params"], cb["loss"]["awl.params"])
+    assert not torch.equal(ca["loss"]["awl.params"], torch.ones(3))   # the auto weights learn
+
+    def strip(h):
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in h]
+
+    assert strip(ca["history"]) == strip(cb["history"])
+    ra = json.loads((a / "results.json").read_text())
+    rb = json.loads((b / "results.json").read_text())
+    for k in ("best_epoch", "valid", "test", "paper_protocol", "confusion_matrix"):
+        assert ra[k] == rb[k], k
+    # the selection protocol, as recorded
+    hist = ra["history"]
+    best = 1 + int(np.argmax([r["valid"]["emo_f1"] for r in hist]))
+    assert ra["best_epoch"] == best
+    assert ra["test"]["emo_f1"] == pytest.approx(hist[best - 1]["test"]["emo_f1"])
+    assert ra["paper_protocol"]["test_emo_f1"] == pytest.approx(max(r["test"]["emo_f1"] for r in hist))
+    assert ra["paper_protocol"]["label"] == "paper protocol (selected on test)"
+    # checkpoint contents
+    for key in ("model", "optimizer", "loss", "config", "class_names", "epoch", "best", "history", "rng", "sampler_epoch"):
+        assert key in ca, key
+    assert ca["class_names"][0] == "happy" and set(ca["rng"][0]) >= {"torch", "numpy", "python"}
+    bp = load_checkpoint(a / "best.pt")
+    assert bp["epoch"] == ra["best_epoch"]
+    # a finished run resumes to nothing new
+    assert _run("train", "--resume", a) == 0
+
+
+# --- torchrun DDP -----------------------------------------------------------------------------
+
+
+def test_ddp_gradients_equal_single_process_global_batch(tiny, tmp_path):
+    """Two CPU processes under torchrun (gloo): the DDP-averaged gradients of the first step
+    equal the gradients of one process on the union of both ranks' batches; the sharded,
+    gathered evaluation equals the single-process one."""
+    from graphsmile.train import _ddp_check
+
+    ddp_out, single_out = tmp_path / "ddp.pt", tmp_path / "single.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "graphsmile.train._ddp_check", "--data", str(tiny), "--out", str(ddp_out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _ddp_check.main(["--data", str(tiny), "--out", str(single_out), "--global_ids", str(ddp_out)])
+    d = torch.load(ddp_out, weights_only=True)
+    s = torch.load(single_out, weights_only=True)
+    assert d["world_size"] == 2 and len(d["ids"]) == 2 and all(len(x) == 3 for x in d["ids"])
+    assert not set(d["ids"][0]) & set(d["ids"][1])
+    assert set(d["grads"]) == set(s["grads"]) and "loss.awl.params" in d["grads"]
+    for k, g in s["grads"].items():
+        assert torch.allclose(d["grads"][k], g, rtol=1e-4, atol=1e-6), k
+    assert d["eval_ids"] == s["eval_ids"]
+    assert torch.allclose(d["eval_probs"], s["eval_probs"], atol=1e-6)
+    for k, v in s["eval_metrics"].items():
+        assert d["eval_metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
