@@ -282,7 +282,7 @@ def _spmm_bwd_cols_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gx_ptr, gsp_ptr, dia_ptr, 
         else:
             val = part * 0.0
         tl.store(gsp_ptr + row.to(tl.int64) * (M * N) + n * N + c, val.to(gsp_ptr.dtype.element_ty),
-                 mask=cmask & (row < DT))
+                 mask=cmask & ((c * 0 + row) < DT))
 
 
 # Backward pass B, over rows i = (m, j), one modality pair p = (m, n) per program:
