@@ -288,7 +288,7 @@ struct Tile {
   int64_t m, b, j0, j1;  // modality, dialogue, rows [j0, j1) of that dialogue
 };
 
-constexpr int64_t kTileRows = 32;
+constexpr int64_t kTileRows = 16;
 
 std::vector<Tile> make_tiles(const WindowMeta& meta, int64_t M) {
   std::vector<Tile> tiles;
@@ -413,14 +413,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_gemm(
           else uv.addmm_(cv, gv);
           first = false;
         }
+        if (need_gs) {
+          // <x_k, U_k> for the tile's rows, vectorised by ATen (a scalar reduction loop would
+          // not vectorise without -ffast-math and cost more than the tile's GEMM).
+          at::Tensor gs_tile = at::from_blob(gsd + c0, {R}, s.options());
+          at::sum_out(gs_tile, at::mul(blob(xd + c0 * D, R, D, opt), uv), {1});
+        }
         for (int64_t r = 0; r < R; ++r) {
           scalar_t* ur = ud + r * D;
-          if (need_gs) {
-            const scalar_t* xr = xd + (c0 + r) * D;
-            scalar_t acc = 0;
-            for (int64_t d = 0; d < D; ++d) acc += xr[d] * ur[d];
-            gsd[c0 + r] = acc;
-          }
           if (need_gx) {
             const scalar_t sc = sd[c0 + r];
             for (int64_t d = 0; d < D; ++d) ur[d] *= sc;
