@@ -123,6 +123,44 @@ inline void check_norm(const at::Tensor& norm, const WindowMeta& meta, int64_t n
                     " entries, got shape ", norm.sizes());
 }
 
+// The tensor must live on the device type this kernel runs on ("CPU" or "CUDA" kernel).
+inline void check_kernel_device(const at::Tensor& t, const char* name, c10::DeviceType kernel) {
+  if (kernel == c10::DeviceType::CUDA) {
+    TORCH_CHECK_VALUE(t.device().is_cuda(), "graphsmile: ", name, " is on ", t.device(),
+                      " but this is the CUDA kernel; move it to the GPU (", name, ".cuda()) or pick a CPU backend");
+  } else {
+    TORCH_CHECK_VALUE(t.device().type() == kernel, "graphsmile: ", name, " is on ", t.device(),
+                      " but this is the CPU kernel; move it to the CPU or pick a GPU backend");
+  }
+}
+
+// Arguments of window_spmm (and its backward, with grad_y): the same checks and messages for
+// every device's kernel.
+inline WindowMeta check_spmm_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
+                                    const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode,
+                                    c10::DeviceType kernel, const at::Tensor* grad_y = nullptr) {
+  check_windows(M, wp, wf, mode);
+  check_kernel_device(x, "x", kernel);
+  check_kernel_device(w, "edge_weight", kernel);
+  check_kernel_device(s, "norm", kernel);
+  check_same_device(x, "x", w, "edge_weight");
+  check_same_device(x, "x", s, "norm");
+  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
+  check_features(x, "x", meta, M);
+  check_edge_weight(w, meta, M, wp, wf, mode);
+  check_norm(s, meta, M);
+  check_same_dtype(x, "x", w, "edge_weight");
+  check_same_dtype(x, "x", s, "norm");
+  if (grad_y != nullptr) {
+    check_kernel_device(*grad_y, "grad_y", kernel);
+    check_same_device(x, "x", *grad_y, "grad_y");
+    TORCH_CHECK_VALUE(grad_y->sizes() == x.sizes(), "graphsmile: grad_y must have the shape of x ", x.sizes(),
+                      ", got ", grad_y->sizes());
+    check_same_dtype(x, "x", *grad_y, "grad_y");
+  }
+  return meta;
+}
+
 // Shift pairs: per-dialogue pair offsets.
 struct ShiftMeta {
   int64_t num_nodes = 0;

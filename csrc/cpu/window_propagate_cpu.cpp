@@ -473,10 +473,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_gemm(
   return {gx, gw, gs};
 }
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "graphsmile: ", name, " is on ", t.device(),
-                    " but this is the CPU kernel; move it to the CPU or pick a GPU backend");
-}
+void check_cpu(const at::Tensor& t, const char* name) { check_kernel_device(t, name, c10::DeviceType::CPU); }
 
 #define GS_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
@@ -517,24 +514,9 @@ at::Tensor window_norm_backward_cpu(const at::Tensor& grad_norm, const at::Tenso
   return out.view(edge_weight.sizes());
 }
 
-WindowMeta check_spmm_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
-                           const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode) {
-  check_windows(M, wp, wf, mode);
-  check_cpu(x, "x");
-  check_cpu(w, "edge_weight");
-  check_cpu(s, "norm");
-  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
-  check_features(x, "x", meta, M);
-  check_edge_weight(w, meta, M, wp, wf, mode);
-  check_norm(s, meta, M);
-  check_same_dtype(x, "x", w, "edge_weight");
-  check_same_dtype(x, "x", s, "norm");
-  return meta;
-}
-
 at::Tensor window_spmm_cpu(const at::Tensor& x, const at::Tensor& edge_weight, const at::Tensor& norm,
                            const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode) {
-  WindowMeta meta = check_spmm_args(x, edge_weight, norm, lengths, M, wp, wf, mode);
+  WindowMeta meta = check_spmm_inputs(x, edge_weight, norm, lengths, M, wp, wf, mode, c10::DeviceType::CPU);
   at::Tensor out;
   if (x.scalar_type() == at::kFloat) {
     out = window_spmm_gemm<float>(x, edge_weight, norm, meta, M, wp, wf, mode);
@@ -552,11 +534,7 @@ at::Tensor window_spmm_cpu(const at::Tensor& x, const at::Tensor& edge_weight, c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& edge_weight, const at::Tensor& norm,
     const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode, std::array<bool, 3> mask) {
-  WindowMeta meta = check_spmm_args(x, edge_weight, norm, lengths, M, wp, wf, mode);
-  check_cpu(grad_y, "grad_y");
-  TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "graphsmile: grad_y must have the shape of x ", x.sizes(),
-                    ", got ", grad_y.sizes());
-  check_same_dtype(x, "x", grad_y, "grad_y");
+  WindowMeta meta = check_spmm_inputs(x, edge_weight, norm, lengths, M, wp, wf, mode, c10::DeviceType::CPU, &grad_y);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   if (x.scalar_type() == at::kFloat) {
     out = window_spmm_backward_gemm<float>(grad_y, x, edge_weight, norm, meta, M, wp, wf, mode, mask);

@@ -17,9 +17,7 @@ namespace graphsmile {
 namespace cuda_host {
 
 inline void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cuda(), "graphsmile: ", name, " is on ", t.device(),
-                    " but this is the CUDA kernel; move it to the GPU (", name,
-                    ".cuda()) or pick a CPU backend");
+  check_kernel_device(t, name, c10::DeviceType::CUDA);
 }
 
 // The arrays, one after the other, as one int64 tensor on `device`: written into pinned host

@@ -123,26 +123,9 @@ at::Tensor window_norm_backward_cuda(const at::Tensor& grad_norm, const at::Tens
   return gw.view(edge_weight.sizes());
 }
 
-WindowMeta check_spmm_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const at::Tensor& lengths,
-                           int64_t M, int64_t wp, int64_t wf, int64_t mode) {
-  check_windows(M, wp, wf, mode);
-  check_cuda(x, "x");
-  check_cuda(w, "edge_weight");
-  check_cuda(s, "norm");
-  check_same_device(x, "x", w, "edge_weight");
-  check_same_device(x, "x", s, "norm");
-  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
-  check_features(x, "x", meta, M);
-  check_edge_weight(w, meta, M, wp, wf, mode);
-  check_norm(s, meta, M);
-  check_same_dtype(x, "x", w, "edge_weight");
-  check_same_dtype(x, "x", s, "norm");
-  return meta;
-}
-
 at::Tensor window_spmm_cuda(const at::Tensor& x_, const at::Tensor& edge_weight, const at::Tensor& norm,
                             const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode) {
-  WindowMeta meta = check_spmm_args(x_, edge_weight, norm, lengths, M, wp, wf, mode);
+  WindowMeta meta = check_spmm_inputs(x_, edge_weight, norm, lengths, M, wp, wf, mode, c10::DeviceType::CUDA);
   c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), w = edge_weight.contiguous(), s = norm.contiguous();
   at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -164,12 +147,7 @@ at::Tensor window_spmm_cuda(const at::Tensor& x_, const at::Tensor& edge_weight,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
     const at::Tensor& grad_y, const at::Tensor& x_, const at::Tensor& edge_weight, const at::Tensor& norm,
     const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode, std::array<bool, 3> mask) {
-  WindowMeta meta = check_spmm_args(x_, edge_weight, norm, lengths, M, wp, wf, mode);
-  check_cuda(grad_y, "grad_y");
-  check_same_device(x_, "x", grad_y, "grad_y");
-  TORCH_CHECK_VALUE(grad_y.sizes() == x_.sizes(), "graphsmile: grad_y must have the shape of x ", x_.sizes(),
-                    ", got ", grad_y.sizes());
-  check_same_dtype(x_, "x", grad_y, "grad_y");
+  WindowMeta meta = check_spmm_inputs(x_, edge_weight, norm, lengths, M, wp, wf, mode, c10::DeviceType::CUDA, &grad_y);
   c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor g = grad_y.contiguous(), x = x_.contiguous(), w = edge_weight.contiguous(), s = norm.contiguous();
   const bool need_gx = mask[0], need_gw = mask[1], need_gs = mask[2];
