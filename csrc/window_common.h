@@ -134,6 +134,38 @@ inline void check_kernel_device(const at::Tensor& t, const char* name, c10::Devi
   }
 }
 
+// Arguments of window_norm: the same checks and messages for every device's kernel.
+inline WindowMeta check_norm_inputs(const at::Tensor& w, const at::Tensor& lengths, int64_t num_nodes, int64_t M,
+                                    int64_t wp, int64_t wf, int64_t mode, c10::DeviceType kernel) {
+  check_windows(M, wp, wf, mode);
+  check_kernel_device(w, "edge_weight", kernel);
+  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
+  TORCH_CHECK_VALUE(num_nodes == meta.num_nodes, "graphsmile: num_nodes = ", num_nodes,
+                    " but sum(lengths) = ", meta.num_nodes);
+  check_edge_weight(w, meta, M, wp, wf, mode);
+  return meta;
+}
+
+// Arguments of window_norm_backward.
+inline WindowMeta check_norm_backward_inputs(const at::Tensor& grad_norm, const at::Tensor& norm,
+                                             const at::Tensor& w, const at::Tensor& lengths, int64_t M, int64_t wp,
+                                             int64_t wf, int64_t mode, c10::DeviceType kernel) {
+  check_windows(M, wp, wf, mode);
+  check_kernel_device(w, "edge_weight", kernel);
+  check_kernel_device(norm, "norm", kernel);
+  check_kernel_device(grad_norm, "grad_norm", kernel);
+  check_same_device(norm, "norm", w, "edge_weight");
+  check_same_device(grad_norm, "grad_norm", w, "edge_weight");
+  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
+  check_edge_weight(w, meta, M, wp, wf, mode);
+  check_norm(norm, meta, M);
+  TORCH_CHECK_VALUE(grad_norm.sizes() == norm.sizes(), "graphsmile: grad_norm must have the shape of norm ",
+                    norm.sizes(), ", got ", grad_norm.sizes());
+  check_same_dtype(norm, "norm", w, "edge_weight");
+  check_same_dtype(grad_norm, "grad_norm", w, "edge_weight");
+  return meta;
+}
+
 // Arguments of window_spmm (and its backward, with grad_y): the same checks and messages for
 // every device's kernel.
 inline WindowMeta check_spmm_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,

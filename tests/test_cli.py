@@ -28,12 +28,7 @@ TINY = ["--hidden_dim", "16", "--heter_n_layers", "1", "1", "1", "--win", "3", "
         "--batch_size", "4", "--dims", "infer", "--lr", "1e-3", "--edge_capacity", "4096"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

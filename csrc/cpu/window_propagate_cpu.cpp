@@ -473,19 +473,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_gemm(
   return {gx, gw, gs};
 }
 
-void check_cpu(const at::Tensor& t, const char* name) { check_kernel_device(t, name, c10::DeviceType::CPU); }
-
 #define GS_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 at::Tensor window_norm_cpu(const at::Tensor& edge_weight, const at::Tensor& lengths, int64_t num_nodes,
                            int64_t M, int64_t wp, int64_t wf, int64_t mode) {
-  check_windows(M, wp, wf, mode);
-  check_cpu(edge_weight, "edge_weight");
-  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
-  TORCH_CHECK_VALUE(num_nodes == meta.num_nodes, "graphsmile: num_nodes = ", num_nodes,
-                    " but sum(lengths) = ", meta.num_nodes);
-  check_edge_weight(edge_weight, meta, M, wp, wf, mode);
+  WindowMeta meta = check_norm_inputs(edge_weight, lengths, num_nodes, M, wp, wf, mode, c10::DeviceType::CPU);
   at::Tensor out;
   GS_DISPATCH(edge_weight.scalar_type(), "window_norm_cpu", [&] {
     out = window_norm_kernel<scalar_t>(edge_weight, meta, M, wp, wf, mode);
@@ -496,17 +489,8 @@ at::Tensor window_norm_cpu(const at::Tensor& edge_weight, const at::Tensor& leng
 at::Tensor window_norm_backward_cpu(const at::Tensor& grad_norm, const at::Tensor& norm,
                                     const at::Tensor& edge_weight, const at::Tensor& lengths, int64_t M,
                                     int64_t wp, int64_t wf, int64_t mode) {
-  check_windows(M, wp, wf, mode);
-  check_cpu(edge_weight, "edge_weight");
-  check_cpu(norm, "norm");
-  check_cpu(grad_norm, "grad_norm");
-  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
-  check_edge_weight(edge_weight, meta, M, wp, wf, mode);
-  check_norm(norm, meta, M);
-  TORCH_CHECK_VALUE(grad_norm.sizes() == norm.sizes(), "graphsmile: grad_norm must have the shape of norm ",
-                    norm.sizes(), ", got ", grad_norm.sizes());
-  check_same_dtype(norm, "norm", edge_weight, "edge_weight");
-  check_same_dtype(grad_norm, "grad_norm", edge_weight, "edge_weight");
+  WindowMeta meta =
+      check_norm_backward_inputs(grad_norm, norm, edge_weight, lengths, M, wp, wf, mode, c10::DeviceType::CPU);
   at::Tensor out;
   GS_DISPATCH(edge_weight.scalar_type(), "window_norm_backward_cpu", [&] {
     out = window_norm_backward_kernel<scalar_t>(grad_norm, norm, edge_weight, meta, M, wp, wf, mode);

@@ -19,7 +19,6 @@ namespace graphsmile {
 namespace {
 
 using cuda_host::ceil_div;
-using cuda_host::check_cuda;
 
 #define GS_CUDA_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
@@ -61,12 +60,7 @@ void launch_relative_reduce(const Edges& edges, scalar_t* out, const gpu::Window
 
 at::Tensor window_norm_cuda(const at::Tensor& edge_weight, const at::Tensor& lengths, int64_t num_nodes, int64_t M,
                             int64_t wp, int64_t wf, int64_t mode) {
-  check_windows(M, wp, wf, mode);
-  check_cuda(edge_weight, "edge_weight");
-  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
-  TORCH_CHECK_VALUE(num_nodes == meta.num_nodes, "graphsmile: num_nodes = ", num_nodes,
-                    " but sum(lengths) = ", meta.num_nodes);
-  check_edge_weight(edge_weight, meta, M, wp, wf, mode);
+  WindowMeta meta = check_norm_inputs(edge_weight, lengths, num_nodes, M, wp, wf, mode, c10::DeviceType::CUDA);
   c10::cuda::CUDAGuard guard(edge_weight.device());
   const at::Tensor w = edge_weight.contiguous();
   const int64_t rows = M * meta.num_nodes;
@@ -86,19 +80,8 @@ at::Tensor window_norm_cuda(const at::Tensor& edge_weight, const at::Tensor& len
 at::Tensor window_norm_backward_cuda(const at::Tensor& grad_norm, const at::Tensor& norm,
                                      const at::Tensor& edge_weight, const at::Tensor& lengths, int64_t M,
                                      int64_t wp, int64_t wf, int64_t mode) {
-  check_windows(M, wp, wf, mode);
-  check_cuda(edge_weight, "edge_weight");
-  check_cuda(norm, "norm");
-  check_cuda(grad_norm, "grad_norm");
-  check_same_device(norm, "norm", edge_weight, "edge_weight");
-  check_same_device(grad_norm, "grad_norm", edge_weight, "edge_weight");
-  WindowMeta meta = make_window_meta(lengths, M, wp, wf);
-  check_edge_weight(edge_weight, meta, M, wp, wf, mode);
-  check_norm(norm, meta, M);
-  TORCH_CHECK_VALUE(grad_norm.sizes() == norm.sizes(), "graphsmile: grad_norm must have the shape of norm ",
-                    norm.sizes(), ", got ", grad_norm.sizes());
-  check_same_dtype(norm, "norm", edge_weight, "edge_weight");
-  check_same_dtype(grad_norm, "grad_norm", edge_weight, "edge_weight");
+  WindowMeta meta =
+      check_norm_backward_inputs(grad_norm, norm, edge_weight, lengths, M, wp, wf, mode, c10::DeviceType::CUDA);
   c10::cuda::CUDAGuard guard(edge_weight.device());
   const at::Tensor gs = grad_norm.contiguous(), s = norm.contiguous();
   at::Tensor gw = at::empty_like(edge_weight, at::MemoryFormat::Contiguous);
