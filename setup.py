@@ -7,6 +7,11 @@ Environment knobs:
   TORCH_CUDA_ARCH_LIST      target architectures (default on a GPU-less forced build: "8.0;9.0")
   DEBUG=1                   -O0 -g
   MAX_JOBS                  parallel compile jobs (ninja)
+
+The module uses only CPython's limited API (it has no Python functions: importing it runs the
+TORCH_LIBRARY registrations), so it is built as ``graphsmile/_C.abi3.so`` and one build loads
+on every CPython >= 3.10 (3.9 with torch < 2.6) with the same torch -- e.g. a build made with Python 3.11 against
+torch 2.11 runs on a GPU machine's Python 3.12 with torch 2.11 (scripts/build_prebuilt.sh).
 """
 import glob
 import os
@@ -17,6 +22,12 @@ from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# CPython's stable ABI (see the docstring). torch >= 2.6 defines Py_LIMITED_API itself for a
+# py_limited_api extension; older torch needs the macro from us.
+_TORCH_MAJOR_MINOR = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+LIMITED_API = [] if _TORCH_MAJOR_MINOR >= (2, 6) else [("Py_LIMITED_API", "0x03090000")]
+# The wheel tag of that ABI: torch >= 2.6 targets CPython 3.10's limited API.
+ABI_TAG = "cp310" if _TORCH_MAJOR_MINOR >= (2, 6) else "cp39"
 
 
 def _flag(name: str) -> bool:
@@ -72,12 +83,15 @@ def extensions():
                 include_dirs=include_dirs,
                 extra_compile_args={"cxx": cxx + ["-DGRAPHSMILE_WITH_CUDA"], "nvcc": nvcc},
                 extra_link_args=ldflags,
+                define_macros=LIMITED_API,
+                py_limited_api=True,
             )
         ]
     print(f"graphsmile: building CPU kernels only ({why})")
     return [
         cpp_extension.CppExtension(
-            "graphsmile._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}, extra_link_args=ldflags
+            "graphsmile._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}, extra_link_args=ldflags,
+            define_macros=LIMITED_API, py_limited_api=True,
         )
     ]
 
@@ -86,4 +100,5 @@ setup(
     packages=find_packages(include=["graphsmile", "graphsmile.*"]),
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)},
+    options={"bdist_wheel": {"py_limited_api": ABI_TAG}},
 )

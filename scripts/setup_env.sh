@@ -44,5 +44,8 @@ if [ "$WITH_TRITON" = "1" ] || { [ "$WITH_TRITON" = "auto" ] && "$PY" -m pip con
 fi
 
 echo "[setup] building graphsmile (C++ extension) against torch $("$PY" -c 'import torch; print(torch.__version__)')"
+# Builds before the limited-API change were named _C.cpython-3XX-*.so; Python would import such a
+# stale module ahead of the new _C.abi3.so, so it goes.
+rm -f graphsmile/_C.cpython-*.so
 MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install $PIP_QUIET --no-build-isolation --no-deps -e .
 "$PY" -c "import graphsmile.ops as o; print('[setup] graphsmile', __import__('graphsmile').__version__, '| C++ kernels:', o.HAS_EXTENSION, '| CUDA kernels:', o._ext.has_kernel('CUDA'))"
