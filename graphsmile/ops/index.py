@@ -13,6 +13,17 @@ import torch
 Lengths = Union[Sequence[int], torch.Tensor]
 
 
+def host_to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A small host-built table -> ``device`` without a host sync. A copy from pageable memory
+    makes the host wait for the GPU to drain its queue; from pinned memory it is queued on the
+    current stream (torch's caching host allocator keeps the pinned block alive until the copy
+    has run). Under torch.compile, and for CPU targets, a plain ``.to``."""
+    device = torch.device(device) if device is not None else t.device
+    if device.type == "cuda" and t.device.type == "cpu" and not torch.compiler.is_compiling():
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def lengths_to_list(lengths: Lengths, name: str = "lengths") -> list[int]:
     """Validates dialogue lengths and returns them as a list of Python ints.
 

@@ -189,6 +189,7 @@ def _norm_bwd_kernel(gs_ptr, s_ptr, gw_ptr, rel_ptr, dia_ptr, dtab_ptr, N, B,
 def _spmm_fwd_kernel(x_ptr, w_ptr, s_ptr, y_ptr, dia_ptr, dtab_ptr, N, B, D,
                      M: tl.constexpr, WP: tl.constexpr, WF: tl.constexpr, MODE: tl.constexpr,
                      ACC64: tl.constexpr, IEEE: tl.constexpr,
+                     NB: tl.constexpr,  # node-count bucket: read by the autotuner's key only
                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     m = tl.program_id(1)
@@ -230,6 +231,7 @@ def _spmm_bwd_cols_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gx_ptr, gsp_ptr, dia_ptr, 
                           M: tl.constexpr, WP: tl.constexpr, WF: tl.constexpr, MODE: tl.constexpr,
                           ACC64: tl.constexpr, IEEE: tl.constexpr, NEED_GX: tl.constexpr,
                           BD_MIN: tl.constexpr,
+                          NB: tl.constexpr,  # node-count bucket: read by the autotuner's key only
                           BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     n = tl.program_id(1)
@@ -293,6 +295,7 @@ def _spmm_bwd_cols_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gx_ptr, gsp_ptr, dia_ptr, 
 def _spmm_bwd_rows_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gw_ptr, rel_ptr, gsp_ptr, dia_ptr, dtab_ptr, N, B, D,
                           M: tl.constexpr, WP: tl.constexpr, WF: tl.constexpr, MODE: tl.constexpr,
                           ACC64: tl.constexpr, IEEE: tl.constexpr, NEED_GW: tl.constexpr,
+                          NB: tl.constexpr,  # node-count bucket: read by the autotuner's key only
                           BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     p = tl.program_id(1)
@@ -429,7 +432,9 @@ def _prune(configs, named_args, **kwargs):
     return kept or configs
 
 
-_KEY = ["D", "M", "WP", "WF", "MODE"]
+# NB (a bucket of the row count, triton_ops._size_bucket) is in the key so tiles tuned on a
+# small batch are not reused for a 100k-node one, without re-tuning for every batch size.
+_KEY = ["D", "M", "WP", "WF", "MODE", "NB"]
 
 if not INTERPRET:
     _prune_by = {"early_config_prune": _prune}

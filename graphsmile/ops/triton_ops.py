@@ -40,7 +40,7 @@ import torch
 import triton
 
 from . import triton_kernels as K
-from .index import _row_start
+from .index import _row_start, host_to_device
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # torch.library.triton_op (torch >= 2.6) lets Inductor see the kernels. Under the interpreter
@@ -143,7 +143,7 @@ def window_meta(lens: Sequence[int], num_modal: int, win_p: int, win_f: int, dev
         ebase = torch.cumsum(per, 0) - per
         dtab = torch.stack([start, L, ebase, band]).contiguous()
         dia = torch.repeat_interleave(torch.arange(B, dtype=torch.int32), L, output_size=N)
-        return dia.to(device), dtab.to(device)
+        return host_to_device(dia, device), host_to_device(dtab, device)
 
     return _cached(("window", tuple(lens), num_modal, win_p, win_f, str(device)), build)
 
@@ -176,7 +176,7 @@ def pair_lines(lens: Sequence[int], shift_win: int, device, block: int = K.PAIR_
         lc = torch.repeat_interleave(torch.arange(n_chunks), nl, output_size=n_lines)
         li = torch.arange(n_lines) - (torch.cumsum(nl, 0) - nl)[lc]
         ltab = torch.stack([cstart[lc], size[lc], base[lc], li * block], 1).contiguous()
-        return ltab.to(device), n_pairs
+        return host_to_device(ltab, device), n_pairs
 
     return _cached(("pairs", tuple(lens), shift_win, block, str(device)), build)
 
@@ -217,8 +217,18 @@ def _window_norm_backward_op(grad_norm: torch.Tensor, norm: torch.Tensor, edge_w
     return gw
 
 
+def _size_bucket(rows) -> int:
+    """Coarse size class of a batch (rows of ``x``: < 8k, < 64k, more) for the autotuner's key:
+    the best tiles differ between a small batch and one that fills the GPU, but re-tuning for
+    every distinct batch size would cost more than it gains."""
+    if not isinstance(rows, int):  # symbolic under torch.compile(dynamic=True): one class
+        return 2
+    return 0 if rows < 8192 else (1 if rows < 65536 else 2)
+
+
 def _spmm_launch(tuned, fixed, x, grid_fn, args, consts):
     """Autotuned kernel on a GPU for fp16/bf16/fp32; one fixed tile under the interpreter or for fp64."""
+    consts = dict(consts, NB=_size_bucket(x.shape[0]))
     if tuned is not None and x.dtype != torch.float64:
         _launch(tuned, lambda meta: grid_fn(meta["BLOCK_R"], meta["BLOCK_D"]), *args, **consts)
     else:
