@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from . import ops
 from .config import GraphSmileConfig
-from .ops.index import lengths_to_list
+from .ops.index import host_to_device, lengths_to_list
 
 __all__ = [
     "GraphSmile",
@@ -73,7 +73,9 @@ def packed_index(lengths: Sequence[int], batch_size: int, device=None) -> torch.
     """
     lens = list(lengths)
     N = sum(lens)
-    L = torch.tensor(lens, dtype=torch.long, device=device)
+    # built on the host, uploaded from pinned memory: torch.tensor(..., device="cuda") would
+    # block the host until the GPU had finished all queued work
+    L = host_to_device(torch.tensor(lens, dtype=torch.long), device)
     dia = torch.repeat_interleave(torch.arange(batch_size, device=device), L, output_size=N)
     starts = torch.cumsum(L, 0) - L
     t = torch.arange(N, device=device) - starts[dia]
@@ -441,6 +443,8 @@ class GraphSmile(nn.Module):
         umask: Optional[torch.Tensor] = None,
         qmask: Optional[torch.Tensor] = None,
         lengths: Optional[Lengths] = None,
+        *,
+        pack_index: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The original's call signature and outputs.
 
@@ -452,7 +456,12 @@ class GraphSmile(nn.Module):
                 ``lengths`` when those are not given.
             qmask: ``[T, B, S]`` speaker one-hot; unused, as in the original.
             lengths: the ``B`` dialogue lengths (list of ints or 1-D tensor); default: from
-                ``umask``, else every dialogue of length ``T``.
+                ``umask``, else every dialogue of length ``T``. A list of Python ints needs
+                no device-to-host read (``umask`` or a tensor on the GPU does).
+            pack_index: optional precomputed :func:`packed_index` of ``lengths`` (int64
+                ``[N]`` on the features' device). Without it the index is built every forward
+                from the host lengths, which on CUDA is a blocking host-to-device copy; the
+                trainer's device-resident batches carry it (built once per epoch).
 
         Returns:
             ``(emotion_logits [N, n_emotions], sentiment_logits [N, 3], shift_logits [P, 2],
@@ -461,7 +470,17 @@ class GraphSmile(nn.Module):
         """
         texts = (textf0, textf1, textf2, textf3)
         T, B, lens = self._check_inputs(texts, visual, audio, umask, qmask, lengths)
-        index = packed_index(lens, B, device=visual.device)
+        if pack_index is None:
+            index = packed_index(lens, B, device=visual.device)
+        else:
+            # host-side checks only (shape, dtype, device): reading values would sync
+            N = sum(lens)
+            if (not isinstance(pack_index, torch.Tensor) or pack_index.dtype != torch.long
+                    or tuple(pack_index.shape) != (N,) or pack_index.device != visual.device):
+                raise ValueError(f"pack_index must be an int64 tensor [N] = [{N}] on {visual.device} (packed_index of "
+                                 f"lengths), got {getattr(pack_index, 'dtype', type(pack_index).__name__)} "
+                                 f"{tuple(getattr(pack_index, 'shape', ()))} on {getattr(pack_index, 'device', None)}")
+            index = pack_index
 
         t = self._text(texts, lens, index, T, B)
         v = self.dim_layer_v(pack_padded(visual, lens, index))

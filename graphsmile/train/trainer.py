@@ -37,11 +37,37 @@ Distributed training (``torchrun --nproc_per_node K -m graphsmile train ...``):
 * **Evaluation** is sharded: rank ``r`` evaluates every ``world_size``-th batch of the split
   (no repeats), predictions are gathered with ``all_gather_object``, metrics are computed over
   the whole split. Rank 0 writes every file.
+
+Data path (``data_on_device``; default: on for CUDA when the data fits, see :class:`Trainer`):
+
+* **Loader** (off): a ``DataLoader`` collates every batch on the host, copies it to the device,
+  and every step reads its loss, predictions and labels back (``.item()``/``.cpu()``): several
+  host syncs per batch.
+* **Device-resident** (on): each split is packed once onto the device
+  (:class:`graphsmile.data.collate.DeviceDialogues`); an epoch's batches (the same sampler,
+  so the same batches in the same order, and the same DDP sharding) are gathered there from
+  index tensors built on the host with numpy and uploaded in one copy per epoch; the host
+  lengths travel with them, and so does the model's packing index, so the forward reads
+  nothing back; DDP's global loss counts come from the sampler's batch list, not from an
+  all-reduce. Per-step losses and predictions stay on the device until the epoch's last step,
+  then come back in two copies (the losses are checked for finiteness there); labels for the
+  metrics come from host copies. Evaluation works the same way, with its index tensors
+  uploaded once per split.
+  Losses, metrics and weights are bitwise those of the loader path on the CPU (a test checks
+  it). A non-finite loss is detected at the end of the epoch (the error names the epoch, the
+  batch and its dialogues); the weights have then taken the remaining steps of that epoch,
+  but ``last.pt`` still holds the previous epoch.
+* CUDA graphs are not used: every batch has its own shapes (``T``, ``B``, ``N``, edge and pair
+  counts depend on the dialogue lengths, and the graph ops upload per-batch metadata from the
+  host), so a captured graph would only replay for a batch of identical lengths.
+  ``compile=True`` wraps the model in ``torch.compile`` (optional, not the default; new shapes
+  mean recompilations, see :class:`Trainer`).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import random
 import sys
 import time
@@ -58,6 +84,7 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..config import GraphSmileConfig
 from ..data import BucketBatchSampler, DatasetSplits, collate_dialogues
+from ..data.collate import DeviceDialogues, DevicePlan, shift_pair_counts_np
 from ..losses import MultiTaskLoss
 from ..model import GraphSmile
 from ..ops import shift_pair_labels
@@ -225,6 +252,16 @@ class Trainer:
         sync_bn: use SyncBatchNorm across ranks (CUDA + DDP only).
         progress: show tqdm bars (rank 0 only).
         bucket_batches: the sampler's length-bucketing granularity.
+        data_on_device: keep the splits on ``device`` and gather batches there, with no host
+            sync inside an epoch (see the module docstring). ``None`` (default): on when
+            ``device`` is CUDA and the three splits take at most a quarter of its free memory,
+            off otherwise (on the CPU the loader path, with ``num_workers``, can overlap
+            collation with compute). Results are the same either way (bitwise on the CPU).
+        compile: wrap the model in ``torch.compile`` for training and evaluation: ``True``
+            (inductor) or a backend name (e.g. ``"aot_eager"``); off by default. The first
+            batches of new shapes recompile (dynamo then marks the varying sizes dynamic);
+            inductor's first epoch is slow (minutes on a small CPU). State dicts and
+            checkpoints are unaffected (the wrappers share the parameters).
 
     The optimiser is ``AdamW(amsgrad=True, lr=lr, weight_decay=l2)`` over the trainable model
     parameters, plus the ``auto`` loss weights (created once, in the loss module) with weight
@@ -234,7 +271,8 @@ class Trainer:
     def __init__(self, config: GraphSmileConfig, splits: DatasetSplits, *, seed: int = 0,
                  ctx: Optional[DistContext] = None, device: torch.device = torch.device("cpu"),
                  amp: str = "none", num_workers: int = 0, max_train_batches: Optional[int] = None,
-                 sync_bn: bool = False, progress: bool = False, bucket_batches: Optional[int] = 50):
+                 sync_bn: bool = False, progress: bool = False, bucket_batches: Optional[int] = 50,
+                 data_on_device: Optional[bool] = None, compile: Any = False):
         if amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {amp!r}")
         if max_train_batches is not None and max_train_batches < 1:
@@ -285,6 +323,23 @@ class Trainer:
                                           bucket_batches=bucket_batches)
         self.train_loader = DataLoader(splits.train, batch_sampler=self.sampler, collate_fn=collate_dialogues,
                                        num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        if data_on_device not in (None, True, False):
+            raise ValueError(f"data_on_device must be None (auto), True or False, got {data_on_device!r}")
+        self.data_on_device, self.data_on_device_reason = self._resolve_data_on_device(data_on_device)
+        self._stores: List[Tuple[Any, DeviceDialogues]] = []    # (dataset, its store), splits only
+        self._eval_plans: List[Tuple[Any, DevicePlan]] = []
+        if self.data_on_device and len(splits.train):
+            self._store(splits.train)      # fail early (e.g. out of memory), not at the first epoch
+        if not (isinstance(compile, bool) or (isinstance(compile, str) and compile)):
+            raise ValueError(f"compile must be True, False or a torch.compile backend name, got {compile!r}")
+        self.compiled = compile
+        # the modules the steps call: torch.compile's wrappers share the parameters, and
+        # state dicts, checkpoints and DDP keep using self.model / self.ddp
+        self._train_net, self._eval_net = self.net, self.model
+        if compile:
+            kw = {} if compile is True else {"backend": compile}
+            self._train_net = torch.compile(self.net, **kw)
+            self._eval_net = torch.compile(self.model, **kw)
         self.epoch = 0                     # completed epochs
         self.history: List[Dict[str, Any]] = []
         self.best: Optional[Dict[str, Any]] = None
@@ -309,18 +364,81 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    # --- the device-resident data path -------------------------------------------------------
+
+    def _resolve_data_on_device(self, want: Optional[bool]) -> Tuple[bool, str]:
+        if want is not None:
+            return bool(want), "requested" if want else "turned off"
+        if self.device.type != "cuda":
+            return False, f"auto: off on {self.device.type} (the loader path)"
+        sets = len(self.config.text_sets)
+        need = sum(DeviceDialogues.estimate_bytes(ds, self.splits.dims, sets, self.config.shift_win)
+                   for ds in (self.splits.train, self.splits.valid, self.splits.test) if len(ds))
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # a quarter of the free memory at most: activations of the largest batch need the rest
+        if need <= free // 4:
+            return True, f"auto: {need / 2**20:.0f} MiB of data, {free / 2**20:.0f} MiB free"
+        return False, f"auto: off, {need / 2**20:.0f} MiB of data > a quarter of {free / 2**20:.0f} MiB free"
+
+    def _store(self, dataset) -> DeviceDialogues:
+        """The device store of ``dataset`` (kept for the three splits, built for others)."""
+        for ds, st in self._stores:
+            if ds is dataset:
+                return st
+        st = DeviceDialogues(dataset, self.device, shift_win=self.config.shift_win, text_sets=self.config.text_sets)
+        if any(dataset is d for d in (self.splits.train, self.splits.valid, self.splits.test)):
+            self._stores.append((dataset, st))
+        return st
+
+    def _eval_plan(self, dataset, shard: List[List[int]]) -> DevicePlan:
+        """The uploaded index tensors of this rank's evaluation batches (fixed: built once)."""
+        for ds, plan in self._eval_plans:
+            if ds is dataset:
+                return plan
+        plan = self._store(dataset).plan(shard)
+        if any(dataset is d for d in (self.splits.train, self.splits.valid, self.splits.test)):
+            self._eval_plans.append((dataset, plan))
+        return plan
+
+    @staticmethod
+    def _loader_seed_draw() -> None:
+        # Creating a DataLoader iterator draws its base seed from torch's global CPU generator
+        # (even with num_workers=0). The device path draws it too, so that dropout masks, RNG
+        # states in checkpoints and hence results are identical on both paths.
+        torch.empty((), dtype=torch.int64).random_()
+
+    def _global_counts(self, steps: int) -> List[Tuple[float, float]]:
+        """DDP: utterances and shift pairs of the global batch (all ranks) of each of the
+        epoch's first ``steps`` steps, from the sampler's batch list: every rank knows every
+        rank's batches, so the loss needs no all-reduce (and no read-back) of the counts."""
+        R = self.ctx.world_size
+        padded = self.sampler.padded_batches()
+        lens = np.asarray(self.splits.train.lengths, dtype=np.int64)
+        pairs = shift_pair_counts_np(lens, self.config.shift_win)
+        out = []
+        for i in range(steps):
+            group = np.concatenate([np.asarray(b, dtype=np.int64) for b in padded[i * R:(i + 1) * R]])
+            out.append((float(lens[group].sum()), float(pairs[group].sum())))
+        return out
+
     def loss(self, emo: torch.Tensor, sen: torch.Tensor, sft: torch.Tensor, y_emo: torch.Tensor,
-             y_sen: torch.Tensor, y_sft: torch.Tensor, epoch: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+             y_sen: torch.Tensor, y_sft: torch.Tensor, epoch: int,
+             counts: Optional[Tuple[float, float]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """The training loss of one step and its detached local parts (per-rank means and their
         combination, for reporting). One process: :class:`MultiTaskLoss` itself. DDP: each term
         is ``sum over local rows / count over all ranks x world_size``, so that DDP's averaged
-        gradient is the global batch's (see the module docstring)."""
+        gradient is the global batch's (see the module docstring). ``counts``: the global
+        batch's ``(utterances, shift pairs)`` when known on the host (the device path);
+        otherwise they are all-reduced and read back (a sync)."""
         if not self.ctx.distributed:
             return self.loss_fn(emo, sen, sft, y_emo, y_sen, y_sft, epoch=epoch)
         R = self.ctx.world_size
-        counts = torch.tensor([float(y_emo.numel()), float(y_sft.numel())], dtype=torch.float64, device=self.device)
-        self.ctx.all_reduce_sum(counts)
-        n_glob, p_glob = counts.tolist()
+        if counts is None:
+            c = torch.tensor([float(y_emo.numel()), float(y_sft.numel())], dtype=torch.float64, device=self.device)
+            self.ctx.all_reduce_sum(c)
+            n_glob, p_glob = c.tolist()
+        else:
+            n_glob, p_glob = counts
         sums = {
             "emo": F.nll_loss(F.log_softmax(emo.float(), -1), y_emo, reduction="sum"),
             "sen": F.nll_loss(F.log_softmax(sen.float(), -1), y_sen, reduction="sum"),
@@ -347,7 +465,7 @@ class Trainer:
         local loss parts, predictions and labels."""
         batch = batch.to(self.device, non_blocking=True)
         with self.autocast():
-            emo, sen, sft, _ = self.net(*batch.model_inputs())
+            emo, sen, sft, _ = self._train_net(*batch.model_inputs())
         y_sft = shift_pair_labels(batch.sentiment, batch.lengths, self.config.shift_win)
         total, parts = self.loss(emo, sen, sft, batch.emotion, batch.sentiment, y_sft, epoch)
         if not torch.isfinite(total):
@@ -366,9 +484,31 @@ class Trainer:
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         """One epoch of training (``epoch`` is 0-based). Returns the epoch's training metrics
         over all ranks: utterance-weighted mean loss (and its parts) and acc/F1 of the three
-        tasks, computed on the training-mode predictions."""
+        tasks, computed on the training-mode predictions. Runs the device-resident path when
+        ``self.data_on_device`` (same results; see the module docstring)."""
         self.model.train()
         self.sampler.set_epoch(epoch)
+        if self.data_on_device:
+            local, loss_sums, n_utt, batches = self._train_epoch_device(epoch)
+        else:
+            local, loss_sums, n_utt, batches = self._train_epoch_loader(epoch)
+        gathered = self.ctx.all_gather_object({"arrays": local, "loss": loss_sums, "n": n_utt, "batches": batches})
+        arrays = {k: np.concatenate([g["arrays"][k] for g in gathered]) for k in local}
+        n_all = sum(g["n"] for g in gathered)
+        res: Dict[str, float] = {}
+        for k in ("total", "emo", "sen", "sft"):
+            s = sum(g["loss"][k] for g in gathered)
+            res["loss" if k == "total" else f"loss_{k}"] = s / n_all if n_all else float("nan")
+        for task in ("emo", "sen", "sft"):
+            m = M.acc_f1(arrays[f"{task}_y"], arrays[f"{task}_p"])
+            res[f"{task}_acc"], res[f"{task}_f1"] = m["acc"], m["f1"]
+        res["batches"] = sum(g["batches"] for g in gathered)
+        res["utterances"] = n_all
+        return res
+
+    def _train_epoch_loader(self, epoch: int):
+        """The DataLoader path: host collation, a host-to-device copy and reads per batch.
+        Returns ``(label/prediction arrays, utterance-weighted loss sums, utterances, batches)``."""
         total = len(self.sampler) if self.max_train_batches is None else min(len(self.sampler), self.max_train_batches)
         acc: Dict[str, List[np.ndarray]] = {k: [] for k in ("emo_y", "emo_p", "sen_y", "sen_p", "sft_y", "sft_p")}
         loss_sums = {"total": 0.0, "emo": 0.0, "sen": 0.0, "sft": 0.0}
@@ -395,19 +535,88 @@ class Trainer:
         finally:
             bar.close()
         local = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in acc.items()}
-        gathered = self.ctx.all_gather_object({"arrays": local, "loss": loss_sums, "n": n_utt, "batches": batches})
-        arrays = {k: np.concatenate([g["arrays"][k] for g in gathered]) for k in local}
-        n_all = sum(g["n"] for g in gathered)
-        res: Dict[str, float] = {}
+        return local, loss_sums, n_utt, batches
+
+    def device_step(self, batch, epoch: int, counts: Optional[Tuple[float, float]] = None):
+        """One training step's forward and backward on a device-resident batch
+        (:class:`graphsmile.data.collate.DeviceBatch`), with no device-to-host read.
+        ``counts``: DDP's global ``(utterances, shift pairs)`` of the step.
+
+        Returns ``(stats, emo_pred, sen_pred, sft_pred)``, all on the device: ``stats`` is
+        ``[5]``: the loss that was back-propagated, then the detached parts ``total``,
+        ``emo``, ``sen``, ``sft`` (NaN for a part the loss type does not compute); the
+        predictions are int64 ``[N]``, ``[N]``, ``[P]``."""
+        with self.autocast():
+            emo, sen, sft, _ = self._train_net(*batch.model_inputs(), pack_index=batch.pack_index)
+        total, parts = self.loss(emo, sen, sft, batch.emotion, batch.sentiment, batch.shift_labels, epoch, counts=counts)
+        total.backward()
+        self._sync_loss_grads()
+        nan = None
+        vals = [total.detach()]
         for k in ("total", "emo", "sen", "sft"):
-            s = sum(g["loss"][k] for g in gathered)
-            res["loss" if k == "total" else f"loss_{k}"] = s / n_all if n_all else float("nan")
-        for task in ("emo", "sen", "sft"):
-            m = M.acc_f1(arrays[f"{task}_y"], arrays[f"{task}_p"])
-            res[f"{task}_acc"], res[f"{task}_f1"] = m["acc"], m["f1"]
-        res["batches"] = sum(g["batches"] for g in gathered)
-        res["utterances"] = n_all
-        return res
+            if k in parts:
+                vals.append(parts[k])
+            else:
+                nan = total.detach().new_full((), float("nan")) if nan is None else nan
+                vals.append(nan)
+        stats = torch.stack(vals)
+        return stats, emo.detach().argmax(-1), sen.detach().argmax(-1), sft.detach().argmax(-1)
+
+    def _train_epoch_device(self, epoch: int):
+        """The device-resident path (``data_on_device``): the same batches as the loader path
+        (this rank's share of the sampler's list), gathered on the device; the epoch's only
+        device-to-host reads come after the last step. Same return value as
+        :meth:`_train_epoch_loader`, and the same numbers."""
+        batches = list(iter(self.sampler))
+        if self.max_train_batches is not None:
+            batches = batches[: self.max_train_batches]
+        counts = self._global_counts(len(batches)) if self.ctx.distributed else [None] * len(batches)
+        self._loader_seed_draw()
+        plan = self._store(self.splits.train).plan(batches)   # one upload of the epoch's index tensors
+        stats: List[torch.Tensor] = []
+        preds: Dict[str, List[torch.Tensor]] = {"emo": [], "sen": [], "sft": []}
+        bar = _tqdm(self.progress, total=len(plan), desc=f"epoch {epoch + 1} train", leave=False, unit="batch")
+        try:
+            for i, batch in enumerate(plan):
+                self.optimizer.zero_grad(set_to_none=True)
+                st, pe, ps, pf = self.device_step(batch, epoch, counts[i])
+                self.optimizer.step()
+                stats.append(st)
+                preds["emo"].append(pe)
+                preds["sen"].append(ps)
+                preds["sft"].append(pf)
+                bar.update(1)   # no loss in the bar: showing it would read it back every batch
+        finally:
+            bar.close()
+        store = plan.store
+        # --- the end of the epoch: one read of the losses, one of the predictions
+        rows = torch.stack(stats).tolist() if stats else []
+        for i, row in enumerate(rows):
+            if not math.isfinite(row[0]):
+                e = plan.entries[i]
+                ids = [store.ids[j] for j in e.indices]
+                raise FloatingPointError(f"non-finite training loss {row[0]} at epoch {epoch + 1} (batch {i + 1} of "
+                                         f"{len(rows)}, dialogues {ids[:4]}...); try a lower --lr")
+        loss_sums = {"total": 0.0, "emo": 0.0, "sen": 0.0, "sft": 0.0}
+        n_utt = 0
+        for row, e in zip(rows, plan.entries):
+            # the loader path's arithmetic, in the same order: float(part) * n, summed in doubles
+            for k, v in zip(("total", "emo", "sen", "sft"), row[1:]):
+                loss_sums[k] += v * e.N
+            n_utt += e.N
+        local: Dict[str, np.ndarray] = {}
+        if rows:
+            flat = torch.cat(preds["emo"] + preds["sen"] + preds["sft"]).cpu().numpy()
+            n_all, p_all = sum(e.N for e in plan.entries), sum(e.P for e in plan.entries)
+            local["emo_p"], local["sen_p"] = flat[:n_all], flat[n_all:2 * n_all]
+            local["sft_p"] = flat[2 * n_all:2 * n_all + p_all].astype(np.int8)
+            all_rows = np.concatenate([e.rows for e in plan.entries])
+            local["emo_y"], local["sen_y"] = store.emotion_np[all_rows], store.sentiment_np[all_rows]
+            local["sft_y"] = store.shift_labels_np[np.concatenate([e.pairs for e in plan.entries])]
+        else:
+            local = {k: np.zeros(0, np.int64) for k in ("emo_y", "emo_p", "sen_y", "sen_p", "sft_y", "sft_p")}
+        local = {k: local[k] for k in ("emo_y", "emo_p", "sen_y", "sen_p", "sft_y", "sft_p")}
+        return local, loss_sums, n_utt, len(rows)
 
     def _eval_batches(self, dataset) -> List[List[int]]:
         bs = BucketBatchSampler(dataset.lengths, self.config.batch_size, shuffle=False, seed=0,
@@ -425,6 +634,24 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         shard = self._eval_batches(dataset)
+        try:
+            if self.data_on_device and len(dataset):
+                recs, sft_nll, sft_y, sft_p = self._eval_device(dataset, shard, desc)
+            else:
+                recs, sft_nll, sft_y, sft_p = self._eval_loader(dataset, shard, desc)
+        finally:
+            self.model.train(was_training)
+        gathered = self.ctx.all_gather_object({
+            "recs": recs, "sft_nll": sft_nll,
+            "sft_y": np.concatenate(sft_y) if sft_y else np.zeros(0, np.int8),
+            "sft_p": np.concatenate(sft_p) if sft_p else np.zeros(0, np.int8)})
+        return self._eval_output(dataset, gathered, epoch)
+
+    def _eval_loader(self, dataset, shard: List[List[int]], desc: str):
+        """Evaluation batches through a DataLoader, read back batch by batch. Returns
+        ``(records, shift NLL sum, shift labels, shift predictions)``; a record is
+        ``(dataset index, emotion log-probs [L, C], emotion labels [L], sentiment log-probs
+        [L, 3], sentiment labels [L])``."""
         loader = DataLoader(dataset, batch_sampler=shard, collate_fn=collate_dialogues, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
         recs: List[Tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -434,7 +661,7 @@ class Trainer:
             for idx, batch in zip(shard, loader):
                 batch = batch.to(self.device, non_blocking=True)
                 with self.autocast():
-                    emo, sen, sft, _ = self.model(*batch.model_inputs())
+                    emo, sen, sft, _ = self._eval_net(*batch.model_inputs())
                 lp_emo = F.log_softmax(emo.float(), -1).cpu()
                 lp_sen = F.log_softmax(sen.float(), -1).cpu()
                 y_sft = shift_pair_labels(batch.sentiment, batch.lengths, self.config.shift_win)
@@ -451,11 +678,56 @@ class Trainer:
                 bar.update(1)
         finally:
             bar.close()
-            self.model.train(was_training)
-        gathered = self.ctx.all_gather_object({
-            "recs": recs, "sft_nll": sft_nll,
-            "sft_y": np.concatenate(sft_y) if sft_y else np.zeros(0, np.int8),
-            "sft_p": np.concatenate(sft_p) if sft_p else np.zeros(0, np.int8)})
+        return recs, sft_nll, sft_y, sft_p
+
+    def _eval_device(self, dataset, shard: List[List[int]], desc: str):
+        """:meth:`_eval_loader` on device-resident batches: outputs stay on the device until
+        the last batch is done, then are read back once. Same return value, same numbers."""
+        self._loader_seed_draw()
+        plan = self._eval_plan(dataset, shard)
+        lp_emo_l: List[torch.Tensor] = []
+        lp_sen_l: List[torch.Tensor] = []
+        nll_l: List[torch.Tensor] = []
+        sftp_l: List[torch.Tensor] = []
+        bar = _tqdm(self.progress, total=len(plan), desc=desc, leave=False, unit="batch")
+        try:
+            for batch in plan:
+                with self.autocast():
+                    emo, sen, sft, _ = self._eval_net(*batch.model_inputs(), pack_index=batch.pack_index)
+                lp_emo_l.append(F.log_softmax(emo.float(), -1))
+                lp_sen_l.append(F.log_softmax(sen.float(), -1))
+                lp_sft = F.log_softmax(sft.float(), -1)
+                nll_l.append(F.nll_loss(lp_sft, batch.shift_labels, reduction="sum"))
+                sftp_l.append(lp_sft.argmax(-1))
+                bar.update(1)
+        finally:
+            bar.close()
+        recs: List[Tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        if not lp_emo_l:
+            return recs, 0.0, [], []
+        store = plan.store
+        lp_emo = torch.cat(lp_emo_l).cpu().numpy()
+        lp_sen = torch.cat(lp_sen_l).cpu().numpy()
+        sft_nll = 0.0
+        for v in torch.stack(nll_l).tolist():   # the loader path's sum: float(batch sum), in batch order
+            sft_nll += v
+        sft_p_all = torch.cat(sftp_l).cpu().numpy().astype(np.int8)
+        sft_y: List[np.ndarray] = []
+        sft_p: List[np.ndarray] = []
+        s = p = 0
+        for e in plan.entries:
+            ye, ys = store.emotion_np[e.rows], store.sentiment_np[e.rows]
+            b0 = s
+            for j, L in zip(e.indices, e.lengths):
+                recs.append((int(j), lp_emo[s:s + L], ye[s - b0:s - b0 + L], lp_sen[s:s + L], ys[s - b0:s - b0 + L]))
+                s += L
+            sft_y.append(store.shift_labels_np[e.pairs])
+            sft_p.append(sft_p_all[p:p + e.P])
+            p += e.P
+        return recs, sft_nll, sft_y, sft_p
+
+    def _eval_output(self, dataset, gathered: List[Mapping[str, Any]], epoch: int) -> EvalOutput:
+        """Whole-split metrics from every rank's gathered records."""
         all_recs = sorted((r for g in gathered for r in g["recs"]), key=lambda r: r[0])
         C = self.config.num_emotions
         if not all_recs:
@@ -751,6 +1023,9 @@ class TrainOptions:
         valid_from: ``train10``, ``validVid`` (MELD) or ``none``.
         dims: feature widths to expect: ``None`` (the dataset's), ``"infer"`` or 3 ints.
         device, amp, num_workers, max_train_batches, sync_bn, tensorboard: see the CLI help.
+        data_on_device: keep the data on the training device (``None``: auto, on for CUDA when
+            it fits; see :class:`Trainer`). Changes speed, not results; may change on resume.
+        compile: ``torch.compile`` the model (off by default; see :class:`Trainer`).
         stop_after: end this invocation after that many completed epochs (resumable).
         threads: CPU intra-op threads used (recorded: bitwise reproducibility on the CPU holds
             for a fixed thread count, so a resumed run reuses it).
@@ -777,6 +1052,8 @@ class TrainOptions:
     progress: Optional[bool] = None
     demo: Optional[Dict[str, Any]] = None
     threads: Optional[int] = None
+    data_on_device: Optional[bool] = None
+    compile: bool = False
 
     def meta(self) -> Dict[str, Any]:
         """The options recorded in ``run.json`` and checkpoints."""
@@ -839,7 +1116,8 @@ def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOpt
             d.mkdir(parents=True, exist_ok=True)
         ctx.barrier()
         trainer = Trainer(config, splits, seed=s, ctx=ctx, device=device, amp=opts.amp, num_workers=opts.num_workers,
-                          max_train_batches=opts.max_train_batches, sync_bn=opts.sync_bn, progress=progress)
+                          max_train_batches=opts.max_train_batches, sync_bn=opts.sync_bn, progress=progress,
+                          data_on_device=opts.data_on_device, compile=opts.compile)
         if opts.resume:
             last = resume_seed(trainer, d)
             if last is not None and ctx.is_main:
