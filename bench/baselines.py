@@ -191,7 +191,14 @@ def estimate_stack_bytes(provider: str, lens: Sequence[int], M: int, dim: int, l
 
 
 def estimate_shift_bytes(provider: str, lens: Sequence[int], dim: int, shift_win: int, itemsize: int) -> int:
+    """Rough peak of shift_pair_logits forward + backward with its ``[P, 2]`` output gradient.
+    ``dense``: the ``[P, 2D]`` embeddings (+ chunks and their gradient); ``reference``: the
+    ``[2, P]`` int64 pair index and two ``[P, 2]`` gathers; the kernels: the ``[P, 2]`` logits,
+    their gradient and one transient of that size."""
     P = gops.num_shift_pairs(list(lens), shift_win)
-    if provider == "dense":  # [P, 2D] embeddings (+ chunks and their gradient)
+    nodes = 4 * sum(lens) * dim * itemsize
+    if provider == "dense":
         return 3 * P * 2 * dim * itemsize
-    return 8 * P * 4 * itemsize + 4 * sum(lens) * dim * itemsize
+    if provider == "reference":
+        return P * (16 + 5 * 2 * itemsize) + nodes
+    return 4 * P * 2 * itemsize + nodes

@@ -40,8 +40,8 @@ CHILD_MARKER = "BENCH_RESULT_JSON "
 # substring, most specific first. Unknown GPUs get None; the measured copy bandwidth is
 # stored as well and is the better yardstick anyway.
 GPU_PEAK_BW_GBPS = [
+    ("GH200", 4000.0),  # before "H200", which it contains
     ("H200", 4800.0),
-    ("GH200", 4000.0),
     ("H100 PCIe", 2000.0),
     ("H100 NVL", 3900.0),
     ("H100", 3350.0),  # SXM5 80GB

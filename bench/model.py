@@ -4,6 +4,8 @@
     python bench/model.py --quick              # small end-to-end run (results/quick/)
     python bench/model.py --device cuda --providers cuda,triton,original
     python bench/model.py --lengths 50 110 250 --no-single
+    python bench/model.py --iemocap            # + 16 dialogues with IEMOCAP-distributed lengths
+    python bench/model.py --device cuda --isolate none --preset gpu-targets   # issue #8 target 3
 
 Model: ``GraphSmile(GraphSmileConfig.preset("IEMOCAP"))`` -- hidden 512, three graph modules of
 7 layers, win (17, 17), shift_win 19, dropout 0.2, loss ``emo_sen_sft`` with lambd (1, 1, 0.7),
@@ -25,6 +27,16 @@ Providers:
 
 A batch with more edges than the original's 500,000 is recorded as "edge-capacity exceeded" for
 ``original`` and ``dense``. Results: ``bench/results/model.jsonl``.
+
+Cases: ``B`` dialogues of each ``L`` (``--lengths``), one dialogue of ``--single`` utterances, and
+with ``--iemocap`` a real-shaped batch ``BxIEMOCAP``: ``B`` dialogue lengths drawn (seeded, without
+replacement) from the IEMOCAP-6 train split's length distribution as graphsmile's synthetic
+generator reproduces it (120 dialogues, 5,810 utterances, 8..110; :func:`iemocap_lengths`).
+
+``--preset gpu-targets`` (issue #8 target 3; ``--quick`` scales it down): the ``16xIEMOCAP``
+batch, ``16x1000`` and ``1x20000``, our GPU backends and ``original``; the verdicts (>= 5x the
+original on the IEMOCAP batch, >= 100x or the original cannot run at L = 1000, no OOM at 1x20000)
+are printed at the end and appended to ``model_targets.jsonl`` next to the results.
 """
 from __future__ import annotations
 
@@ -37,7 +49,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import fmt_s  # noqa: E402
+from common import fmt_bytes, fmt_s  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -47,8 +59,36 @@ import graphsmile.ops as gops  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 PROVIDERS_EXTRA = ("original", "dense")
+
+# issue #8 target 3 (on a GPU)
+TARGET_IEMOCAP_SPEEDUP = 5.0     # training step on a real-shaped IEMOCAP batch: >= 5x the original
+TARGET_L1000_SPEEDUP = 100.0     # at L = 1000: >= 100x, or the original cannot run at all
+TARGET_SINGLE_L = 20000          # no OOM up to one dialogue of 20,000 utterances (D = 512, 7 layers)
+CANNOT_RUN = ("edge-capacity exceeded", "oom", "skipped")  # skipped: only by the memory guard ("would need ...")
+
+PRESETS = {
+    "gpu-targets": {
+        "full": dict(iemocap=True, lengths=[1000], batch=16, single=20000, reps=5, budget_s=60.0),
+        "quick": dict(iemocap=True, lengths=[30], batch=2, single=150, reps=2, budget_s=30.0),
+    },
+}
 # IEMOCAP-6 emotion -> sentiment (SPEC 7): {1,3,5} -> 0, {2} -> 1, {0,4} -> 2
 SENTIMENT_OF_EMOTION = [2, 0, 1, 0, 2, 0]
+
+
+def iemocap_lengths(batch: int = 16, seed: int = 0) -> List[int]:
+    """``batch`` dialogue lengths drawn without replacement (seeded) from IEMOCAP-6's train split
+    as graphsmile's synthetic generator reproduces it: 120 dialogues, 5,810 utterances, lengths
+    8..110 around the real mean (gamma-distributed; ``graphsmile.data.synthetic``)."""
+    import numpy as np
+    from graphsmile.data import synthetic
+
+    sizes = synthetic.REAL_SIZES["IEMOCAP"]
+    train = sizes.splits[0]
+    rng = np.random.default_rng(seed)
+    pool = synthetic._fit_lengths(rng, train.dialogues, train.utterances, sizes.min_len, sizes.max_len, sizes.gamma_shape)
+    pick = rng.choice(len(pool), size=min(batch, len(pool)), replace=False)
+    return [int(v) for v in pool[pick]]
 
 
 def default_providers(device: str) -> List[str]:
@@ -179,6 +219,8 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
 
         return step
 
+    notes: Dict[str, Any] = {}
+
     def prewarm():
         # two steps on a tiny batch: lazy initialisation and the AdamW state are in place before
         # the measurement, so the peak is that of a steady-state step
@@ -188,6 +230,12 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
         st = make_step((ti, te, ts, tsh, tiny))
         st()
         st()
+        del ti, te, ts, tsh, st
+        if dev.startswith("cuda"):
+            # one untimed step at this size (JIT, cuBLAS workspaces, Triton autotuning for this
+            # size class: the kernels' tuning key has a node-count bucket)
+            step()
+            opt.zero_grad(set_to_none=True)
 
     step = make_step((inputs, emotion, sentiment, shift, lens))
     fingerprint: List[Optional[List[float]]] = [None]
@@ -224,6 +272,7 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
         "E": gops.num_edges(lens, 2, cfg.win_p, cfg.win_f),
         "P": gops.num_shift_pairs(lens, cfg.shift_win),
         "edge_capacity": cfg.edge_capacity,
+        **notes,
     }
 
 
@@ -271,12 +320,18 @@ def correctness_check(providers: List[str], args) -> Dict[str, Dict[str, Any]]:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small end-to-end run: L 20 50, B 2, no single dialogue, 3 reps, budget 30 s")
+    ap.add_argument("--quick", action="store_true", help="small end-to-end run: L 20 50, B 2, no single dialogue, 3 reps, budget 30 s; "
+                    "with --preset: the preset scaled down to CPU size")
+    ap.add_argument("--preset", choices=list(PRESETS), default=None,
+                    help="gpu-targets: issue #8 target 3 -- 16xIEMOCAP, 16x1000 and 1x20000, our GPU backends + original "
+                    "(options given explicitly win)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--lengths", type=int, nargs="+", default=None, help="dialogue lengths (default 50 110 250 500 1000 2000 5000)")
+    ap.add_argument("--lengths", type=int, nargs="*", default=None, help="dialogue lengths (default 50 110 250 500 1000 2000 5000)")
     ap.add_argument("--single", type=int, default=None, help="length of the single-dialogue case (default 20000)")
     ap.add_argument("--no-single", action="store_true", help="leave out the single-dialogue case")
+    ap.add_argument("--iemocap", action="store_true", default=None,
+                    help="add a batch of --batch dialogues with lengths drawn from IEMOCAP's distribution (case BxIEMOCAP)")
     ap.add_argument("--batch", type=int, default=None, help="dialogues per batch (default 16)")
     ap.add_argument("--providers", default=None, help=f"comma list (default: every available backend + original; also: dense)")
     ap.add_argument("--reps", type=int, default=None, help="timed steps after warm-up (default 5)")
@@ -287,13 +342,22 @@ def parse_args(argv=None):
     ap.add_argument("--dense-capacity", type=int, default=baselines.ORIGINAL_EDGE_CAPACITY)
     ap.add_argument("--isolate", choices=("subprocess", "none"), default="subprocess")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--time-limit-s", type=float, default=None,
+                    help="no new measurement starts after this many seconds from the start (recorded as skipped); the "
+                    "target verdicts are still printed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON-lines file (default bench/results/model.jsonl, or quick/model.jsonl)")
     args = ap.parse_args(argv)
     q = args.quick
-    args.lengths = args.lengths or ([20, 50] if q else [50, 110, 250, 500, 1000, 2000, 5000])
+    pv = PRESETS[args.preset]["quick" if q else "full"] if args.preset else {}
+    for k in ("lengths", "batch", "single", "reps", "budget_s", "iemocap"):
+        if getattr(args, k) is None and k in pv:
+            setattr(args, k, pv[k])
+    if args.lengths is None:
+        args.lengths = [20, 50] if q else [50, 110, 250, 500, 1000, 2000, 5000]
     args.batch = args.batch or (2 if q else 16)
     args.single = None if (args.no_single or (q and args.single is None)) else (args.single or 20000)
+    args.iemocap = bool(args.iemocap)
     args.reps = args.reps or (3 if q else 5)
     args.budget_s = args.budget_s or (30.0 if q else 120.0)
     if args.out is None:
@@ -308,9 +372,85 @@ def parse_args(argv=None):
         if missing:
             print(f"note: {missing} not available on {args.device} here")
         args.providers = [p for p in args.providers if p in avail]
+    elif args.preset:
+        args.providers = opbench.fast_backends(args.device) + ["original"]
     else:
         args.providers = default_providers(args.device)
     return args
+
+
+def build_cases(args) -> List[Dict[str, Any]]:
+    cases = []
+    if args.iemocap:
+        lens = iemocap_lengths(args.batch, args.seed)
+        cases.append({"label": f"{len(lens)}xIEMOCAP", "B": len(lens), "L": round(sum(lens) / len(lens)), "lengths": lens,
+                      "varied": True})
+    cases += [{"label": f"{args.batch}x{L}", "B": args.batch, "L": L, "lengths": [L] * args.batch} for L in sorted(args.lengths)]
+    if args.single:
+        cases.append({"label": f"1x{args.single}", "B": 1, "L": args.single, "lengths": [args.single]})
+    return cases
+
+
+# --- target verdicts (printed last) -------------------------------------------------------
+
+
+def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Target 3, per our provider: the IEMOCAP-shaped batch >= 5x faster than the original; at
+    L = 1000 >= 100x or the original cannot run; one dialogue of >= 20,000 runs (no OOM) at
+    D = 512 with 7 layers. PASS/MISS on a GPU, n/a (with the measured values) elsewhere."""
+    out: List[Dict[str, Any]] = []
+    by = {(r["case"], r["provider"]): r for r in recs}
+    ours = [p for p in dict.fromkeys(r["provider"] for r in recs) if opbench.is_ours(p)]
+
+    def verdict(r, passed: bool, applies: bool = True) -> str:
+        if r.get("device") != "cuda":
+            return "n/a (not a GPU)"
+        return ("PASS" if passed else "MISS") if applies else "n/a"
+
+    for r in recs:
+        p = r["provider"]
+        if p not in ours:
+            continue
+        orig = by.get((r["case"], "original"))
+        what = f"{p} {r['dtype']} {r['case']} (N = {r['N']})"
+        t = fmt_s(r["time_s"]["median"]) if r["status"] == "ok" else r["status"]
+        if r.get("lengths_varied"):
+            line = {"target": "T3 IEMOCAP batch speed-up", "case": what, "threshold": f">= {TARGET_IEMOCAP_SPEEDUP:g}x the original"}
+            if r["status"] == "ok" and orig is not None and orig["status"] == "ok":
+                sp = orig["time_s"]["median"] / r["time_s"]["median"]
+                line.update(measured=f"ours {t}, original {fmt_s(orig['time_s']['median'])}: {sp:.1f}x", values={"speedup": sp},
+                            verdict=verdict(r, sp >= TARGET_IEMOCAP_SPEEDUP))
+            else:
+                line.update(measured=f"ours {t}, original {orig['status'] if orig else 'not run'}",
+                            verdict=opbench.failed_verdict(r) if r["status"] != "ok" else "n/a (original not measured)")
+            out.append(line)
+        elif r["L"] == 1000 and r["B"] > 1:
+            line = {"target": "T3 L=1000 speed-up", "case": what, "threshold": f">= {TARGET_L1000_SPEEDUP:g}x the original, or it cannot run"}
+            if r["status"] != "ok":
+                line.update(measured=f"ours {t}", verdict=opbench.failed_verdict(r))
+            elif orig is not None and orig["status"] == "ok":
+                sp = orig["time_s"]["median"] / r["time_s"]["median"]
+                line.update(measured=f"ours {t}, original {fmt_s(orig['time_s']['median'])}: {sp:.1f}x", values={"speedup": sp},
+                            verdict=verdict(r, sp >= TARGET_L1000_SPEEDUP))
+            elif orig is not None and orig["status"] in CANNOT_RUN and (orig["status"] != "skipped" or "would need" in str(orig.get("reason"))):
+                line.update(measured=f"ours {t}; original cannot run: {orig['status']} ({str(orig.get('reason', ''))[:80]})",
+                            verdict=verdict(r, True))
+            else:
+                line.update(measured=f"ours {t}, original {orig['status'] if orig else 'not run'}", verdict="n/a (original not measured)")
+            out.append(line)
+        elif r["B"] == 1:
+            line = {"target": "T3 one long dialogue, no OOM", "case": what,
+                    "threshold": f"runs at N = {TARGET_SINGLE_L}, D = 512, 7 layers"}
+            mem = r.get("peak_mem_bytes")
+            line["measured"] = f"{t}" + (f", peak {fmt_bytes(mem)}" if r["status"] == "ok" else f" ({str(r.get('reason', ''))[:100]})")
+            if r["status"] == "ok":
+                line["values"] = {"time_s": r["time_s"]["median"], "peak_mem_bytes": mem}
+            if r.get("device") == "cuda" and r["N"] < TARGET_SINGLE_L:
+                line["verdict"] = f"n/a (N < {TARGET_SINGLE_L})"
+            else:
+                line["verdict"] = verdict(r, True) if r["status"] == "ok" else opbench.failed_verdict(r)
+            out.append(line)
+    return out
 
 
 def main(argv=None) -> int:
@@ -322,36 +462,44 @@ def main(argv=None) -> int:
         return 2
     env = common.env_info(args.device, args.dtype)
     run_id = common.new_run_id()
-    cases = [{"label": f"{args.batch}x{L}", "B": args.batch, "L": L, "lengths": [L] * args.batch} for L in sorted(args.lengths)]
-    if args.single:
-        cases.append({"label": f"1x{args.single}", "B": 1, "L": args.single, "lengths": [args.single]})
+    cases = build_cases(args)
     out_path = Path(args.out)
+    cfg0 = preset()
     print(f"GraphSmile training-step benchmark (IEMOCAP preset), run {run_id}: {env['device_name']} ({args.device}, "
           f"{env['threads']} threads), torch {env['torch']}, {args.dtype}, git {str(env['git_commit'])[:10]}")
-    print(f"  cases {[c['label'] for c in cases]}, providers {args.providers}, reps={args.reps}, budget {args.budget_s:.0f} s -> {out_path}")
+    print(f"  cases {[c['label'] for c in cases]}, providers {args.providers}, reps={args.reps}, budget {args.budget_s:.0f} s, "
+          f"isolate={args.isolate}{', preset ' + args.preset if args.preset else ''} -> {out_path}")
+    if any(c.get("varied") for c in cases):
+        c = next(c for c in cases if c.get("varied"))
+        print(f"  {c['label']}: lengths {c['lengths']} (N = {sum(c['lengths'])})")
     checks: Dict[str, Dict[str, Any]] = {}
     if not args.no_check:
         t0 = time.time()
         checks = correctness_check(args.providers, args)
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        opbench.release_device_memory(args.device)
         bad = [f"{p} ({c.get('error') or 'max rel err %.2e' % c.get('max_rel_err', float('nan'))})" for p, c in checks.items() if c.get("ok") is False]
         print(f"correctness vs reference on lengths {opbench.CHECK_LENGTHS}: " + ("all ok" if not bad else "FAILED: " + ", ".join(bad))
               + f" ({time.time() - t0:.1f} s)")
     memo = common.FailureMemo()
     t_start = time.time()
     n_written = 0
+    all_recs: List[Dict[str, Any]] = []
     isz = torch.empty((), dtype=common.parse_dtype(args.dtype)).element_size()
     for case in cases:
         lens = case["lengths"]
-        E = gops.num_edges(lens, 2, preset().win_p, preset().win_f)
+        E = gops.num_edges(lens, 2, cfg0.win_p, cfg0.win_f)
         group: List[Dict[str, Any]] = []
         ref_fp = None
         for provider in args.providers:
-            base = dict(bench="model", run_id=run_id, quick=args.quick, op="train_step", provider=provider, case=case["label"],
-                        B=case["B"], L=case["L"], N=sum(lens), preset="IEMOCAP", isolate=args.isolate, **env)
+            base = dict(bench="model", run_id=run_id, quick=args.quick, bench_preset=args.preset, op="train_step", provider=provider,
+                        case=case["label"], B=case["B"], L=case["L"], N=sum(lens), hidden_dim=cfg0.hidden_dim, graph_layers=list(cfg0.heter_n_layers),
+                        preset="IEMOCAP", isolate=args.isolate, **env)
+            if case.get("varied"):
+                base.update(lengths=lens, lengths_varied=True, L_max=max(lens))
             res = None
             skip = memo.reason(provider, base["N"])
+            if not skip and args.time_limit_s is not None and time.time() - t_start > args.time_limit_s:
+                skip = f"skipped: --time-limit-s {args.time_limit_s:g} reached"
             if skip:
                 res = {"status": "skipped", "reason": skip}
             elif provider in PROVIDERS_EXTRA and E > args.dense_capacity:
@@ -375,6 +523,7 @@ def main(argv=None) -> int:
                         res = run_measurement(spec)
                     except Exception as exc:
                         res = common.classify_exception(exc)
+                    opbench.release_device_memory(args.device)
                 if res.get("status") == "error" and "edge" in res.get("reason", "") and "capacity" in res.get("reason", ""):
                     res["status"] = "edge-capacity exceeded"
                 print(f" {fmt_s(res['time_s']['median']) if res.get('status') == 'ok' else res.get('status')} ({time.time() - t0:.1f} s)", flush=True)
@@ -395,8 +544,15 @@ def main(argv=None) -> int:
         opbench.add_ratios(group)
         opbench.print_group("train step", case, group)
         common.append_jsonl(out_path, group)
+        all_recs.extend(group)
         n_written += len(group)
+        for ln in model_targets(group):  # verdicts as soon as they are known
+            print(f"    -> [{ln['verdict']}] {ln['target']} | {ln['case']} | {ln['measured']}")
     print(f"\n{n_written} records appended to {out_path} in {time.time() - t_start:.0f} s. Draw: python bench/plot.py" + (" --quick" if args.quick else ""))
+    lines = model_targets(all_recs)
+    tpath = opbench.write_targets(lines, out_path, dict(bench="model", run_id=run_id, device_name=env["device_name"], date=env["date"],
+                                                        git_commit=env["git_commit"], git_dirty=env["git_dirty"]))
+    opbench.print_targets(lines, f"targets, {env['device_name']}, run {run_id}" + (f" (also in {tpath})" if tpath else ""))
     return 0
 
 

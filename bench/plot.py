@@ -32,9 +32,18 @@ STYLE = {
 SECTION_TITLES = {
     "stack": "graph module stack, forward + backward",
     "shift": "shift-pair logits, forward + backward",
-    "propagate": "window_spmm alone, forward + backward (grad x)",
+    "propagate": "one propagation layer (window_spmm), forward + backward (grads x, w, s)",
     "train_step": "GraphSmile training step (forward, backward, AdamW)",
 }
+
+
+def _title(section: str, recs: List[Dict[str, Any]]) -> str:
+    """Section title; ``propagate`` records written before grads to w and s were timed say so."""
+    if section == "propagate" and recs and not any((r.get("bandwidth") or {}).get("bwd_bytes") for r in recs):
+        return "window_spmm alone, forward + backward (grad x)"
+    return SECTION_TITLES.get(section, section)
+
+
 # SPEC 9 (2-core CPU, fp32, B=16, D=512, K=7, win 17/17): minimum speed-up of ours over the
 # original at each L, max ours/floor, min ratio to scatter at L=250, L=1000 absolute limits.
 SPEC9_MIN_VS_ORIGINAL = {50: 3.5, 110: 9.0, 250: 30.0}
@@ -58,20 +67,68 @@ def select(records: List[Dict[str, Any]], run_id: Optional[str], device_name: Op
         if not anchor:
             return []
         recs = anchor
-    key = _config_key(max(recs, key=lambda r: (r.get("date", ""), r.get("run_id", ""))))
+    return _newest_of_config(recs, _config_key(_newest(recs)))
+
+
+def _stamp(r: Dict[str, Any]) -> Tuple[str, str]:
+    return (r.get("date", ""), r.get("run_id", ""))
+
+
+def _newest(recs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The newest record; of equal stamps (one run shares one date) the last in file order."""
+    best = recs[0]
+    for r in recs:
+        if _stamp(r) >= _stamp(best):
+            best = r
+    return best
+
+
+def _newest_of_config(recs: List[Dict[str, Any]], key: Tuple) -> List[Dict[str, Any]]:
     newest: Dict[Tuple, Dict[str, Any]] = {}
     for r in recs:
         if _config_key(r) != key:
             continue
         k = (r.get("op"), r.get("provider"), r.get("case"))
-        if k not in newest or (r.get("date", ""), r.get("run_id", "")) >= (newest[k].get("date", ""), newest[k].get("run_id", "")):
+        if k not in newest or _stamp(r) >= _stamp(newest[k]):
             newest[k] = r
     return list(newest.values())
 
 
+def select_configs(records: List[Dict[str, Any]], run_id: Optional[str], device_name: Optional[str]) -> List[List[Dict[str, Any]]]:
+    """Every configuration of one run (``run_id``, or the newest record's run) -- a preset run has
+    several (D, dtype, layers, shift_win) -- each as in :func:`select`: the newest record per
+    (op, provider, case) of that configuration, from any run."""
+    recs = [r for r in records if not device_name or device_name.lower() in str(r.get("device_name", "")).lower()]
+    if not recs:
+        return []
+    anchor = run_id or _newest(recs).get("run_id")
+    keys = list(OrderedDict.fromkeys(_config_key(r) for r in recs if r.get("run_id") == anchor))
+    if run_id and not keys:
+        return []
+    if not keys:
+        keys = [_config_key(_newest(recs))]
+    return [_newest_of_config(recs, k) for k in keys]
+
+
+def _config_slug(r: Dict[str, Any]) -> str:
+    parts = [f"D{r['D']}" if r.get("D") is not None else "", str(r.get("dtype") or ""),
+             f"K{r['layers']}" if r.get("layers") is not None else "", f"sw{r['shift_win']}" if r.get("shift_win") is not None else ""]
+    return "_" + "-".join(p for p in parts if p)
+
+
 def _case_sort(case: str) -> Tuple[int, int]:
-    b, l = case.split("x")
-    return (int(b) == 1 and 1 or 0, int(l))  # batches first, by L; single dialogues last
+    """Batches of equal dialogues by L, then drawn-length batches (``16xIEMOCAP``) first of all,
+    single dialogues last."""
+    b, _, l = case.partition("x")
+    if not (b.isdigit() and l.isdigit()):
+        return (-1, 0)
+    return (int(b) == 1 and 1 or 0, int(l))
+
+
+def _uniform(r: Dict[str, Any]) -> bool:
+    """A batch of equal dialogues (``BxL``), not a drawn-length batch such as ``16xIEMOCAP``."""
+    b, _, l = str(r.get("case", "")).partition("x")
+    return b.isdigit() and l.isdigit()
 
 
 def _providers(recs) -> List[str]:
@@ -101,8 +158,13 @@ def draw(section: str, recs: List[Dict[str, Any]], path: Path, device: str) -> N
     for p in _providers(recs):
         color, marker = STYLE.get(p, ("black", "."))
         rows = sorted((r for r in recs if r["provider"] == p), key=lambda r: _case_sort(r["case"]))
-        multi = [r for r in rows if r["status"] == "ok" and (r["B"] != 1 or batch == {1})]
+        multi = [r for r in rows if r["status"] == "ok" and _uniform(r) and (r["B"] != 1 or batch == {1})]
         single = [r for r in rows if r["status"] == "ok" and r["B"] == 1 and batch != {1}]
+        for r in rows:  # drawn-length batches (16xIEMOCAP) at their mean length, as a plus
+            if r["status"] == "ok" and not _uniform(r):
+                ax_t.plot([r["L"]], [r["time_s"]["median"]], color=color, marker="P", markersize=10, linestyle="none")
+                if r.get("peak_mem_bytes"):
+                    ax_m.plot([r["L"]], [r["peak_mem_bytes"] / 1e6], color=color, marker="P", markersize=10, linestyle="none")
         if multi:
             x = [r["L"] for r in multi]
             med = [r["time_s"]["median"] for r in multi]
@@ -122,13 +184,14 @@ def draw(section: str, recs: List[Dict[str, Any]], path: Path, device: str) -> N
     for ax, ylabel in ((ax_t, "time per run (s), median, p20-p80"), (ax_m, "peak memory (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(f"dialogue length L ({'x'.join(str(b) for b in sorted(batch))} dialogues; star: one dialogue)")
+        ax.set_xlabel(f"dialogue length L ({'x'.join(str(b) for b in sorted(batch))} dialogues; star: one dialogue; "
+                      "plus: IEMOCAP-drawn lengths at their mean)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     r0 = recs[0]
-    fig.suptitle(f"{SECTION_TITLES.get(section, section)} -- {device}, {r0.get('dtype')}, {r0.get('threads')} threads, "
+    fig.suptitle(f"{_title(section, recs)} -- {device}, {r0.get('dtype')}, {r0.get('threads')} threads, "
                  f"torch {r0.get('torch')}, git {str(r0.get('git_commit'))[:8]}", fontsize=10)
     if notes:
         fig.text(0.01, 0.01, "not measured: " + "; ".join(notes), fontsize=7, wrap=True)
@@ -161,7 +224,7 @@ def table(section: str, recs: List[Dict[str, Any]]) -> List[str]:
     ours = _ours(recs)
     by = {(r["case"], r["provider"]): r for r in recs}
     cases = sorted({r["case"] for r in recs}, key=_case_sort)
-    lines = [f"### {SECTION_TITLES.get(section, section)}", ""]
+    lines = [f"### {_title(section, recs)}", ""]
     ratio_cols = []
     if ours:
         if "floor" in provs:
@@ -194,7 +257,10 @@ def table(section: str, recs: List[Dict[str, Any]]) -> List[str]:
             cell = _cell_mem(r)
             if r is not None and r.get("bandwidth"):
                 bw = r["bandwidth"]
-                cell += f"; fwd {bw['fwd_GBps']:.3g} GB/s" + (f" = {100 * bw['fwd_frac_of_peak']:.0f}% of peak" if bw.get("fwd_frac_of_peak") else "")
+                for ph in ("fwd", "bwd"):
+                    if ph + "_GBps" in bw:
+                        cell += f"; {ph} {bw[ph + '_GBps']:.3g} GB/s" + (
+                            f" = {100 * bw[ph + '_frac_of_peak']:.0f}% of peak" if bw.get(ph + "_frac_of_peak") else "")
             row.append(cell)
         o = by.get((c, ours)) if ours else None
         row.append(f"{o['utt_per_s']:.0f}" if o and o["status"] == "ok" else "")
@@ -212,8 +278,10 @@ def spec9_targets(recs: List[Dict[str, Any]]) -> List[str]:
     ours = _ours(recs)
     if not ours:
         return []
-    by = {(r["L"], r["provider"]): r for r in recs if r["B"] != 1}
-    Ls = sorted({r["L"] for r in recs if r["B"] != 1})
+    by = {(r["L"], r["provider"]): r for r in recs if r["B"] != 1 and _uniform(r)}
+    Ls = sorted({r["L"] for r in recs if r["B"] != 1 and _uniform(r)})
+    if not Ls:
+        return []
     out = ["### SPEC 9 targets (CPU)", "", f"ours = `{ours}`; ratios of medians (of minima, as SPEC 9's best-of-3, in brackets).", "",
            "| L | ours / floor <= 1.2 | original / ours | scatter / ours | L=1000: <= 7.5 s, <= 2.5 GB |", "|---|---|---|---|---|"]
 
@@ -279,7 +347,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="use bench/results/quick/")
     ap.add_argument("--results-dir", default=None)
-    ap.add_argument("--run-id", default=None, help="the configuration of this run (default: of the newest record)")
+    ap.add_argument("--run-id", default=None, help="the configurations of this run (default: of the newest record's run)")
     ap.add_argument("--device-name", default=None, help="only records whose device name contains this")
     ap.add_argument("--no-png", action="store_true", help="tables only")
     args = ap.parse_args(argv)
@@ -289,18 +357,20 @@ def main(argv=None) -> int:
           "measured. Times: median over repetitions after warm-up (minimum in brackets).", ""]
     drawn = []
     for fname, what in (("ops.jsonl", "Graph ops (bench/ops.py)"), ("model.jsonl", "Training step (bench/model.py)")):
-        recs = select(common.read_jsonl(rdir / fname), args.run_id, args.device_name)
-        if not recs:
-            continue
-        md += header(recs, what)
-        sections = list(OrderedDict.fromkeys(r["op"] for r in recs))
-        for section in sections:
-            srecs = [r for r in recs if r["op"] == section]
-            md += table(section, srecs)
-            if section == "stack" and srecs[0].get("device") == "cpu":
-                md += spec9_targets(srecs)
-            if not args.no_png:
-                png = rdir / f"{fname.split('.')[0]}_{section}.png"
+        configs = select_configs(common.read_jsonl(rdir / fname), args.run_id, args.device_name)
+        for recs in configs:
+            slug = _config_slug(recs[0]) if len(configs) > 1 else ""
+            r0 = recs[0]
+            md += header(recs, what + (f": D = {r0.get('D')}, {r0.get('dtype')}, K = {r0.get('layers')}, shift_win = {r0.get('shift_win')}"
+                                       if slug and r0.get("bench") == "ops" else f": {r0.get('dtype')}" if slug else ""))
+            for section in OrderedDict.fromkeys(r["op"] for r in recs):
+                srecs = [r for r in recs if r["op"] == section]
+                md += table(section, srecs)
+                if section == "stack" and srecs[0].get("device") == "cpu":
+                    md += spec9_targets(srecs)
+                if args.no_png:
+                    continue
+                png = rdir / f"{fname.split('.')[0]}_{section}{slug}.png"
                 try:
                     draw(section, srecs, png, srecs[0].get("device_name", ""))
                     drawn.append(png)

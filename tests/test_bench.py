@@ -3,6 +3,10 @@
 - ``test_ops_bench_smoke`` / ``test_bench_child_process`` (run by default, a few seconds): bench/ops.py
   end to end on a tiny config, the JSON-lines it writes, bench/plot.py on it; one measurement in
   a fresh child process.
+- the GPU presets of bench/ops.py and bench/model.py (issue #8 targets), scaled down to CPU size
+  with ``--quick`` and explicit sizes, in-process (``--isolate none``): their records, the
+  propagation bytes model, the target verdict lines; the verdict logic itself on synthetic GPU
+  records; the IEMOCAP length sampler.
 - ``@pytest.mark.benchmark`` tests (excluded by default; ``pytest -m benchmark tests/test_bench.py``,
   needs pytest-benchmark): forward+backward of the graph-module stack per provider, of
   ``window_spmm`` and of ``shift_pair_logits`` per backend, on one IEMOCAP-sized batch.
@@ -34,6 +38,24 @@ def _load(name):
 
 common = _load("common")
 baselines = _load("baselines")
+
+
+def _load_script(name):
+    """bench/ops.py and bench/model.py put bench/ on sys.path and import its modules under their
+    plain names (common, baselines, ops): loaded here with sys.path and sys.modules restored
+    afterwards, so those names do not leak into other tests."""
+    path, mods = list(sys.path), set(sys.modules)
+    try:
+        return _load(name)
+    finally:
+        sys.path[:] = path
+        for m in set(sys.modules) - mods:
+            if m in ("common", "baselines", "ops", "model"):
+                del sys.modules[m]
+
+
+bench_ops = _load_script("ops")
+bench_model = _load_script("model")
 
 
 def _run(args, timeout=300):
@@ -94,6 +116,158 @@ def test_bench_child_process():
     assert res["time_s"]["reps"] == 2
     assert res["mem"]["peak_rss_delta"] >= 0 and "fresh process" in res["mem_method"]
     assert res["nodes"] == 14 and res["E"] == ops.num_edges([4, 3], 2, 2, 2)
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_ops_gpu_presets_scaled_down(tmp_path):
+    """--preset gpu-targets (gpu-bandwidth + gpu-shift) in-process on the CPU at toy sizes: the
+    propagate section times gradients to x, w and s (checked against reference), records fwd and
+    bwd bandwidth with the bytes model, the shift record carries its ratio to one propagate
+    layer, and the verdict lines are printed last and written next to the results."""
+    out = tmp_path / "ops.jsonl"
+    stdout = _run([str(BENCH / "ops.py"), "--preset", "gpu-targets", "--quick", "--isolate", "none", "--threads", "1",
+                   "--dim", "8", "16", "--dtype", "float32", "bfloat16", "--lengths", "--single", "30",
+                   "--reps", "2", "--out", str(out)])
+    recs = _jsonl(out)
+    ours = baselines.available_backends("cpu")[0]
+    prop = [r for r in recs if r["op"] == "propagate"]
+    # options given explicitly hold for both presets: gpu-bandwidth and gpu-shift each 2 dims x 2 dtypes x
+    # the one case 1x30 (--lengths without values: no batched case), our fast backend only
+    assert len(prop) == 2 * (2 * 2) and {r["provider"] for r in prop} == {ours}
+    assert {r["case"] for r in recs} == {"1x30"}
+    assert {(r["D"], r["dtype"]) for r in prop} == {(8, "float32"), (16, "float32"), (8, "bfloat16"), (16, "bfloat16")}
+    assert {r["bench_preset"] for r in recs} == {"gpu-bandwidth", "gpu-shift"}
+    for r in prop:
+        assert r["status"] == "ok" and r["check"]["ok"] is True, r
+        n, D, E = r["nodes"], r["D"], r["E"]
+        assert n == 2 * r["N"] and E == ops.num_edges([r["L"]] * r["B"], 2, 17, 17)
+        isz = 4 if r["dtype"] == "float32" else 2
+        bw = r["bandwidth"]
+        assert bw["fwd_bytes"] == (2 * n * D + E + n) * isz
+        assert bw["bwd_bytes"] == (3 * n * D + 2 * E + 2 * n) * isz
+        assert bw["fwd_GBps"] == pytest.approx(bw["fwd_bytes"] / r["fwd_s"]["median"] / 1e9)
+        assert bw["bwd_GBps"] == pytest.approx(bw["bwd_bytes"] / r["bwd_s"]["median"] / 1e9)
+        assert "grad_w" in bw["bytes_model"] and "fwd_frac_of_peak" not in bw  # no peak on a CPU
+    shift = [r for r in recs if r["op"] == "shift"]
+    assert {r["provider"] for r in shift} == {ours, "dense"} and all(r["shift_win"] == -1 for r in shift)
+    mine = [r for r in shift if r["provider"] == ours]
+    assert all(r["vs_propagate_layer"]["ratio"] > 0 and "ratio_to_graph_layer" in r["vs_propagate_layer"] for r in mine)
+    stack = [r for r in recs if r["op"] == "stack"]
+    assert {r["provider"] for r in stack} == {ours, "floor"} and all(r["layers"] == 1 for r in stack)
+    tail = stdout[stdout.index("=== targets"):]
+    assert tail.count("T1 propagate bandwidth") == len(prop) and tail.count("T2 shift") == len(mine)
+    assert "n/a (not a GPU)" in tail
+    targets = _jsonl(tmp_path / "ops_targets.jsonl")
+    assert len(targets) == len(prop) + len(mine) and all(t["run_id"] == recs[0]["run_id"] for t in targets)
+
+    stdout = _run([str(BENCH / "plot.py"), "--results-dir", str(tmp_path), "--no-png"])
+    md = (tmp_path / "README.md").read_text()
+    assert "grads x, w, s" in md and "D = 16, bfloat16" in md and "bwd" in md
+
+
+def test_model_gpu_targets_scaled_down(tmp_path):
+    """model.py --preset gpu-targets --quick in-process: the IEMOCAP-shaped batch (drawn lengths)
+    and the single dialogue, our backend and the original, and the target lines."""
+    out = tmp_path / "model.jsonl"
+    stdout = _run([str(BENCH / "model.py"), "--preset", "gpu-targets", "--quick", "--isolate", "none", "--threads", "1",
+                   "--batch", "2", "--lengths", "--single", "12", "--reps", "1", "--no-check", "--providers",
+                   f"{baselines.available_backends('cpu')[0]},original", "--out", str(out)])
+    recs = _jsonl(out)
+    lens = bench_model.iemocap_lengths(2, 0)
+    assert [r["case"] for r in recs] == ["2xIEMOCAP"] * 2 + ["1x12"] * 2
+    assert all(r["status"] == "ok" for r in recs), recs
+    iem = recs[0]
+    assert iem["lengths"] == lens and iem["N"] == sum(lens) and iem["lengths_varied"] and iem["bench_preset"] == "gpu-targets"
+    assert recs[1]["ratio_to_ours"]  # original / ours
+    tail = stdout[stdout.index("=== targets"):]
+    assert "T3 IEMOCAP batch speed-up" in tail and "T3 one long dialogue" in tail
+    assert len(_jsonl(tmp_path / "model_targets.jsonl")) == 2
+
+
+def test_iemocap_lengths():
+    a = bench_model.iemocap_lengths(16, 0)
+    assert a == bench_model.iemocap_lengths(16, 0) and a != bench_model.iemocap_lengths(16, 1)
+    assert len(a) == 16 and all(8 <= v <= 110 for v in a) and 25 <= sum(a) / 16 <= 75
+    assert len(bench_model.iemocap_lengths(500, 0)) == 120  # the train split has 120 dialogues
+
+
+def _rec(op, provider, case, status="ok", t=1e-3, device="cuda", **kw):
+    b, l = case.split("x")
+    r = dict(op=op, provider=provider, case=case, B=int(b), L=int(l) if l.isdigit() else 50, N=int(b) * (int(l) if l.isdigit() else 50),
+             D=512, dtype="float32", device=device, status=status, shift_win=19, layers=7)
+    if status == "ok":
+        r["time_s"] = r["fwd_s"] = r["bwd_s"] = {"median": t, "min": t}
+    r.update(kw)
+    return r
+
+
+def test_target_verdicts():
+    # target 1: bandwidth, with the GPU's data-sheet peak (H100 SXM 3350 GB/s) and a copy of 3000 GB/s
+    assert common.gpu_peak_bandwidth_gbps("NVIDIA H100 80GB HBM3") == 3350.0
+    assert common.gpu_peak_bandwidth_gbps("NVIDIA H100 PCIe") == 2000.0
+    assert common.gpu_peak_bandwidth_gbps("NVIDIA H200") == 4800.0
+    env = {"gpu_peak_bw_gbps": 3350.0, "copy_bw_gbps": 3000.0}
+    n, D, E = 102_400, 512, ops.num_edges([3200] * 16, 2, 17, 17)
+    nb = bench_ops.propagate_bytes(n, D, E, 4)
+    recs = []
+    for provider, frac_fwd, frac_bwd in (("cuda", 0.7, 0.65), ("triton", 0.7, 0.5)):
+        r = _rec("propagate", provider, "16x3200", nodes=n, E=E)
+        r["fwd_s"] = {"median": nb["fwd"] / (frac_fwd * 3350e9), "min": nb["fwd"] / (frac_fwd * 3350e9)}
+        r["bwd_s"] = {"median": nb["bwd"] / (frac_bwd * 3350e9), "min": nb["bwd"] / (frac_bwd * 3350e9)}
+        r["time_s"] = {k: r["fwd_s"][k] + r["bwd_s"][k] for k in ("median", "min")}
+        bench_ops.add_bandwidth(r, env)
+        assert r["bandwidth"]["fwd_frac_of_peak"] == pytest.approx(frac_fwd)
+        assert r["bandwidth"]["bwd_frac_of_copy"] == pytest.approx(frac_bwd * 3350 / 3000)
+        recs.append(r)
+    small = _rec("propagate", "cuda", "16x50", nodes=1600, E=ops.num_edges([50] * 16, 2, 17, 17))
+    bench_ops.add_bandwidth(small, env)
+    lines = bench_ops.bandwidth_targets(recs + [small])
+    verdicts = [ln["verdict"] for ln in lines]
+    assert verdicts[:3] == ["PASS", "MISS", "n/a (< 100000 nodes)"]
+    assert [ln["verdict"] for ln in lines if "worst" in ln["case"]] == ["PASS", "MISS"]
+    # target 2: shift (shift_win -1) / propagate at D = 512 on one dialogue of 20,000
+    prop = _rec("propagate", "cuda", "1x20000", t=1e-3)
+    layer = _rec("stack", "cuda", "1x20000", t=4e-3, layers=1)
+    fast = _rec("shift", "cuda", "1x20000", t=5e-5, shift_win=-1, P=20000 ** 2)
+    slow = _rec("shift", "triton", "1x20000", t=5e-3, shift_win=-1, P=20000 ** 2)
+    prop_t = _rec("propagate", "triton", "1x20000", t=1e-3)
+    lines = bench_ops.shift_targets([prop, layer, fast, slow, prop_t], copy_bw=3000.0)
+    assert [ln["verdict"] for ln in lines] == ["PASS", "MISS"]
+    assert lines[0]["values"]["ratio"] == pytest.approx(0.05) and lines[0]["values"]["ratio_to_graph_layer"] == pytest.approx(0.0125)
+    assert lines[1]["values"]["traffic_floor_ratio"] == pytest.approx(2 * 20000 ** 2 * 2 * 4 / 3000e9 / 1e-3)
+    cpu = bench_ops.shift_targets([dict(prop, device="cpu"), dict(fast, device="cpu")], copy_bw=None)
+    assert cpu[0]["verdict"].startswith("n/a")
+    # target 3: training step
+    recs = [_rec("train_step", "cuda", "16xIEMOCAP", t=0.02, lengths_varied=True), _rec("train_step", "original", "16xIEMOCAP", t=0.2),
+            _rec("train_step", "triton", "16xIEMOCAP", t=0.05, lengths_varied=True),
+            _rec("train_step", "cuda", "16x1000", t=0.1), _rec("train_step", "original", "16x1000", status="edge-capacity exceeded"),
+            _rec("train_step", "cuda", "1x20000", t=0.5, peak_mem_bytes=5e9), _rec("train_step", "triton", "1x20000", status="oom")]
+    lines = bench_model.model_targets(recs)
+    assert [(ln["target"].split()[1], ln["verdict"]) for ln in lines] == [
+        ("IEMOCAP", "PASS"), ("IEMOCAP", "MISS"), ("L=1000", "PASS"), ("one", "PASS"), ("one", "MISS")]
+    # the original skipped by the memory guard cannot run; skipped by the time limit: not measured
+    guard = _rec("train_step", "original", "16x1000", status="skipped", reason="skipped: would need ~147 GB, 80 GB available")
+    late = _rec("train_step", "original", "16x1000", status="skipped", reason="skipped: --time-limit-s 300 reached")
+    ours = _rec("train_step", "cuda", "16x1000", t=0.1)
+    assert bench_model.model_targets([ours, guard])[0]["verdict"] == "PASS"
+    assert bench_model.model_targets([ours, late])[0]["verdict"].startswith("n/a")
+    assert bench_ops.failed_verdict(dict(late, provider="cuda")).startswith("n/a") and bench_ops.failed_verdict(dict(ours, status="oom")) == "MISS"
+
+
+def test_kernel_time_helpers():
+    """Device-busy time is the union of the profiled intervals; kernel bandwidth comes from it."""
+    assert bench_ops._busy_ns([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17 and bench_ops._busy_ns([]) == 0
+    r = _rec("propagate", "cuda", "16x3200", nodes=102_400, E=ops.num_edges([3200] * 16, 2, 17, 17), t=1e-3)
+    nb = bench_ops.propagate_bytes(r["nodes"], 512, r["E"], 4)
+    r["kernel_s"] = {"fwd": nb["fwd"] / 2.5e12, "bwd": nb["bwd"] / 2.0e12}
+    bench_ops.add_bandwidth(r, {"gpu_peak_bw_gbps": 3350.0})
+    bw = r["bandwidth"]
+    assert bw["kernel_fwd_GBps"] == pytest.approx(2500) and bw["kernel_bwd_frac_of_peak"] == pytest.approx(2000 / 3350)
+    line = bench_ops.bandwidth_targets([r], worst=False)[0]
+    assert "kernels alone" in line["measured"] and line["values"]["kernel_fwd_GBps"] == pytest.approx(2500)
 
 
 # --- micro-benchmarks (pytest -m benchmark) ------------------------------------------------------
