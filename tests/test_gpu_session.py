@@ -1,0 +1,75 @@
+"""The prepared device-session scripts (scripts/gpu_session.sh and its helpers).
+
+A lent GPU comes rarely and for minutes, so the script that uses it must not fail on a typo.
+Here it runs as a dry run on the CPU (GS_DEVICE=cpu, GS_QUICK=1): the same stages, commands
+and bookkeeping, with the benchmarks at --quick size and the CUDA-only checks left out.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = ["gpu_session.sh", "build_prebuilt.sh", "collect_gpu_results.sh", "source_hash.sh", "setup_env.sh"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_parse(name):
+    r = subprocess.run(["bash", "-n", str(REPO / "scripts" / name)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_source_hash_is_stable_and_tracks_sources(tmp_path):
+    h1 = subprocess.run(["bash", "scripts/source_hash.sh"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    h2 = subprocess.run(["bash", "scripts/source_hash.sh"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{16}", h1) and h1 == h2
+    # a copy with one kernel file changed hashes differently
+    copy = tmp_path / "repo"
+    (copy / "scripts").mkdir(parents=True)
+    subprocess.run(["cp", "-r", str(REPO / "csrc"), str(REPO / "kernels"), str(REPO / "setup.py"), str(copy)], check=True)
+    subprocess.run(["cp", str(REPO / "scripts" / "source_hash.sh"), str(copy / "scripts")], check=True)
+    same = subprocess.run(["bash", "scripts/source_hash.sh"], cwd=copy, capture_output=True, text=True, check=True).stdout.strip()
+    assert same == h1
+    with open(copy / "kernels" / "window_index.h", "a") as f:
+        f.write("\n// changed\n")
+    changed = subprocess.run(["bash", "scripts/source_hash.sh"], cwd=copy, capture_output=True, text=True, check=True).stdout.strip()
+    assert changed != h1
+
+
+def test_dry_run_and_collect(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), GS_DEVICE="cpu", GS_QUICK="1", PY=sys.executable, OMP_NUM_THREADS="1",
+               GS_STAGES="env ops_cuda", GS_DEADLINE_S="300")
+    r = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = (out / "summary.txt").read_text()
+    # ext is added because ops_cuda needs it; every stage that ran ended with rc=0
+    for stage in ("env", "ext", "ops_cuda"):
+        assert re.search(rf"{stage}: rc=0", summary), summary
+    assert "SKIPPED" not in summary and "TIMEOUT" not in summary
+    assert "extension OK" in (out / "logs" / "ext.log").read_text()
+    recs = [json.loads(line) for line in (out / "results" / "ops.jsonl").read_text().splitlines()]
+    assert recs and {r["device"] for r in recs} == {"cpu"}
+    assert any(r.get("op") == "propagate" and r.get("status") == "ok" and "bandwidth" in r for r in recs)
+    assert "=== targets" in r.stdout  # the verdict block is in the output's tail
+
+    # collect files the results without touching the repository's (RESULTS_DIR)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "ops.jsonl").write_text('{"old": 1}\n')
+    c = subprocess.run(["bash", "scripts/collect_gpu_results.sh", str(out)], cwd=REPO, capture_output=True, text=True,
+                       env=dict(os.environ, RESULTS_DIR=str(results)))
+    assert c.returncode == 0, c.stderr
+    lines = (results / "ops.jsonl").read_text().splitlines()
+    assert lines[0] == '{"old": 1}' and len(lines) == 1 + len(recs)  # appended, nothing lost
+    kept = list((results / "gpu").glob("*/summary.txt"))
+    assert len(kept) == 1 and kept[0].read_text() == summary
+
+
+def test_collect_refuses_a_folder_that_is_not_a_session_output(tmp_path):
+    c = subprocess.run(["bash", "scripts/collect_gpu_results.sh", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert c.returncode == 2 and "summary.txt" in c.stderr
