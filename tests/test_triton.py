@@ -357,7 +357,7 @@ _COMPILE_CHECK = textwrap.dedent(
         ("fp64", True, False, (2, 17, 17, 0), (16, 16, 32, 4)),
     ):
         p = "*" + dt
-        c = dict(M=M, WP=WP, WF=WF, MODE=MODE, ACC64=acc64)
+        c = dict(M=M, WP=WP, WF=WF, MODE=MODE, ACC64=acc64, NB=2)  # NB: the autotuning key's size class
         b = dict(BLOCK_R=tile[0], BLOCK_K=tile[1], BLOCK_D=tile[2])
         comp(K._spmm_fwd_kernel, dict(x_ptr=p, w_ptr=p, s_ptr=p, y_ptr=p, **meta, D="i32"), dict(c, IEEE=ieee, **b), tile[3])
         if dt == "fp64":
