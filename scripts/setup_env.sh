@@ -39,7 +39,10 @@ fi
 "$PY" -m pip install $PIP_QUIET setuptools wheel ninja numpy scikit-learn tqdm matplotlib pytest
 
 WITH_TRITON=${WITH_TRITON:-auto}
-if [ "$WITH_TRITON" = "1" ] || { [ "$WITH_TRITON" = "auto" ] && "$PY" -m pip config list 2>/dev/null | grep -q "file://"; }; then
+# The config is read into a variable first: `pip config list | grep -q` under pipefail fails
+# whenever grep exits before pip has written everything (SIGPIPE), which made this flaky.
+PIP_CONFIG="$("$PY" -m pip config list 2>/dev/null || true)"
+if [ "$WITH_TRITON" = "1" ] || { [ "$WITH_TRITON" = "auto" ] && [[ "$PIP_CONFIG" == *file://* ]]; }; then
   "$PY" -c "import triton" 2>/dev/null || "$PY" -m pip install $PIP_QUIET "triton>=3.0" || echo "[setup] triton not installed (optional)"
 fi
 
