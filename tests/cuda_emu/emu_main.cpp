@@ -1,0 +1,459 @@
+// CPU emulator harness of graphsmile's CUDA kernels: includes the real kernels/*.cuh (through
+// cuda_emu.h, no change to the device code) and runs them with the launch sequences of the
+// host launchers csrc/cuda/window_propagate_cuda.cu and csrc/cuda/shift_pair_cuda.cu, which it
+// mirrors by hand: a change to a launcher (grid shape, kernel order, temp buffers, zeroing)
+// must be repeated in the run_* functions below.
+//
+//   emu_main IN OUT POLICIES
+//
+// IN holds jobs (written by tests/test_cuda_emulated.py):
+//   job NAME OP DTYPE            OP: window_norm | window_norm_backward | window_spmm |
+//   int KEY VALUE                    window_spmm_backward | shift_pair_sum | shift_pair_sum_backward
+//   arr KEY TYPE COUNT\n<bytes>  DTYPE / TYPE: f32 | f64 | bf16 | i64 (little endian)
+//   end
+// Every job runs once per scheduling policy of the comma-separated list POLICIES (cuda_emu.h);
+// OUT gets, per job, "job NAME" then the outputs as "arr P.KEY TYPE COUNT\n<bytes>" (P the policy)
+// and "end". Device buffers the launchers allocate with at::empty (outputs, temp buffers) start
+// filled with NaN here, so an element a kernel should write and does not shows up.
+#include "cuda_emu.h"
+
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "shift_pair.cuh"
+#include "window_propagate.cuh"
+
+using namespace graphsmile;
+
+// bfloat16 with c10::BFloat16's conversions (round to nearest even, NaN kept), for the
+// scalar_t = bf16, acc_t = float instantiation the launchers dispatch to.
+struct BF16 {
+  uint16_t x;
+  BF16() = default;
+  BF16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if (std::isnan(f)) x = 0x7fc0;
+    else x = static_cast<uint16_t>((u + (((u >> 16) & 1u) + 0x7fffu)) >> 16);
+  }
+  operator float() const {
+    const uint32_t u = static_cast<uint32_t>(x) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+};
+
+namespace {
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "emu_main: %s\n", msg.c_str());
+  std::exit(2);
+}
+
+struct Array {
+  std::string type;
+  int64_t count = 0;
+  std::vector<unsigned char> bytes;
+};
+
+struct Job {
+  std::string name, op, dtype;
+  std::map<std::string, int64_t> ints;
+  std::map<std::string, Array> arrs;
+};
+
+using Outputs = std::vector<std::pair<std::string, Array>>;
+
+size_t type_size(const std::string& t) {
+  if (t == "f32") return 4;
+  if (t == "f64" || t == "i64") return 8;
+  if (t == "bf16") return 2;
+  die("unknown type " + t);
+}
+
+template <typename T>
+const char* type_name();
+template <>
+const char* type_name<float>() { return "f32"; }
+template <>
+const char* type_name<double>() { return "f64"; }
+template <>
+const char* type_name<BF16>() { return "bf16"; }
+template <>
+const char* type_name<int64_t>() { return "i64"; }
+
+template <typename T>
+T poison() {
+  if constexpr (std::is_same_v<T, int64_t>) return int64_t(-0x5a5a5a5a5a5a5a5a);
+  else return T(std::numeric_limits<float>::quiet_NaN());
+}
+
+std::vector<Job> read_jobs(const char* path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) die(std::string("cannot open ") + path);
+  std::vector<Job> jobs;
+  std::string line;
+  Job* cur = nullptr;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    std::istringstream ls(line);
+    std::string kind;
+    ls >> kind;
+    if (kind == "job") {
+      jobs.emplace_back();
+      cur = &jobs.back();
+      ls >> cur->name >> cur->op >> cur->dtype;
+    } else if (cur == nullptr) {
+      die("input: '" + kind + "' before any job");
+    } else if (kind == "int") {
+      std::string k;
+      int64_t v;
+      ls >> k >> v;
+      cur->ints[k] = v;
+    } else if (kind == "arr") {
+      std::string k;
+      Array a;
+      ls >> k >> a.type >> a.count;
+      a.bytes.resize(static_cast<size_t>(a.count) * type_size(a.type));
+      if (!a.bytes.empty()) in.read(reinterpret_cast<char*>(a.bytes.data()), static_cast<std::streamsize>(a.bytes.size()));
+      if (!in) die("input: truncated array " + k);
+      cur->arrs[k] = std::move(a);
+    } else if (kind == "end") {
+      cur = nullptr;
+    } else {
+      die("input: unknown line '" + line + "'");
+    }
+  }
+  return jobs;
+}
+
+int64_t geti(const Job& j, const std::string& k) {
+  auto it = j.ints.find(k);
+  if (it == j.ints.end()) die("job " + j.name + ": missing int " + k);
+  return it->second;
+}
+
+// A fresh heap copy of an input array (one allocation per array: out-of-bounds reads are seen by ASan).
+template <typename T>
+std::vector<T> geta(const Job& j, const std::string& k) {
+  auto it = j.arrs.find(k);
+  if (it == j.arrs.end()) die("job " + j.name + ": missing array " + k);
+  const Array& a = it->second;
+  if (a.type != type_name<T>()) die("job " + j.name + ": array " + k + " is " + a.type + ", expected " + type_name<T>());
+  std::vector<T> v(static_cast<size_t>(a.count));
+  if (!v.empty()) std::memcpy(v.data(), a.bytes.data(), a.bytes.size());
+  return v;
+}
+
+template <typename T>
+void put(Outputs& out, const std::string& k, const std::vector<T>& v) {
+  Array a;
+  a.type = type_name<T>();
+  a.count = static_cast<int64_t>(v.size());
+  a.bytes.resize(v.size() * sizeof(T));
+  if (!v.empty()) std::memcpy(a.bytes.data(), v.data(), a.bytes.size());
+  out.emplace_back(k, std::move(a));
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+unsigned grid_x(int64_t blocks) {
+  if (blocks > INT32_MAX) die("grid.x too large");
+  return static_cast<unsigned>(blocks);
+}
+unsigned grid_y(int64_t blocks) {
+  if (blocks > 65535) die("grid.y too large");
+  return static_cast<unsigned>(blocks);
+}
+
+// ---- window ops: mirror of csrc/window_common.h (make_window_meta) and
+// csrc/cuda/window_propagate_cuda.cu ----------------------------------------------------------------
+
+struct WindowMetaEmu {
+  int64_t B = 0, N = 0, E = 0;
+  // Separate allocations (the launcher packs them into one tensor): an index past one array is
+  // an ASan error here instead of a silent read of the next one.
+  std::vector<int64_t> start, length, band, edge_base;
+  gpu::WindowArgs args{};
+};
+
+WindowMetaEmu window_meta(const Job& j) {
+  WindowMetaEmu m;
+  const std::vector<int64_t> lens = geta<int64_t>(j, "lengths");
+  const int64_t M = geti(j, "M"), wp = geti(j, "wp"), wf = geti(j, "wf"), mode = geti(j, "mode");
+  m.B = static_cast<int64_t>(lens.size());
+  for (int64_t b = 0; b < m.B; ++b) {
+    if (lens[b] < 1) die("lengths must be >= 1");
+    m.start.push_back(m.N);
+    m.length.push_back(lens[b]);
+    m.band.push_back(window_band_count(lens[b], wp, wf));
+    m.edge_base.push_back(m.E);
+    m.N += lens[b];
+    m.E += M * (M - 1) * m.band.back();
+  }
+  m.args.start = m.start.data();
+  m.args.length = m.length.data();
+  m.args.band = m.band.data();
+  m.args.edge_base = m.edge_base.data();
+  m.args.B = m.B;
+  m.args.N = m.N;
+  m.args.M = M;
+  m.args.wp = wp;
+  m.args.wf = wf;
+  m.args.mode = mode;
+  return m;
+}
+
+template <typename scalar_t, typename acc_t, typename Edges>
+void launch_relative_reduce(const Edges& edges, scalar_t* out, const gpu::WindowArgs& args, int64_t entries) {
+  cuda_emu::launch("relative_reduce_kernel", dim3(grid_x(entries)), dim3(gpu::kReduceThreads),
+                   [&] { gpu::relative_reduce_kernel<scalar_t, acc_t, Edges>(edges, out, args); });
+}
+
+template <typename scalar_t, typename acc_t>
+void run_window_norm(const Job& j, Outputs& out) {
+  WindowMetaEmu meta = window_meta(j);
+  const std::vector<scalar_t> w = geta<scalar_t>(j, "w");
+  const int64_t rows = meta.args.M * meta.N;
+  std::vector<scalar_t> s(static_cast<size_t>(rows), poison<scalar_t>());
+  const unsigned blocks = grid_x(ceil_div(rows, gpu::kNormWarps));
+  cuda_emu::launch("window_norm_kernel", dim3(blocks), dim3(gpu::kNormWarps * 32),
+                   [&] { gpu::window_norm_kernel<scalar_t, acc_t>(w.data(), s.data(), meta.args); });
+  put(out, "s", s);
+}
+
+template <typename scalar_t, typename acc_t>
+void run_window_norm_backward(const Job& j, Outputs& out) {
+  WindowMetaEmu meta = window_meta(j);
+  const std::vector<scalar_t> w = geta<scalar_t>(j, "w"), s = geta<scalar_t>(j, "s"), gs = geta<scalar_t>(j, "gs");
+  const int64_t rows = meta.args.M * meta.N, mode = meta.args.mode;
+  std::vector<scalar_t> gw(w.size(), poison<scalar_t>());
+  if (mode == kPerEdge && static_cast<int64_t>(gw.size()) > meta.E)
+    std::fill(gw.begin() + meta.E, gw.end(), scalar_t(0.0f));  // unused entries
+  if (mode == kPerEdge) {
+    const unsigned blocks = grid_x(ceil_div(rows, gpu::kNormWarps));
+    cuda_emu::launch("window_norm_grad_per_edge_kernel", dim3(blocks), dim3(gpu::kNormWarps * 32), [&] {
+      gpu::window_norm_grad_per_edge_kernel<scalar_t, acc_t>(gs.data(), s.data(), gw.data(), meta.args);
+    });
+  } else {
+    gpu::NormGradEdges<scalar_t, acc_t> edges{s.data(), gs.data()};
+    launch_relative_reduce<scalar_t, acc_t>(edges, gw.data(), meta.args, static_cast<int64_t>(gw.size()));
+  }
+  put(out, "gw", gw);
+}
+
+template <typename scalar_t, typename acc_t>
+void run_window_spmm(const Job& j, Outputs& out) {
+  WindowMetaEmu meta = window_meta(j);
+  const std::vector<scalar_t> x = geta<scalar_t>(j, "x"), w = geta<scalar_t>(j, "w"), s = geta<scalar_t>(j, "s");
+  const int64_t N = meta.N, D = geti(j, "D"), M = meta.args.M;
+  if (static_cast<int64_t>(x.size()) != M * N * D) die("x has the wrong size");
+  std::vector<scalar_t> y(x.size(), poison<scalar_t>());
+  if (!y.empty()) {
+    const dim3 grid(grid_x(M * ceil_div(N, gpu::kTileRows)), grid_y(ceil_div(D, gpu::kTileD)));
+    cuda_emu::launch("window_spmm_forward_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
+      gpu::window_spmm_forward_kernel<scalar_t, acc_t>(x.data(), w.data(), s.data(), y.data(), meta.args, D);
+    });
+  }
+  put(out, "y", y);
+}
+
+template <typename scalar_t, typename acc_t>
+void run_window_spmm_backward(const Job& j, Outputs& out) {
+  WindowMetaEmu meta = window_meta(j);
+  const std::vector<scalar_t> g = geta<scalar_t>(j, "g"), x = geta<scalar_t>(j, "x"), w = geta<scalar_t>(j, "w"),
+                              s = geta<scalar_t>(j, "s");
+  const int64_t N = meta.N, D = geti(j, "D"), M = meta.args.M, rows = M * N, mode = meta.args.mode;
+  const bool need_gx = geti(j, "need_gx") != 0, need_gw = geti(j, "need_gw") != 0, need_gs = geti(j, "need_gs") != 0;
+  std::vector<scalar_t> gx, gw, gs;
+  if (need_gx) gx.assign(x.size(), poison<scalar_t>());
+  if (need_gw) gw.assign(w.size(), poison<scalar_t>());
+  if (need_gs) gs.assign(static_cast<size_t>(rows), poison<scalar_t>());
+  if (need_gx || need_gw || need_gs) {
+    if (need_gw && mode == kPerEdge && static_cast<int64_t>(gw.size()) > meta.E)
+      std::fill(gw.begin() + meta.E, gw.end(), scalar_t(0.0f));  // unused entries
+    const int64_t n_dtiles = ceil_div(D, gpu::kTileD);
+    std::vector<acc_t> colpart, edge_tmp;
+    const bool has_colpart = need_gs && n_dtiles > 0;
+    if (has_colpart) colpart.assign(static_cast<size_t>(n_dtiles * rows), poison<acc_t>());
+    const bool has_tmp = need_gw && mode == kRelative;
+    if (has_tmp) edge_tmp.assign(static_cast<size_t>(std::max<int64_t>(meta.E, 1)), poison<acc_t>());
+    const unsigned row_tiles = grid_x(M * ceil_div(N, gpu::kTileRows));
+    acc_t* colpart_ptr = has_colpart ? colpart.data() : nullptr;
+    // Pass A (columns): grad_x and the column part of grad_norm.
+    if ((need_gx || need_gs) && D > 0) {
+      const dim3 grid(row_tiles, grid_y(n_dtiles));
+      cuda_emu::launch("window_spmm_cols_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
+        gpu::window_spmm_cols_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(),
+                                                      need_gx ? gx.data() : nullptr, colpart_ptr, meta.args, D);
+      });
+    }
+    // Pass B (rows): per-edge dots -> grad_edge_weight and the row part of grad_norm.
+    if (need_gw || need_gs) {
+      scalar_t* gw_ptr = need_gw && mode == kPerEdge ? gw.data() : nullptr;
+      acc_t* tmp_ptr = has_tmp ? edge_tmp.data() : nullptr;
+      cuda_emu::launch("window_spmm_rows_kernel", dim3(row_tiles), dim3(gpu::kDotThreads), [&] {
+        gpu::window_spmm_rows_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(), gw_ptr, tmp_ptr,
+                                                      colpart_ptr, has_colpart ? n_dtiles : 0,
+                                                      need_gs ? gs.data() : nullptr, meta.args, D);
+      });
+    }
+    if (need_gw && mode == kRelative) {
+      gpu::BufferedEdges<acc_t> edges{edge_tmp.data()};
+      launch_relative_reduce<scalar_t, acc_t>(edges, gw.data(), meta.args, static_cast<int64_t>(gw.size()));
+    }
+  }
+  if (need_gx) put(out, "gx", gx);
+  if (need_gw) put(out, "gw", gw);
+  if (need_gs) put(out, "gs", gs);
+}
+
+// ---- shift pairs: mirror of make_shift_meta and csrc/cuda/shift_pair_cuda.cu ---------------------
+
+struct ShiftMetaEmu {
+  int64_t N = 0, P = 0;
+  std::vector<int64_t> start, length, pair_base;
+  gpu::ShiftArgs args{};
+};
+
+ShiftMetaEmu shift_meta(const Job& j) {
+  ShiftMetaEmu m;
+  const std::vector<int64_t> lens = geta<int64_t>(j, "lengths");
+  const int64_t sw = geti(j, "shift_win"), C = geti(j, "C");
+  if (!(sw == -1 || sw > 0)) die("bad shift_win");
+  for (int64_t L : lens) {
+    if (L < 1) die("lengths must be >= 1");
+    m.start.push_back(m.N);
+    m.length.push_back(L);
+    m.pair_base.push_back(m.P);
+    m.N += L;
+    m.P += shift_pair_count(L, sw);
+  }
+  m.args.start = m.start.data();
+  m.args.length = m.length.data();
+  m.args.pair_base = m.pair_base.data();
+  m.args.B = static_cast<int64_t>(lens.size());
+  m.args.N = m.N;
+  m.args.shift_win = sw;
+  m.args.C = C;
+  return m;
+}
+
+template <typename scalar_t, typename acc_t>
+void run_shift_pair_sum(const Job& j, Outputs& out) {
+  ShiftMetaEmu meta = shift_meta(j);
+  const std::vector<scalar_t> a = geta<scalar_t>(j, "a"), b = geta<scalar_t>(j, "b");
+  const int64_t C = meta.args.C;
+  if (static_cast<int64_t>(a.size()) != meta.N * C || b.size() != a.size()) die("a, b must be [N, C]");
+  std::vector<scalar_t> o(static_cast<size_t>(meta.P * C), poison<scalar_t>());
+  if (!o.empty()) {
+    const unsigned blocks = grid_x(ceil_div(meta.N, gpu::kShiftWarps));
+    cuda_emu::launch("shift_pair_sum_kernel", dim3(blocks), dim3(gpu::kShiftWarps * 32),
+                     [&] { gpu::shift_pair_sum_kernel<scalar_t, acc_t>(a.data(), b.data(), o.data(), meta.args); });
+  }
+  put(out, "out", o);
+}
+
+template <typename scalar_t, typename acc_t>
+void run_shift_pair_sum_backward(const Job& j, Outputs& out) {
+  ShiftMetaEmu meta = shift_meta(j);
+  const std::vector<scalar_t> grad = geta<scalar_t>(j, "grad");
+  const int64_t C = meta.args.C, N = meta.N, sw = meta.args.shift_win;
+  if (static_cast<int64_t>(grad.size()) != meta.P * C) die("grad must be [P, C]");
+  const bool mask_a = geti(j, "need_ga") != 0, mask_b = geti(j, "need_gb") != 0;
+  std::vector<scalar_t> ga, gb;
+  if (mask_a) ga.assign(static_cast<size_t>(N * C), poison<scalar_t>());
+  if (mask_b) gb.assign(static_cast<size_t>(N * C), poison<scalar_t>());
+  if ((mask_a || mask_b) && C != 0) {
+    int64_t max_chunk = 0;
+    for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, sw), L));
+    const int64_t nseg = ceil_div(max_chunk, gpu::kColSeg);
+    std::vector<acc_t> partial;
+    if (mask_b && nseg > 1) partial.assign(static_cast<size_t>(nseg * N * C), poison<acc_t>());
+    if (mask_a) {
+      const unsigned blocks = grid_x(ceil_div(N, gpu::kShiftWarps));
+      cuda_emu::launch("shift_pair_rows_kernel", dim3(blocks), dim3(gpu::kShiftWarps * 32),
+                       [&] { gpu::shift_pair_rows_kernel<scalar_t, acc_t>(grad.data(), ga.data(), meta.args); });
+    }
+    if (mask_b) {
+      const unsigned bx = grid_x(ceil_div(N * C, gpu::kShiftThreads));
+      const dim3 grid(bx, grid_y(nseg));
+      acc_t* partial_ptr = partial.empty() ? nullptr : partial.data();
+      cuda_emu::launch("shift_pair_cols_kernel", grid, dim3(gpu::kShiftThreads), [&] {
+        gpu::shift_pair_cols_kernel<scalar_t, acc_t>(grad.data(), gb.data(), partial_ptr, meta.args);
+      });
+      if (partial_ptr != nullptr) {
+        cuda_emu::launch("shift_pair_cols_combine_kernel", dim3(bx), dim3(gpu::kShiftThreads), [&] {
+          gpu::shift_pair_cols_combine_kernel<scalar_t, acc_t>(partial_ptr, gb.data(), meta.args);
+        });
+      }
+    }
+  }
+  if (mask_a) put(out, "ga", ga);
+  if (mask_b) put(out, "gb", gb);
+}
+
+// ---- dispatch ---------------------------------------------------------------------------------------
+
+template <typename scalar_t, typename acc_t>
+void run_typed(const Job& j, Outputs& out) {
+  if (j.op == "window_norm") run_window_norm<scalar_t, acc_t>(j, out);
+  else if (j.op == "window_norm_backward") run_window_norm_backward<scalar_t, acc_t>(j, out);
+  else if (j.op == "window_spmm") run_window_spmm<scalar_t, acc_t>(j, out);
+  else if (j.op == "window_spmm_backward") run_window_spmm_backward<scalar_t, acc_t>(j, out);
+  else if (j.op == "shift_pair_sum") run_shift_pair_sum<scalar_t, acc_t>(j, out);
+  else if (j.op == "shift_pair_sum_backward") run_shift_pair_sum_backward<scalar_t, acc_t>(j, out);
+  else die("unknown op " + j.op);
+}
+
+void run_job(const Job& j, Outputs& out) {
+  // acc_t = at::opmath_type<scalar_t>: double for double, float otherwise.
+  if (j.dtype == "f64") run_typed<double, double>(j, out);
+  else if (j.dtype == "f32") run_typed<float, float>(j, out);
+  else if (j.dtype == "bf16") run_typed<BF16, float>(j, out);
+  else die("unknown dtype " + j.dtype);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 4) die("usage: emu_main IN OUT POLICIES (e.g. 0,1,7)");
+  std::vector<int> policies;
+  {
+    std::istringstream ps(argv[3]);
+    std::string tok;
+    while (std::getline(ps, tok, ',')) policies.push_back(std::stoi(tok));
+  }
+  if (policies.empty()) die("no policy");
+  const std::vector<Job> jobs = read_jobs(argv[1]);
+  std::ofstream o(argv[2], std::ios::binary);
+  if (!o) die(std::string("cannot write ") + argv[2]);
+  for (const Job& j : jobs) {
+    o << "job " << j.name << "\n";
+    for (int p : policies) {
+      cuda_emu::set_policy(p);
+      Outputs out;
+      run_job(j, out);
+      for (const auto& kv : out) {
+        o << "arr " << p << "." << kv.first << " " << kv.second.type << " " << kv.second.count << "\n";
+        o.write(reinterpret_cast<const char*>(kv.second.bytes.data()), static_cast<std::streamsize>(kv.second.bytes.size()));
+        o << "\n";
+      }
+    }
+    o << "end\n";
+  }
+  const cuda_emu::Stats& st = cuda_emu::S().stats;
+  std::fprintf(stderr,
+               "emu_main: %zu jobs x %zu policies: %llu launches, %llu blocks, %llu threads, %llu switches; "
+               "%zu __shared__ arrays (%zu bytes) poisoned per block\n",
+               jobs.size(), policies.size(), static_cast<unsigned long long>(st.launches),
+               static_cast<unsigned long long>(st.blocks), static_cast<unsigned long long>(st.threads),
+               static_cast<unsigned long long>(st.switches), cuda_emu::shared_arrays().size(),
+               cuda_emu::shared_bytes());
+  return 0;
+}

@@ -1,0 +1,376 @@
+"""The CUDA device code (kernels/*.cuh), run on the CPU by an emulator, against the pure-torch
+reference backend: every kernel of window_norm, window_spmm and shift_pair_sum, forward and
+backward, on every commit and without a GPU.
+
+How: tests/cuda_emu/cuda_emu.h makes the unmodified .cuh files compile as host C++ with g++;
+tests/cuda_emu/emu_main.cpp runs them with the launch sequences of csrc/cuda/*.cu (grid
+shapes, kernel order, temp buffers, zeroing). Blocks run one after another; the threads of a
+block are fibers under a deterministic scheduler with exact __syncthreads / __shfl_xor_sync
+semantics (warp lanes independent, as under Volta's independent thread scheduling).
+
+What it checks: the device code's logic as written -- index math (edge ids, windows,
+transposed windows, chunks, tiles spanning dialogues, D tails), the reductions and their
+barriers, the output masks and the launchers' buffer handling -- in float64 (tight tolerance),
+float32 and bfloat16 (scalar_t != acc_t). Each job also runs under several schedules (blocks
+and threads in order, reversed, shuffled): the results must be bit-identical, which finds
+missing barriers and cross-block write conflicts as order dependence. Shared memory is filled
+with NaN before each block and every output / temp buffer starts as NaN (like at::empty), so
+reads of memory nobody wrote show up. Where the sanitizer runtimes exist the emulator is built
+with AddressSanitizer (every device buffer is its own allocation: out-of-bounds global reads
+and writes fail) and UBSan (misaligned vector loads, integer overflow). Divergent barriers,
+deadlocks and full-mask shuffles with exited lanes are reported as errors.
+
+What it cannot check: timing, occupancy, memory coalescing or bank conflicts; races that only
+show with real concurrency inside one scheduling step (the emulator switches threads only at
+barriers and shuffles, so it finds a race when reordering whole inter-barrier segments changes
+the result); fused multiply-add (nvcc contracts a*b+c, g++ here does not: float results differ
+from the GPU's in the last bits); shared-memory out-of-bounds accesses that stay inside the
+block's static arrays; float16 (not emulated). The launch sequences are mirrored by hand in
+emu_main.cpp: a change to csrc/cuda/*.cu must be repeated there.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from graphsmile.ops import num_edges, num_shift_pairs, reference
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emu"))
+import emu_io  # noqa: E402
+
+F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
+DT_IDS = {F64: "f64", F32: "f32", BF16: "bf16"}
+MODES = {"per_edge": 0, "relative": 1}
+# Scheduling policies (cuda_emu.h): in order, reversed, shuffled.
+POLICIES = (0, 1, 7)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def emu():
+    if emu_io.compiler() is None:
+        pytest.skip("no C++ compiler (g++ or $CXX): the CUDA emulator cannot be built")
+    binary, sanitized = emu_io.build("emu_main.cpp")  # a compile error is a failure, not a skip
+    if not sanitized:
+        warnings.warn("CUDA emulator built without AddressSanitizer/UBSan (runtimes missing): "
+                      "out-of-bounds accesses of the kernels are not checked")
+    return binary
+
+
+def _run(emu, jobs):
+    out, _ = emu_io.run(emu, jobs, POLICIES)
+    return out
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def _split_policies(job_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Outputs of the first policy; asserts that every other policy gave the same bits."""
+    first = {k.split(".", 1)[1]: v for k, v in job_out.items() if k.startswith(f"{POLICIES[0]}.")}
+    for k, v in job_out.items():
+        pol, name = k.split(".", 1)
+        assert torch.equal(_bits(v), _bits(first[name])), (
+            f"{name}: schedule {pol} gives other bits than schedule {POLICIES[0]} "
+            "(a race: missing barrier or two writers of one element)")
+    return first
+
+
+def _compare(name, got, exact, theirs, dtype):
+    """float64: tight; float32: 1e-4 of the scale; bfloat16: error vs the float64 result at most
+    2x that of the reference backend run in bfloat16, plus one ulp (as tests/test_cuda.py)."""
+    got = got.reshape(-1)
+    exact = exact.reshape(-1).double()
+    assert got.numel() == exact.numel(), f"{name}: {got.numel()} elements, expected {exact.numel()}"
+    if dtype == F64:
+        torch.testing.assert_close(got, exact, rtol=1e-10, atol=1e-12, equal_nan=True, msg=lambda m: f"{name}: {m}")
+    elif dtype == F32:
+        scale = exact.abs().max().item() if exact.numel() else 0.0
+        torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-4 * max(1.0, scale), equal_nan=True,
+                                   msg=lambda m: f"{name}: {m}")
+    else:
+        if exact.numel() == 0:
+            return
+        assert not torch.isnan(got).any(), f"{name}: NaN (an element no kernel wrote?)"
+        scale = exact.abs().max().item()
+        e_ours = (got.double() - exact).abs().max().item()
+        e_theirs = (theirs.reshape(-1).double() - exact).abs().max().item()
+        atol = torch.finfo(dtype).eps * max(scale, 1e-3)
+        assert e_ours <= 2 * e_theirs + atol, f"{name}: error {e_ours:.3g} > 2 x torch's {e_theirs:.3g} + {atol:.3g}"
+
+
+# --- window_norm / window_spmm ------------------------------------------------------------------
+
+# (lengths, M, win_p, win_f, D, mode, dtype). Tiles are 32 rows (kTileRows), source chunks 32
+# (kChunk), feature tiles 64 (kTileD) and 32 (kDotD): [37, 1, 18, 5] has a tile spanning four
+# dialogues and a dialogue spanning two tiles; a dialogue of 70 with windows 17/17 or unbounded
+# walks its band in several chunks; D = 70, 130 leave feature tails; D = 0 has no feature tile.
+WINDOW_CASES = [
+    ([37, 1, 18, 5], 2, 17, 17, 5, "per_edge", F64),
+    ([37, 1, 18, 5], 3, -1, -1, 64, "per_edge", F32),
+    ([37, 1, 18, 5], 3, 0, 0, 1, "relative", F64),
+    ([37, 1, 18, 5], 2, 3, -1, 70, "per_edge", F64),
+    ([37, 1, 18, 5], 3, 2, 5, 130, "relative", F32),
+    ([70], 2, 17, 17, 130, "per_edge", F64),
+    ([70], 3, 17, 17, 70, "relative", F64),
+    ([70], 2, -1, -1, 64, "per_edge", F32),
+    ([70, 1], 2, 2, 5, 5, "relative", F32),
+    ([5, 3], 2, 0, -1, 33, "per_edge", F64),
+    ([150, 130, 3], 2, 3, 1, 5, "relative", F64),  # N > kReduceThreads: strided reduce loop
+    ([1], 2, 0, 0, 1, "per_edge", F64),
+    ([4, 2], 2, 1, 1, 0, "per_edge", F64),
+    ([37, 1, 18, 5], 2, 17, 17, 70, "per_edge", BF16),
+    ([70], 2, 2, 5, 64, "relative", BF16),
+]
+_rng = random.Random(31)
+for _ in range(3):
+    _wp, _wf = _rng.choice([-1, 0, 1, 17, 40]), _rng.choice([-1, 0, 2, 17])
+    _mode = "relative" if _wp >= 0 and _wf >= 0 and _rng.random() < 0.5 else "per_edge"
+    WINDOW_CASES.append(([_rng.randint(1, 40) for _ in range(_rng.randint(1, 5))], _rng.choice([2, 3]), _wp, _wf,
+                         _rng.choice([1, 5, 33, 64, 70, 130]), _mode, _rng.choice([F64, F32])))
+# (need grad_x, grad_edge_weight, grad_norm): every output mask of window_spmm_backward.
+MASKS = [(1, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 0)]
+
+
+def _wid(case):
+    lens, M, wp, wf, D, mode, dtype = case
+    return f"{'-'.join(map(str, lens))}-M{M}-w{wp},{wf}-D{D}-{mode}-{DT_IDS[dtype]}"
+
+
+def _mask_id(mask):
+    return "".join("xws"[i] if mask[i] else "-" for i in range(3))
+
+
+def _window_inputs(lens, M, wp, wf, D, mode, seed):
+    gen = torch.Generator().manual_seed(seed)
+    N = sum(lens)
+    x = torch.randn(M * N, D, dtype=F64, generator=gen)
+    if mode == "per_edge":  # longer than E: the unused entries must get a zero gradient
+        w = torch.rand(num_edges(lens, M, wp, wf) + 7, dtype=F64, generator=gen) + 0.25
+    else:
+        w = torch.rand(M, M - 1, wp + wf + 1, dtype=F64, generator=gen) + 0.25
+    g = torch.randn(M * N, D, dtype=F64, generator=gen)
+    gs = torch.randn(M * N, dtype=F64, generator=gen)
+    return x, w, g, gs
+
+
+def _leaf(t, dt):
+    return t.detach().to(dt).clone().requires_grad_()
+
+
+def _window_reference(dt, x, w, g, gs, s, lens, M, wp, wf, mode):
+    """Every output of the emulated jobs, by the reference backend + autograd, in dtype dt."""
+    m = MODES[mode]
+    ww = _leaf(w, dt)
+    norm = reference.window_norm(ww, lens, M, wp, wf, m)
+    norm.backward(gs.to(dt))
+    xx, w2, ss = _leaf(x, dt), _leaf(w, dt), _leaf(s, dt)
+    y = reference.window_spmm(xx, w2, ss, lens, M, wp, wf, m)
+    y.backward(g.to(dt))
+    return {"s": norm.detach(), "gw_norm": ww.grad, "y": y.detach(), "gx": xx.grad, "gw": w2.grad, "gs": ss.grad}
+
+
+def _window_jobs(dt, x, w, g, gs, s, lens, M, wp, wf, D, mode, masks):
+    L = torch.tensor(lens, dtype=torch.long)
+    ints = dict(M=M, wp=wp, wf=wf, mode=MODES[mode], D=D)
+    w, s = w.to(dt).reshape(-1), s.to(dt)
+    jobs = [
+        ("norm", "window_norm", dt, ints, dict(lengths=L, w=w)),
+        ("norm_bwd", "window_norm_backward", dt, ints, dict(lengths=L, w=w, s=s, gs=gs.to(dt))),
+        ("spmm", "window_spmm", dt, ints, dict(lengths=L, w=w, s=s, x=x.to(dt))),
+    ]
+    for mask in masks:
+        jobs.append((f"bwd_{_mask_id(mask)}", "window_spmm_backward", dt,
+                     dict(ints, need_gx=mask[0], need_gw=mask[1], need_gs=mask[2]),
+                     dict(lengths=L, w=w, s=s, x=x.to(dt), g=g.to(dt))))
+    return jobs
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=_wid)
+def test_window_kernels(emu, case):
+    lens, M, wp, wf, D, mode, dt = case
+    idx = WINDOW_CASES.index(case)
+    x, w, g, gs = _window_inputs(lens, M, wp, wf, D, mode, seed=1000 + idx)
+    s = reference.window_norm(w, lens, M, wp, wf, MODES[mode])  # the norm fed to the spmm jobs
+    masks = [MASKS[0], MASKS[1 + idx % 6]]
+    out = _run(emu, _window_jobs(dt, x, w, g, gs, s, lens, M, wp, wf, D, mode, masks))
+    exact = _window_reference(F64, x, w, g, gs, s, lens, M, wp, wf, mode)
+    theirs = _window_reference(dt, x, w, g, gs, s, lens, M, wp, wf, mode) if dt == BF16 else exact
+    E = num_edges(lens, M, wp, wf)
+
+    got = _split_policies(out["norm"])
+    _compare("window_norm", got["s"], exact["s"], theirs["s"], dt)
+    got = _split_policies(out["norm_bwd"])
+    _compare("window_norm_backward", got["gw"], exact["gw_norm"], theirs["gw_norm"], dt)
+    if mode == "per_edge":
+        assert torch.all(got["gw"][E:] == 0), "window_norm_backward: entries past E must be 0"
+    got = _split_policies(out["spmm"])
+    _compare("window_spmm", got["y"], exact["y"], theirs["y"], dt)
+    for mask in masks:
+        job = f"bwd_{_mask_id(mask)}"
+        got = _split_policies(out[job])
+        assert sorted(got) == sorted(n for n, r in zip(("gx", "gw", "gs"), mask) if r), job
+        for name in got:
+            _compare(f"window_spmm_backward[{_mask_id(mask)}] {name}", got[name], exact[name], theirs[name], dt)
+        if mode == "per_edge" and "gw" in got:
+            assert torch.all(got["gw"][E:] == 0), f"{job}: entries past E must be 0"
+
+
+def test_window_zero_and_negative_degrees(emu):
+    """d == 0 gives s = 0 and a zero gradient through the degree; d < 0 gives NaN (the original's
+    masked rsqrt), in the norm kernels; spmm with a zero-degree row."""
+    lens, M, wp, wf, D, mode = [3, 4], 2, 0, 1, 6, "per_edge"
+    x, w, g, gs = _window_inputs(lens, M, wp, wf, D, mode, seed=5)
+    w_zero = w.clone()
+    w_zero[:2] = 0.0  # edges 0, 1 (pair 0->1, dialogue 0, row 0): node 0 has degree 0
+    w_neg = w_zero.clone()
+    w_neg[5] = -3.0  # edge 5 (pair 1->0, row 0): node N has a negative degree
+    L = torch.tensor(lens)
+    ints = dict(M=M, wp=wp, wf=wf, mode=0, D=D)
+    s_zero = reference.window_norm(w_zero, lens, M, wp, wf, 0)
+    s_neg = reference.window_norm(w_neg, lens, M, wp, wf, 0)
+    assert (s_zero == 0).any() and torch.isnan(s_neg).any()
+    jobs = [
+        ("norm_neg", "window_norm", F64, ints, dict(lengths=L, w=w_neg)),
+        ("norm_bwd_neg", "window_norm_backward", F64, ints, dict(lengths=L, w=w_neg, s=s_neg, gs=gs)),
+        ("norm_zero", "window_norm", F64, ints, dict(lengths=L, w=w_zero)),
+        ("spmm_neg", "window_spmm", F64, ints, dict(lengths=L, w=w_neg, s=s_neg, x=x)),
+    ] + _window_jobs(F64, x, w_zero, g, gs, s_zero, lens, M, wp, wf, D, mode, [MASKS[0]])[1:]
+    out = _run(emu, jobs)
+    ww = _leaf(w_neg, F64)
+    reference.window_norm(ww, lens, M, wp, wf, 0).backward(gs)
+    _compare("norm (d < 0)", _split_policies(out["norm_neg"])["s"], s_neg, None, F64)
+    _compare("norm_backward (d < 0)", _split_policies(out["norm_bwd_neg"])["gw"], ww.grad, None, F64)
+    _compare("norm (d == 0)", _split_policies(out["norm_zero"])["s"], s_zero, None, F64)
+    # a NaN norm reaches exactly its own row and the rows with an edge into it (coefficients
+    # outside a window are exact zeros, never 0 * NaN)
+    y_neg = reference.window_spmm(x, w_neg, s_neg, lens, M, wp, wf, 0)
+    got = _split_policies(out["spmm_neg"])["y"].view_as(y_neg)
+    assert torch.isnan(y_neg).any() and torch.equal(torch.isnan(got), torch.isnan(y_neg))
+    _compare("spmm (d < 0)", got, y_neg, None, F64)
+    exact = _window_reference(F64, x, w_zero, g, gs, s_zero, lens, M, wp, wf, mode)
+    _compare("norm_backward (d == 0)", _split_policies(out["norm_bwd"])["gw"], exact["gw_norm"], None, F64)
+    _compare("spmm (d == 0)", _split_policies(out["spmm"])["y"], exact["y"], None, F64)
+    for name, t in _split_policies(out["bwd_xws"]).items():
+        assert torch.isfinite(t).all(), name
+        _compare(f"spmm_backward (d == 0) {name}", t, exact[name], None, F64)
+
+
+# --- shift pairs --------------------------------------------------------------------------------
+
+# (lengths, shift_win, C, dtype). Warps of 8 utterances per block (kShiftWarps); column sums in
+# segments of kColSeg = 256 chunk rows: a chunk of 300 takes the partial + combine path, with
+# chunks of one segment in the same batch; C = 33 takes the lanes-over-classes branch.
+SHIFT_CASES = [
+    ([37, 1, 18, 5], 4, 3, F64),
+    ([300], -1, 2, F32),
+    ([300, 3, 40], -1, 1, F64),
+    ([7, 2, 9], 3, 33, F64),
+    ([5], 9, 2, F32),
+    ([260, 17], 100, 2, F64),
+    ([37, 1, 18, 5], -1, 3, BF16),
+]
+SHIFT_MASKS = [(1, 1), (1, 0), (0, 1)]
+
+
+def _sid(case):
+    lens, sw, C, dt = case
+    return f"{'-'.join(map(str, lens))}-w{sw}-C{C}-{DT_IDS[dt]}"
+
+
+def _shift_reference(dt, a, b, g, lens, sw):
+    aa, bb = _leaf(a, dt), _leaf(b, dt)
+    out = reference.shift_pair_sum(aa, bb, lens, sw)
+    out.backward(g.to(dt))
+    return {"out": out.detach(), "ga": aa.grad, "gb": bb.grad}
+
+
+@pytest.mark.parametrize("case", SHIFT_CASES, ids=_sid)
+def test_shift_pair_kernels(emu, case):
+    lens, sw, C, dt = case
+    gen = torch.Generator().manual_seed(2000 + SHIFT_CASES.index(case))
+    N, P = sum(lens), num_shift_pairs(lens, sw)
+    a = torch.randn(N, C, dtype=F64, generator=gen)
+    b = torch.randn(N, C, dtype=F64, generator=gen)
+    g = torch.randn(P, C, dtype=F64, generator=gen)
+    L = torch.tensor(lens)
+    ints = dict(shift_win=sw, C=C)
+    jobs = [("sum", "shift_pair_sum", dt, ints, dict(lengths=L, a=a.to(dt), b=b.to(dt)))]
+    for ma, mb in SHIFT_MASKS:
+        jobs.append((f"bwd_{ma}{mb}", "shift_pair_sum_backward", dt, dict(ints, need_ga=ma, need_gb=mb),
+                     dict(lengths=L, grad=g.to(dt))))
+    out = _run(emu, jobs)
+    exact = _shift_reference(F64, a, b, g, lens, sw)
+    theirs = _shift_reference(dt, a, b, g, lens, sw)
+    # a_i + b_j added in acc_t and rounded once: the same bits as torch in that dtype.
+    got = _split_policies(out["sum"])["out"]
+    assert torch.equal(_bits(got), _bits(theirs["out"].reshape(-1))), "shift_pair_sum: not bitwise torch's a_i + b_j"
+    for ma, mb in SHIFT_MASKS:
+        got = _split_policies(out[f"bwd_{ma}{mb}"])
+        assert sorted(got) == sorted(n for n, r in (("ga", ma), ("gb", mb)) if r)
+        for name in got:
+            _compare(f"shift_pair_sum_backward[{ma}{mb}] {name}", got[name], exact[name], theirs[name], dt)
+
+
+# --- the emulator itself ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def selftest():
+    if emu_io.compiler() is None:
+        pytest.skip("no C++ compiler (g++ or $CXX): the CUDA emulator cannot be built")
+    binary, sanitized = emu_io.build("selftest.cpp")
+    return binary, sanitized
+
+
+def _selftest(binary, name, policy=0):
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:halt_on_error=1", UBSAN_OPTIONS="halt_on_error=1")
+    r = subprocess.run([str(binary), name, str(policy)], capture_output=True, text=True, env=env, timeout=60)
+    return r.returncode, [float(v) for v in r.stdout.split()] if r.returncode == 0 else [], r.stderr
+
+
+def test_emulator_selftest(selftest):
+    """The emulator's shuffles are exact, and it catches what it claims to catch."""
+    binary, sanitized = selftest
+    rc, vals, err = _selftest(binary, "shfl")
+    assert rc == 0, err
+    k = 0
+    for width in (1, 2, 4, 8, 16, 32):
+        for m in range(32):
+            for t in range(64):
+                lane = t & 31
+                src = lane ^ m
+                src = lane if src >= (lane // width + 1) * width else src  # later groups: own value
+                assert vals[k * 64 + t] == 100 * (t >> 5) + src, (width, m, t)
+            k += 1
+    rc, vals, err = _selftest(binary, "group_sum")
+    assert rc == 0, err
+    for off, width in ((0, 32), (64, 16), (128, 8)):
+        for t in range(64):
+            g0 = t - t % width
+            assert vals[off + t] == sum(1.0 + i for i in range(g0, g0 + width))
+    # a missing barrier makes the result schedule-dependent; with the barrier it is not
+    race = [_selftest(binary, "race", p)[1] for p in POLICIES]
+    assert any(str(r) != str(race[0]) for r in race[1:])
+    norace = [_selftest(binary, "norace", p)[1] for p in POLICIES]
+    assert all(r == norace[0] for r in norace) and norace[0] == [float((t + 1) % 64) for t in range(64)]
+    # shared memory the block did not write reads as NaN, not as the previous block's value
+    rc, vals, err = _selftest(binary, "stale")
+    assert rc == 0 and vals[0] == 1.0 and vals[1] != vals[1], (vals, err)
+    for name, msg in (("divergent_sync", "divergent __syncthreads"), ("deadlock", "deadlock"),
+                      ("shfl_exited", "a lane of the warp has exited")):
+        rc, _, err = _selftest(binary, name)
+        assert rc == 3 and msg in err, (name, rc, err[-2000:])
+    if sanitized:
+        rc, _, err = _selftest(binary, "oob")
+        assert rc != 0 and "heap-buffer-overflow" in err, err[-2000:]
