@@ -62,6 +62,16 @@ __device__ __forceinline__ T group_sum(T v, int width) {
   return v;
 }
 
+// The raw bits of a 16-bit storage value (c10::Half, c10::BFloat16): what tensor-core fragments
+// are loaded from (no conversion intrinsics needed, so the same code runs in the CPU emulator).
+template <typename T>
+__device__ __forceinline__ uint16_t bits16(const T& v) {
+  static_assert(sizeof(T) == 2, "bits16: 16-bit storage types only");
+  uint16_t b;
+  __builtin_memcpy(&b, &v, 2);
+  return b;
+}
+
 template <typename acc_t, typename scalar_t>
 __device__ __forceinline__ acc_t to_acc(const scalar_t& v) {
   return static_cast<acc_t>(v);

@@ -44,6 +44,10 @@
 #pragma once
 #include <stdint.h>
 
+#if defined(__CUDACC__)
+#include <mma.h>  // nvcuda::wmma (tests/cuda_emu/cuda_emu.h provides it for the CPU emulator)
+#endif
+
 #include "cuda_common.cuh"
 #include "window_index.h"
 
@@ -296,6 +300,117 @@ __global__ void __launch_bounds__(kSpmmThreads)
       if (d < D) y[row * D + d] = static_cast<scalar_t>(si * acc[i][q]);
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward on tensor cores, for 16-bit storage (fp16 / bf16; tc_t = __half / __nv_bfloat16 for
+// the wmma fragments): the same block tile, band walk and staging as the kernel above, but the
+// chunk GEMM [32 rows x 32 k] @ [32 k x 64 d] runs as wmma 16x16x16 products with fp32
+// accumulation. Each of the 4 warps owns 16 rows x 32 features (two accumulator fragments).
+// x is staged as its own 16-bit bits (exact); the coefficients a_e * s_u are computed in fp32
+// and rounded to the storage type, as plain torch in that precision would. The whole chunk is
+// multiplied (zero-padded past the band): the FFMA kernel's per-thread k-range trimming would
+// not pay on tensor cores. Needs sm_80 (bf16 fragments); the launcher checks the device.
+constexpr int kTcLdA = kChunk + 8;    // cf row stride, elements (multiple of 8: wmma's ldm rule)
+constexpr int kTcLdB = kTileD + 8;    // xs row stride
+constexpr int kTcLdC = kTileD + 4;    // fp32 epilogue tile row stride (multiple of 4)
+static_assert(kTileRows == 32 && kChunk == 32 && kTileD == 64 && kSpmmThreads == 128,
+              "the tensor-core tiling assumes 32 x 64 block tiles, 32-row chunks and 4 warps");
+
+template <typename scalar_t, typename tc_t>
+__global__ void __launch_bounds__(kSpmmThreads)
+    window_spmm_forward_tc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
+                                  const scalar_t* __restrict__ s, scalar_t* __restrict__ y, WindowArgs a,
+                                  int64_t D) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using acc_t = float;
+  // wmma loads and stores need 32-byte aligned pointers: every fragment offset below is a
+  // multiple of 32 bytes given these strides (16 * kTcLdA * 2, 16 * kTcLdB * 2, 16 * kTcLdC * 4).
+  __shared__ __align__(32) uint16_t cf[kTileRows * kTcLdA];  // A: [r][k], bits of scalar_t
+  __shared__ __align__(32) uint16_t xs[kChunk * kTcLdB];     // B: [k][d], bits of scalar_t
+  __shared__ __align__(32) float out[kTileRows * kTcLdC];    // the accumulators, for the epilogue
+  __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
+  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
+  const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
+  if (tid < kTileRows) {
+    if (tid < nrows) {
+      const RowWindow rw = row_window(a, t0 + tid);
+      r_lo[tid] = rw.lo;
+      r_hi[tid] = rw.hi;
+      r_eb[tid] = rw.ebase;
+      r_band[tid] = rw.band;
+    } else {
+      r_lo[tid] = 0;
+      r_hi[tid] = 0;
+      r_eb[tid] = 0;
+      r_band[tid] = 0;
+    }
+  }
+  __syncthreads();
+  const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
+  const int warp = tid >> 5;
+  const int wr = (warp >> 1) * 16, wc = (warp & 1) * 32;  // this warp's rows and features
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
+  wmma::fill_fragment(acc0, 0.0f);
+  wmma::fill_fragment(acc1, 0.0f);
+
+  for (int64_t n = 0; n < a.M; ++n) {
+    if (n == m) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    const scalar_t* __restrict__ xn = x + n * N * D;
+    const scalar_t* __restrict__ sn = s + n * N;
+    for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
+      const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
+      __syncthreads();  // the previous chunk's products are done with xs / cf
+      for (int idx = tid; idx < kChunk * kTileD; idx += kSpmmThreads) {
+        const int k = idx / kTileD, dd = idx % kTileD;
+        uint16_t v = 0;  // +0.0 in fp16 and bf16
+        if (k < clen && d0 + dd < D) v = bits16(xn[(u0 + k) * D + d0 + dd]);
+        xs[k * kTcLdB + dd] = v;
+      }
+      for (int idx = tid; idx < kTileRows * kChunk; idx += kSpmmThreads) {
+        const int r = idx / kChunk, k = idx % kChunk;
+        const int64_t u = u0 + k;
+        acc_t c = acc_t(0);
+        if (k < clen && u >= r_lo[r] && u < r_hi[r]) {
+          const int64_t slot = edge_slot(a, r_eb[r] + p * r_band[r] + u, p, t0 + r, u);
+          c = to_acc<acc_t>(w[slot]) * to_acc<acc_t>(sn[u]);
+        }
+        cf[r * kTcLdA + k] = bits16(static_cast<scalar_t>(c));
+      }
+      __syncthreads();
+#pragma unroll
+      for (int k = 0; k < kChunk; k += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, tc_t, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, tc_t, wmma::row_major> fb0, fb1;
+        wmma::load_matrix_sync(fa, reinterpret_cast<const tc_t*>(cf + wr * kTcLdA + k), kTcLdA);
+        wmma::load_matrix_sync(fb0, reinterpret_cast<const tc_t*>(xs + k * kTcLdB + wc), kTcLdB);
+        wmma::load_matrix_sync(fb1, reinterpret_cast<const tc_t*>(xs + k * kTcLdB + wc + 16), kTcLdB);
+        wmma::mma_sync(acc0, fa, fb0, acc0);
+        wmma::mma_sync(acc1, fa, fb1, acc1);
+      }
+    }
+  }
+  wmma::store_matrix_sync(out + wr * kTcLdC + wc, acc0, kTcLdC, wmma::mem_row_major);
+  wmma::store_matrix_sync(out + wr * kTcLdC + wc + 16, acc1, kTcLdC, wmma::mem_row_major);
+  __syncthreads();
+  for (int idx = tid; idx < kTileRows * kTileD; idx += kSpmmThreads) {
+    const int r = idx / kTileD, dd = idx % kTileD;  // consecutive threads: consecutive features
+    const int64_t d = d0 + dd;
+    if (r >= nrows || d >= D) continue;
+    const int64_t row = m * N + t0 + r;
+    y[row * D + d] = static_cast<scalar_t>(to_acc<acc_t>(s[row]) * out[r * kTcLdC + dd]);
+  }
+#else
+  __trap();  // built for an architecture without bf16 tensor cores: the launcher never gets here
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -131,6 +131,7 @@ WINDOW_CASES = [
     ([4, 2], 2, 1, 1, 0, "per_edge", F64),
     ([37, 1, 18, 5], 2, 17, 17, 70, "per_edge", BF16),
     ([70], 2, 2, 5, 64, "relative", BF16),
+    ([70, 9], 3, -1, -1, 130, "per_edge", BF16),  # tensor-core forward: many chunks, 3 feature tiles
 ]
 _rng = random.Random(31)
 for _ in range(3):
@@ -224,6 +225,24 @@ def test_window_kernels(emu, case):
             _compare(f"window_spmm_backward[{_mask_id(mask)}] {name}", got[name], exact[name], theirs[name], dt)
         if mode == "per_edge" and "gw" in got:
             assert torch.all(got["gw"][E:] == 0), f"{job}: entries past E must be 0"
+
+
+@pytest.mark.parametrize("tensor_cores", ["1", "0"])
+def test_window_spmm_bf16_forward_kernels(emu, monkeypatch, tensor_cores):
+    """Both 16-bit forward kernels: the tensor-core one (the launchers' default on sm_80+) and
+    the FFMA one (GRAPHSMILE_CUDA_TENSOR_CORES=0), against torch's own error in bf16."""
+    monkeypatch.setenv("GRAPHSMILE_CUDA_TENSOR_CORES", tensor_cores)
+    for k, (lens, M, wp, wf, D) in enumerate([([37, 1, 18, 5], 2, 17, 17, 70), ([70, 40], 3, -1, 3, 16),
+                                              ([33], 2, 0, 0, 64), ([100], 2, 17, 17, 130)]):
+        x, w, g, gs = _window_inputs(lens, M, wp, wf, D, "per_edge", seed=7000 + k)
+        s = reference.window_norm(w, lens, M, wp, wf, 0)
+        L = torch.tensor(lens, dtype=torch.long)
+        ints = dict(M=M, wp=wp, wf=wf, mode=0, D=D)
+        job = ("spmm", "window_spmm", BF16, ints, dict(lengths=L, w=w.to(BF16), s=s.to(BF16), x=x.to(BF16)))
+        got = _split_policies(_run(emu, [job])["spmm"])["y"]
+        exact = reference.window_spmm(x, w, s, lens, M, wp, wf, 0)
+        theirs = reference.window_spmm(x.to(BF16), w.to(BF16), s.to(BF16), lens, M, wp, wf, 0)
+        _compare(f"window_spmm bf16 (tensor cores {tensor_cores}) {lens}", got, exact, theirs, BF16)
 
 
 def test_window_zero_and_negative_degrees(emu):

@@ -9,8 +9,14 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <array>
+#include <cstdlib>
+#include <cstring>
 #include <tuple>
+#include <type_traits>
 
 #include "cuda_utils.h"
 #include "../../kernels/window_propagate.cuh"
@@ -22,6 +28,45 @@ using cuda_host::ceil_div;
 
 #define GS_CUDA_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// wmma fragment type of a 16-bit storage type (void: no tensor-core kernel for it).
+template <typename scalar_t>
+struct TensorCoreType {
+  using type = void;
+};
+template <>
+struct TensorCoreType<at::Half> {
+  using type = __half;
+};
+template <>
+struct TensorCoreType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+// fp16/bf16 forward on tensor cores (window_spmm_forward_tc_kernel) on sm_80 and newer, unless
+// GRAPHSMILE_CUDA_TENSOR_CORES=0 (read once; the FFMA kernel then runs, e.g. to compare them).
+bool tensor_cores_for(const at::Tensor& x) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("GRAPHSMILE_CUDA_TENSOR_CORES");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  return enabled && at::cuda::getDeviceProperties(x.get_device())->major >= 8;
+}
+
+// Launches window_spmm_forward_tc_kernel where scalar_t has a tensor-core type; false otherwise.
+template <typename scalar_t>
+bool launch_forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor& y,
+                       const gpu::WindowArgs& args, int64_t D, dim3 grid, cudaStream_t stream) {
+  using tc_t = typename TensorCoreType<scalar_t>::type;
+  if constexpr (std::is_same_v<tc_t, void>) {
+    return false;
+  } else {
+    gpu::window_spmm_forward_tc_kernel<scalar_t, tc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), args, D);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
 
 // The metadata on the device; `buf` owns the memory the pointers of `args` point into.
 struct DeviceWindowMeta {
@@ -118,8 +163,10 @@ at::Tensor window_spmm_cuda(const at::Tensor& x_, const at::Tensor& edge_weight,
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid(cuda_host::grid_x(M * ceil_div(N, gpu::kTileRows), "window_spmm"),
                   cuda_host::grid_y(ceil_div(D, gpu::kTileD), "window_spmm (feature tiles)"));
+  const bool tc = tensor_cores_for(x);
   GS_CUDA_DISPATCH(x.scalar_type(), "window_spmm_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (tc && launch_forward_tc<scalar_t>(x, w, s, y, dm.args, D, grid, stream)) return;
     gpu::window_spmm_forward_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

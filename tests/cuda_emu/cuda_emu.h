@@ -550,3 +550,94 @@ inline T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSiz
   std::memcpy(&out, me.out, sizeof(T));
   return out;
 }
+
+// ---- tensor cores: nvcuda::wmma at the API level ---------------------------------------------------
+// The hardware spreads a fragment over the warp's registers in a layout the API never shows, so
+// here every lane holds the whole tile (as floats) and computes the whole product: the results
+// are the API's. What the hardware would reject is an error: pointers not 32-byte aligned, a
+// leading dimension that is not a multiple of 16 bytes. (Tensor cores accumulate in fp32 with
+// their own rounding; the products of 16-bit inputs are exact in either.)
+struct __half {
+  uint16_t x;
+};
+struct __nv_bfloat16 {
+  uint16_t x;
+};
+inline float cuda_emu_to_float(__nv_bfloat16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float cuda_emu_to_float(__half v) {  // IEEE binary16 -> binary32, exact
+  const uint32_t sign = (v.x & 0x8000u) ? 1u : 0u, exp = (v.x >> 10) & 0x1fu, man = v.x & 0x3ffu;
+  float f;
+  if (exp == 0) f = std::ldexp(static_cast<float>(man), -24);
+  else if (exp == 31) f = man ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  else f = std::ldexp(static_cast<float>(man | 0x400u), static_cast<int>(exp) - 25);
+  return sign ? -f : f;
+}
+inline void __trap() { cuda_emu::fail("__trap() reached"); }
+
+namespace nvcuda {
+namespace wmma {
+struct row_major {};
+struct col_major {};
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same<Use, matrix_b>::value ? K : M;
+  static constexpr int cols = std::is_same<Use, matrix_a>::value ? K : N;
+  float v[rows * cols];
+};
+
+inline void emu_check_ptr(const void* p, unsigned ldm, size_t elem, const char* what) {
+  cuda_emu::check_in_kernel(what);
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0)
+    cuda_emu::fail("%s: pointer %p is not 32-byte aligned (wmma needs 256-bit alignment)", what, p);
+  if ((ldm * elem) % 16 != 0) cuda_emu::fail("%s: ldm = %u elements is not a multiple of 16 bytes", what, ldm);
+}
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, float value) {
+  for (float& x : f.v) x = value;
+}
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
+  static_assert(std::is_same<L, row_major>::value || std::is_same<L, col_major>::value,
+                "load_matrix_sync without a layout is for accumulators");
+  emu_check_ptr(p, ldm, sizeof(T), "wmma::load_matrix_sync");
+  using F = fragment<Use, M, N, K, T, L>;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.v[r * F::cols + c] = cuda_emu_to_float(std::is_same<L, row_major>::value ? p[r * ldm + c] : p[c * ldm + r]);
+}
+
+template <int M, int N, int K, typename Ta, typename La, typename Tb, typename Lb>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, Ta, La>& a,
+                     const fragment<matrix_b, M, N, K, Tb, Lb>& b, const fragment<accumulator, M, N, K, float>& c) {
+  static_assert(std::is_same<Ta, Tb>::value, "wmma::mma_sync: A and B must have the same element type");
+  cuda_emu::check_in_kernel("wmma::mma_sync");
+  float tmp[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float acc = c.v[i * N + j];
+      for (int k = 0; k < K; ++k) acc += a.v[i * K + k] * b.v[k * N + j];
+      tmp[i * N + j] = acc;
+    }
+  std::memcpy(d.v, tmp, sizeof(tmp));  // d may be c
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
+  emu_check_ptr(p, ldm, sizeof(float), "wmma::store_matrix_sync");
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) p[layout == mem_row_major ? i * ldm + j : j * ldm + i] = f.v[i * N + j];
+}
+}  // namespace wmma
+}  // namespace nvcuda

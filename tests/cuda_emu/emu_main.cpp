@@ -256,9 +256,22 @@ void run_window_spmm(const Job& j, Outputs& out) {
   std::vector<scalar_t> y(x.size(), poison<scalar_t>());
   if (!y.empty()) {
     const dim3 grid(grid_x(M * ceil_div(N, gpu::kTileRows)), grid_y(ceil_div(D, gpu::kTileD)));
-    cuda_emu::launch("window_spmm_forward_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
-      gpu::window_spmm_forward_kernel<scalar_t, acc_t>(x.data(), w.data(), s.data(), y.data(), meta.args, D);
-    });
+    // as the launcher on an sm_80+ GPU: 16-bit storage runs the tensor-core kernel unless
+    // GRAPHSMILE_CUDA_TENSOR_CORES=0
+    const char* tc_env = std::getenv("GRAPHSMILE_CUDA_TENSOR_CORES");
+    const bool tc = std::is_same<scalar_t, BF16>::value && !(tc_env && std::strcmp(tc_env, "0") == 0);
+    if constexpr (std::is_same<scalar_t, BF16>::value) {
+      if (tc) {
+        cuda_emu::launch("window_spmm_forward_tc_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
+          gpu::window_spmm_forward_tc_kernel<scalar_t, __nv_bfloat16>(x.data(), w.data(), s.data(), y.data(), meta.args, D);
+        });
+      }
+    }
+    if (!tc) {
+      cuda_emu::launch("window_spmm_forward_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
+        gpu::window_spmm_forward_kernel<scalar_t, acc_t>(x.data(), w.data(), s.data(), y.data(), meta.args, D);
+      });
+    }
   }
   put(out, "y", y);
 }
