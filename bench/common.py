@@ -97,7 +97,10 @@ def git_info() -> Dict[str, Any]:
         except Exception:
             return ""
 
-    return {"git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    commit = git("rev-parse", "HEAD")
+    if not commit:  # a copy of the tree without .git (the GPU machines): the commit is passed in
+        return {"git_commit": os.environ.get("GRAPHSMILE_GIT_COMMIT") or None, "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def env_info(device: str, dtype: str) -> Dict[str, Any]:
@@ -118,6 +121,8 @@ def env_info(device: str, dtype: str) -> Dict[str, Any]:
     if device.startswith("cuda"):
         info["cuda"] = torch.version.cuda
         info["gpu_peak_bw_gbps"] = gpu_peak_bandwidth_gbps(info["device_name"])
+        # which 16-bit forward kernel the CUDA backend runs (csrc/cuda/window_propagate_cuda.cu)
+        info["cuda_tensor_cores"] = os.environ.get("GRAPHSMILE_CUDA_TENSOR_CORES", "1") != "0"
     info.update(git_info())
     return info
 

@@ -4,8 +4,9 @@
 #
 #   Here first (no GPU needed; ~3 min on 2 cores once its venv exists, ~5 min with the download):
 #       scripts/build_prebuilt.sh            # the extension for the device's torch 2.11 -> build/prebuilt/
-#   Then the device tool:
-#       run(command="bash scripts/gpu_session.sh", carry=["build/prebuilt"], timeout_s=600)
+#   Then the device tool (the copy there has no .git: pass the commit for the records):
+#       run(command="GRAPHSMILE_GIT_COMMIT=<git rev-parse HEAD> bash scripts/gpu_session.sh",
+#           carry=["build/prebuilt"], timeout_s=600)
 #   Then here:
 #       scripts/collect_gpu_results.sh <files_at>   # results -> bench/results/, logs -> bench/results/gpu/
 #
@@ -19,6 +20,8 @@
 #   ops_cuda     bench/ops.py --preset gpu-targets (T1 bandwidth fp32+bf16 D 256/512, T2 shift), cuda
 #   model_cuda   bench/model.py --preset gpu-targets (T3: IEMOCAP batch, 16x1000, 1x20000), cuda + original
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path)
+#   ab_tc        bf16 bandwidth again with GRAPHSMILE_CUDA_TENSOR_CORES=0: the FFMA forward beside
+#                the tensor-core one (records carry cuda_tensor_cores)
 #   triton       pytest tests/test_triton.py
 #   ops_triton   bench/ops.py --preset gpu-targets, triton
 #   model_triton bench/model.py --preset gpu-targets, triton
@@ -40,7 +43,7 @@ export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda model_cuda epoch triton ops_triton model_triton stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda model_cuda epoch ab_tc triton ops_triton model_triton stack profile suite}"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -137,7 +140,7 @@ print("extension OK")
 EOF
 '
 NEED_EXT=0
-for s in cuda ops_cuda model_cuda epoch triton ops_triton model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
+for s in cuda ops_cuda model_cuda epoch ab_tc triton ops_triton model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
@@ -154,6 +157,7 @@ stage cuda 150 40 '$PYTEST $XDIST tests/test_cuda.py --junitxml=$OUT/logs/cuda.x
 stage ops_cuda 120 45 "$OPS --preset gpu-targets --providers $BE,floor,dense --reps 3"
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
+stage ab_tc 60 30 "GRAPHSMILE_CUDA_TENSOR_CORES=0 $OPS --preset gpu-bandwidth --dtype bfloat16 --dim 512 --providers $BE --reps 3 --no-check"
 # --- the Triton backend -------------------------------------------------------------------------
 stage triton 150 40 '$PYTEST $XDIST tests/test_triton.py --junitxml=$OUT/logs/triton.xml'
 stage ops_triton 120 45 "$OPS --preset gpu-targets --providers triton,floor --reps 3"
