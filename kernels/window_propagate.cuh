@@ -539,6 +539,134 @@ __global__ void __launch_bounds__(kSpmmThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Backward pass A on tensor cores, for 16-bit storage: window_spmm_cols_kernel's tiling and
+// staging, the chunk product U[r][d] += sum_k cf[k][r] g[k][d] as wmma (cf read as a col-major
+// A), then the same epilogue from an fp32 tile in shared memory: grad_x = s_c U and the column
+// part of grad_norm, <x_c, U_c> over this feature tile, summed by 4 threads per column (16
+// features each, then a fixed butterfly): deterministic.
+template <typename scalar_t, typename tc_t>
+__global__ void __launch_bounds__(kSpmmThreads)
+    window_spmm_cols_tc_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                               const scalar_t* __restrict__ w, const scalar_t* __restrict__ s,
+                               scalar_t* __restrict__ gx, float* __restrict__ colpart, WindowArgs a, int64_t D) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using acc_t = float;
+  __shared__ __align__(32) uint16_t cf[kChunk * kTcLdA];     // A^T: [k][r] (r = target column)
+  __shared__ __align__(32) uint16_t gsrc[kChunk * kTcLdB];   // B: [k][d], bits of g
+  __shared__ __align__(32) float out[kTileRows * kTcLdC];    // U, for the epilogue
+  __shared__ int64_t c_lo[kTileRows], c_hi[kTileRows];
+  __shared__ int64_t s_lo[kChunk], s_hi[kChunk], s_eb[kChunk], s_band[kChunk];
+  __shared__ acc_t s_s[kChunk];
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) - n * tiles) * kTileRows;
+  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
+  const int ncols = static_cast<int>(gs_min(kTileRows, N - c0));
+  if (tid < kTileRows) {
+    int64_t lo = 0, hi = 0;
+    if (tid < ncols) col_window(a, c0 + tid, lo, hi);
+    c_lo[tid] = lo;
+    c_hi[tid] = hi;
+  }
+  __syncthreads();
+  const int64_t band_lo = c_lo[0], band_hi = c_hi[ncols - 1];
+  const int warp = tid >> 5;
+  const int wr = (warp >> 1) * 16, wc = (warp & 1) * 32;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
+  wmma::fill_fragment(acc0, 0.0f);
+  wmma::fill_fragment(acc1, 0.0f);
+
+  for (int64_t m = 0; m < a.M; ++m) {
+    if (m == n) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    const scalar_t* __restrict__ gm = g + m * N * D;
+    for (int64_t t0 = band_lo; t0 < band_hi; t0 += kChunk) {
+      const int clen = static_cast<int>(gs_min(kChunk, band_hi - t0));
+      __syncthreads();  // the previous chunk is done with gsrc / cf / s_*
+      for (int idx = tid; idx < kChunk * kTileD; idx += kSpmmThreads) {
+        const int k = idx / kTileD, dd = idx % kTileD;
+        uint16_t v = 0;
+        if (k < clen && d0 + dd < D) v = bits16(gm[(t0 + k) * D + d0 + dd]);
+        gsrc[k * kTcLdB + dd] = v;
+      }
+      if (tid < kChunk) {
+        if (tid < clen) {
+          const RowWindow rw = row_window(a, t0 + tid);
+          s_lo[tid] = rw.lo;
+          s_hi[tid] = rw.hi;
+          s_eb[tid] = rw.ebase;
+          s_band[tid] = rw.band;
+          s_s[tid] = to_acc<acc_t>(s[m * N + t0 + tid]);
+        } else {
+          s_lo[tid] = 0;
+          s_hi[tid] = 0;
+          s_eb[tid] = 0;
+          s_band[tid] = 0;
+          s_s[tid] = acc_t(0);
+        }
+      }
+      __syncthreads();
+      for (int idx = tid; idx < kChunk * kTileRows; idx += kSpmmThreads) {
+        const int k = idx / kTileRows, r = idx % kTileRows;
+        const int64_t u = c0 + r;
+        acc_t c = acc_t(0);
+        if (r < ncols && u >= s_lo[k] && u < s_hi[k]) {
+          const int64_t slot = edge_slot(a, s_eb[k] + p * s_band[k] + u, p, t0 + k, u);
+          c = to_acc<acc_t>(w[slot]) * s_s[k];
+        }
+        cf[k * kTcLdA + r] = bits16(static_cast<scalar_t>(c));
+      }
+      __syncthreads();
+#pragma unroll
+      for (int k = 0; k < kChunk; k += 16) {
+        // A[r][k] = cf[k][r]: col-major with leading dimension kTcLdA
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, tc_t, wmma::col_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, tc_t, wmma::row_major> fb0, fb1;
+        wmma::load_matrix_sync(fa, reinterpret_cast<const tc_t*>(cf + k * kTcLdA + wr), kTcLdA);
+        wmma::load_matrix_sync(fb0, reinterpret_cast<const tc_t*>(gsrc + k * kTcLdB + wc), kTcLdB);
+        wmma::load_matrix_sync(fb1, reinterpret_cast<const tc_t*>(gsrc + k * kTcLdB + wc + 16), kTcLdB);
+        wmma::mma_sync(acc0, fa, fb0, acc0);
+        wmma::mma_sync(acc1, fa, fb1, acc1);
+      }
+    }
+  }
+  wmma::store_matrix_sync(out + wr * kTcLdC + wc, acc0, kTcLdC, wmma::mem_row_major);
+  wmma::store_matrix_sync(out + wr * kTcLdC + wc + 16, acc1, kTcLdC, wmma::mem_row_major);
+  __syncthreads();
+  if (gx != nullptr) {
+    for (int idx = tid; idx < kTileRows * kTileD; idx += kSpmmThreads) {
+      const int r = idx / kTileD, dd = idx % kTileD;
+      const int64_t d = d0 + dd;
+      if (r >= ncols || d >= D) continue;
+      const int64_t col = n * N + c0 + r;
+      gx[col * D + d] = static_cast<scalar_t>(to_acc<acc_t>(s[col]) * out[r * kTcLdC + dd]);
+    }
+  }
+  if (colpart != nullptr) {
+    constexpr int kPerCol = kSpmmThreads / kTileRows;  // 4 threads per column, consecutive lanes
+    static_assert(kPerCol == 4 && kTileD % kPerCol == 0, "colpart reduction layout");
+    const int r = tid / kPerCol, part = tid % kPerCol;
+    const int64_t col = n * N + c0 + r;
+    acc_t dot = acc_t(0);
+    if (r < ncols) {
+      for (int dd = part * (kTileD / kPerCol); dd < (part + 1) * (kTileD / kPerCol); ++dd) {
+        const int64_t d = d0 + dd;
+        if (d < D) dot += to_acc<acc_t>(x[col * D + d]) * out[r * kTcLdC + dd];
+      }
+    }
+    dot = group_sum(dot, kPerCol);  // uniform: every lane shuffles
+    if (r < ncols && part == 0) colpart[static_cast<int64_t>(blockIdx.y) * a.M * N + col] = dot;
+  }
+#else
+  __trap();
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
 // Backward pass B, over rows r = m*N + t: dot_e = <g_r, x_c> for each edge e = (r, c = n*N + u).
 //   edge_grad: grad_a_e = s_r s_c dot_e (per_edge: gw[e] in scalar_t; relative: tmp[e] in acc_t).
 //   gs: grad_s_r = sum_{dc} colpart[dc][r] + sum_e a_e s_c dot_e.
@@ -663,6 +791,133 @@ __global__ void __launch_bounds__(kDotThreads)
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward pass B on tensor cores, for 16-bit storage: the per-edge dots of a 32-row tile and a
+// 32-column chunk, G[32 x D] @ X_chunk^T[D x 32], as wmma over D in steps of kTcDotD (x read as a
+// col-major B), stored to shared memory; then window_spmm_rows_kernel's epilogue with 4 threads
+// per row (columns kx + 4j) and a fixed 4-lane butterfly for the row part of grad_norm.
+// grid: M * ceil(N / kTileRows), block: kSpmmThreads (4 warps, one 16 x 16 dot tile each).
+constexpr int kTcDotD = 32;                 // features staged per step
+constexpr int kTcLdDot = kTcDotD + 8;       // gt / xt row stride (elements)
+constexpr int kTcLdDots = kChunk + 4;       // fp32 dot tile row stride
+
+template <typename scalar_t, typename tc_t>
+__global__ void __launch_bounds__(kSpmmThreads)
+    window_spmm_rows_tc_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                               const scalar_t* __restrict__ w, const scalar_t* __restrict__ s,
+                               scalar_t* __restrict__ gw, float* __restrict__ tmp, const float* __restrict__ colpart,
+                               int64_t n_colpart, scalar_t* __restrict__ gs, WindowArgs a, int64_t D) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using acc_t = float;
+  __shared__ __align__(32) uint16_t gt[kTileRows * kTcLdDot];  // A: [r][d], bits of g
+  __shared__ __align__(32) uint16_t xt[kChunk * kTcLdDot];     // B^T: [k][d], bits of x
+  __shared__ __align__(32) float dots_s[kTileRows * kTcLdDots];
+  __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
+  __shared__ acc_t r_s[kTileRows];
+  __shared__ acc_t c_s[kChunk];
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
+  const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
+  if (tid < kTileRows) {
+    if (tid < nrows) {
+      const RowWindow rw = row_window(a, t0 + tid);
+      r_lo[tid] = rw.lo;
+      r_hi[tid] = rw.hi;
+      r_eb[tid] = rw.ebase;
+      r_band[tid] = rw.band;
+      r_s[tid] = to_acc<acc_t>(s[m * N + t0 + tid]);
+    } else {
+      r_lo[tid] = 0;
+      r_hi[tid] = 0;
+      r_eb[tid] = 0;
+      r_band[tid] = 0;
+      r_s[tid] = acc_t(0);
+    }
+  }
+  __syncthreads();
+  const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
+  const int warp = tid >> 5;
+  const int wr = (warp >> 1) * 16, wk = (warp & 1) * 16;  // this warp's rows and chunk columns
+  const int ry = tid >> 2, kx = tid & 3;                   // epilogue: row ry, columns kx + 4j
+  const bool edge_grad = gw != nullptr || tmp != nullptr;
+  const scalar_t* __restrict__ gm = g + (m * N + t0) * D;
+  acc_t rowsum = acc_t(0);
+
+  for (int64_t n = 0; n < a.M; ++n) {
+    if (n == m) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
+      const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
+      const scalar_t* __restrict__ xc = x + (n * N + u0) * D;
+      __syncthreads();  // the previous chunk's epilogue is done with c_s / dots_s
+      if (tid < kChunk) c_s[tid] = tid < clen ? to_acc<acc_t>(s[n * N + u0 + tid]) : acc_t(0);
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int64_t f0 = 0; f0 < D; f0 += kTcDotD) {
+        __syncthreads();  // the previous step's products are done with gt / xt
+        for (int idx = tid; idx < kTileRows * kTcDotD; idx += kSpmmThreads) {
+          const int r = idx / kTcDotD, dd = idx % kTcDotD;
+          uint16_t v = 0;
+          if (r < nrows && f0 + dd < D) v = bits16(gm[r * D + f0 + dd]);
+          gt[r * kTcLdDot + dd] = v;
+        }
+        for (int idx = tid; idx < kChunk * kTcDotD; idx += kSpmmThreads) {
+          const int k = idx / kTcDotD, dd = idx % kTcDotD;
+          uint16_t v = 0;
+          if (k < clen && f0 + dd < D) v = bits16(xc[k * D + f0 + dd]);
+          xt[k * kTcLdDot + dd] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int dd = 0; dd < kTcDotD; dd += 16) {
+          // B[d][k] = xt[k][d]: col-major with leading dimension kTcLdDot
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, tc_t, wmma::row_major> fa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, tc_t, wmma::col_major> fb;
+          wmma::load_matrix_sync(fa, reinterpret_cast<const tc_t*>(gt + wr * kTcLdDot + dd), kTcLdDot);
+          wmma::load_matrix_sync(fb, reinterpret_cast<const tc_t*>(xt + wk * kTcLdDot + dd), kTcLdDot);
+          wmma::mma_sync(acc, fa, fb, acc);
+        }
+      }
+      wmma::store_matrix_sync(dots_s + wr * kTcLdDots + wk, acc, kTcLdDots, wmma::mem_row_major);
+      __syncthreads();  // dots_s and c_s visible (also when D == 0)
+      if (ry < nrows) {
+        const int64_t lo = r_lo[ry], hi = r_hi[ry];
+#pragma unroll
+        for (int j = 0; j < kChunk / 4; ++j) {
+          const int k = kx + 4 * j;
+          const int64_t u = u0 + k;
+          if (k >= clen || u < lo || u >= hi) continue;
+          const acc_t sj = c_s[k], dot = dots_s[ry * kTcLdDots + k];
+          const int64_t e = r_eb[ry] + p * r_band[ry] + u;
+          if (edge_grad) {
+            const acc_t v = r_s[ry] * sj * dot;
+            if (gw != nullptr) gw[e] = static_cast<scalar_t>(v);
+            else tmp[e] = v;
+          }
+          if (gs != nullptr) rowsum += to_acc<acc_t>(w[edge_slot(a, e, p, t0 + ry, u)]) * sj * dot;
+        }
+      }
+    }
+  }
+  if (gs != nullptr) {
+    const acc_t part = group_sum(rowsum, 4);  // the 4 column-threads of row ry (uniform)
+    if (kx == 0 && ry < nrows) {
+      const int64_t row = m * N + t0 + ry;
+      acc_t total = acc_t(0);
+      for (int64_t dc = 0; dc < n_colpart; ++dc) total += colpart[dc * a.M * N + row];
+      gs[row] = static_cast<scalar_t>(total + part);
+    }
+  }
+#else
+  __trap();
+#endif
 }
 
 }  // namespace gpu

@@ -228,9 +228,10 @@ def test_window_kernels(emu, case):
 
 
 @pytest.mark.parametrize("tensor_cores", ["1", "0"])
-def test_window_spmm_bf16_forward_kernels(emu, monkeypatch, tensor_cores):
-    """Both 16-bit forward kernels: the tensor-core one (the launchers' default on sm_80+) and
-    the FFMA one (GRAPHSMILE_CUDA_TENSOR_CORES=0), against torch's own error in bf16."""
+def test_window_spmm_bf16_kernels(emu, monkeypatch, tensor_cores):
+    """Both 16-bit kernel sets of window_spmm forward and backward: tensor cores (the launchers'
+    default on sm_80+: the forward and backward pass A) and FFMA (GRAPHSMILE_CUDA_TENSOR_CORES=0),
+    against torch's own error in bf16."""
     monkeypatch.setenv("GRAPHSMILE_CUDA_TENSOR_CORES", tensor_cores)
     for k, (lens, M, wp, wf, D) in enumerate([([37, 1, 18, 5], 2, 17, 17, 70), ([70, 40], 3, -1, 3, 16),
                                               ([33], 2, 0, 0, 64), ([100], 2, 17, 17, 130)]):
@@ -238,11 +239,17 @@ def test_window_spmm_bf16_forward_kernels(emu, monkeypatch, tensor_cores):
         s = reference.window_norm(w, lens, M, wp, wf, 0)
         L = torch.tensor(lens, dtype=torch.long)
         ints = dict(M=M, wp=wp, wf=wf, mode=0, D=D)
-        job = ("spmm", "window_spmm", BF16, ints, dict(lengths=L, w=w.to(BF16), s=s.to(BF16), x=x.to(BF16)))
-        got = _split_policies(_run(emu, [job])["spmm"])["y"]
-        exact = reference.window_spmm(x, w, s, lens, M, wp, wf, 0)
-        theirs = reference.window_spmm(x.to(BF16), w.to(BF16), s.to(BF16), lens, M, wp, wf, 0)
-        _compare(f"window_spmm bf16 (tensor cores {tensor_cores}) {lens}", got, exact, theirs, BF16)
+        bw = dict(lengths=L, w=w.to(BF16), s=s.to(BF16), x=x.to(BF16))
+        jobs = [("spmm", "window_spmm", BF16, ints, bw),
+                ("bwd", "window_spmm_backward", BF16, dict(ints, need_gx=1, need_gw=1, need_gs=1), dict(bw, g=g.to(BF16)))]
+        out = _run(emu, jobs)
+        exact = _window_reference(F64, x, w, g, gs, s, lens, M, wp, wf, "per_edge")
+        theirs = _window_reference(BF16, x, w, g, gs, s, lens, M, wp, wf, "per_edge")
+        tag = f"bf16 (tensor cores {tensor_cores}) {lens} M={M} win {wp},{wf} D={D}"
+        _compare(f"window_spmm {tag}", _split_policies(out["spmm"])["y"], exact["y"], theirs["y"], BF16)
+        got = _split_policies(out["bwd"])
+        for name in ("gx", "gw", "gs"):
+            _compare(f"window_spmm_backward {name} {tag}", got[name], exact[name], theirs[name], BF16)
 
 
 def test_window_zero_and_negative_degrees(emu):

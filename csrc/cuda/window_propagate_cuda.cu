@@ -43,7 +43,8 @@ struct TensorCoreType<at::BFloat16> {
   using type = __nv_bfloat16;
 };
 
-// fp16/bf16 forward on tensor cores (window_spmm_forward_tc_kernel) on sm_80 and newer, unless
+// fp16/bf16 band GEMMs on tensor cores (window_spmm_forward_tc_kernel and backward passes A and B,
+// window_spmm_cols_tc_kernel, window_spmm_rows_tc_kernel) on sm_80 and newer, unless
 // GRAPHSMILE_CUDA_TENSOR_CORES=0 (read once; the FFMA kernel then runs, e.g. to compare them).
 bool tensor_cores_for(const at::Tensor& x) {
   static const bool enabled = [] {
@@ -63,6 +64,40 @@ bool launch_forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   } else {
     gpu::window_spmm_forward_tc_kernel<scalar_t, tc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), args, D);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
+
+// Launches window_spmm_cols_tc_kernel (backward pass A) where scalar_t has a tensor-core type.
+template <typename scalar_t>
+bool launch_cols_tc(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
+                    scalar_t* gx, at::opmath_type<scalar_t>* colpart, const gpu::WindowArgs& args, int64_t D,
+                    dim3 grid, cudaStream_t stream) {
+  using tc_t = typename TensorCoreType<scalar_t>::type;
+  if constexpr (std::is_same_v<tc_t, void>) {
+    return false;
+  } else {
+    gpu::window_spmm_cols_tc_kernel<scalar_t, tc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
+        g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx, colpart,
+        args, D);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
+
+// Launches window_spmm_rows_tc_kernel (backward pass B) where scalar_t has a tensor-core type.
+template <typename scalar_t>
+bool launch_rows_tc(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, scalar_t* gw,
+                    at::opmath_type<scalar_t>* tmp, const at::opmath_type<scalar_t>* colpart, int64_t n_colpart,
+                    scalar_t* gs, const gpu::WindowArgs& args, int64_t D, unsigned int row_tiles, cudaStream_t stream) {
+  using tc_t = typename TensorCoreType<scalar_t>::type;
+  if constexpr (std::is_same_v<tc_t, void>) {
+    return false;
+  } else {
+    gpu::window_spmm_rows_tc_kernel<scalar_t, tc_t><<<row_tiles, gpu::kSpmmThreads, 0, stream>>>(
+        g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw, tmp,
+        colpart, n_colpart, gs, args, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return true;
   }
@@ -201,26 +236,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
   DeviceWindowMeta dm = upload_window_meta(meta, M, wp, wf, mode, x.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const unsigned int row_tiles = cuda_host::grid_x(M * ceil_div(N, gpu::kTileRows), "window_spmm_backward");
+  const bool tc = tensor_cores_for(x);
   GS_CUDA_DISPATCH(x.scalar_type(), "window_spmm_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* colpart_ptr = colpart.defined() ? colpart.data_ptr<acc_t>() : nullptr;
     // Pass A (columns): grad_x and the column part of grad_norm.
     if ((need_gx || need_gs) && D > 0) {
       const dim3 grid(row_tiles, cuda_host::grid_y(n_dtiles, "window_spmm_backward (feature tiles)"));
-      gpu::window_spmm_cols_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
-          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
-          need_gx ? gx.data_ptr<scalar_t>() : nullptr, colpart_ptr, dm.args, D);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      scalar_t* gx_ptr = need_gx ? gx.data_ptr<scalar_t>() : nullptr;
+      if (!(tc && launch_cols_tc<scalar_t>(g, x, w, s, gx_ptr, colpart_ptr, dm.args, D, grid, stream))) {
+        gpu::window_spmm_cols_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
+            g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx_ptr,
+            colpart_ptr, dm.args, D);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     }
     // Pass B (rows): per-edge dots -> grad_edge_weight and the row part of grad_norm.
     if (need_gw || need_gs) {
       scalar_t* gw_ptr = need_gw && mode == kPerEdge ? gw.data_ptr<scalar_t>() : nullptr;
       acc_t* tmp_ptr = edge_tmp.defined() ? edge_tmp.data_ptr<acc_t>() : nullptr;
-      gpu::window_spmm_rows_kernel<scalar_t, acc_t><<<row_tiles, gpu::kDotThreads, 0, stream>>>(
-          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr,
-          tmp_ptr, colpart_ptr, colpart.defined() ? n_dtiles : 0, need_gs ? gs.data_ptr<scalar_t>() : nullptr,
-          dm.args, D);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int64_t n_colpart = colpart.defined() ? n_dtiles : 0;
+      scalar_t* gs_ptr = need_gs ? gs.data_ptr<scalar_t>() : nullptr;
+      if (!(tc && launch_rows_tc<scalar_t>(g, x, w, s, gw_ptr, tmp_ptr, colpart_ptr, n_colpart, gs_ptr, dm.args, D,
+                                           row_tiles, stream))) {
+        gpu::window_spmm_rows_kernel<scalar_t, acc_t><<<row_tiles, gpu::kDotThreads, 0, stream>>>(
+            g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr,
+            tmp_ptr, colpart_ptr, n_colpart, gs_ptr, dm.args, D);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     }
     if (need_gw && mode == kRelative) {
       gpu::BufferedEdges<acc_t> edges{edge_tmp.data_ptr<acc_t>()};

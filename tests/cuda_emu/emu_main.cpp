@@ -162,6 +162,13 @@ void put(Outputs& out, const std::string& k, const std::vector<T>& v) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// As the launchers on an sm_80+ GPU: 16-bit storage runs the tensor-core kernels unless
+// GRAPHSMILE_CUDA_TENSOR_CORES=0.
+bool tensor_cores() {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_TENSOR_CORES");
+  return !(e && std::strcmp(e, "0") == 0);
+}
+
 unsigned grid_x(int64_t blocks) {
   if (blocks > INT32_MAX) die("grid.x too large");
   return static_cast<unsigned>(blocks);
@@ -256,10 +263,7 @@ void run_window_spmm(const Job& j, Outputs& out) {
   std::vector<scalar_t> y(x.size(), poison<scalar_t>());
   if (!y.empty()) {
     const dim3 grid(grid_x(M * ceil_div(N, gpu::kTileRows)), grid_y(ceil_div(D, gpu::kTileD)));
-    // as the launcher on an sm_80+ GPU: 16-bit storage runs the tensor-core kernel unless
-    // GRAPHSMILE_CUDA_TENSOR_CORES=0
-    const char* tc_env = std::getenv("GRAPHSMILE_CUDA_TENSOR_CORES");
-    const bool tc = std::is_same<scalar_t, BF16>::value && !(tc_env && std::strcmp(tc_env, "0") == 0);
+    const bool tc = std::is_same<scalar_t, BF16>::value && tensor_cores();
     if constexpr (std::is_same<scalar_t, BF16>::value) {
       if (tc) {
         cuda_emu::launch("window_spmm_forward_tc_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
@@ -301,20 +305,42 @@ void run_window_spmm_backward(const Job& j, Outputs& out) {
     // Pass A (columns): grad_x and the column part of grad_norm.
     if ((need_gx || need_gs) && D > 0) {
       const dim3 grid(row_tiles, grid_y(n_dtiles));
-      cuda_emu::launch("window_spmm_cols_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
-        gpu::window_spmm_cols_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(),
-                                                      need_gx ? gx.data() : nullptr, colpart_ptr, meta.args, D);
-      });
+      if constexpr (std::is_same<scalar_t, BF16>::value) {
+        if (tensor_cores()) {
+          cuda_emu::launch("window_spmm_cols_tc_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
+            gpu::window_spmm_cols_tc_kernel<scalar_t, __nv_bfloat16>(g.data(), x.data(), w.data(), s.data(),
+                                                                     need_gx ? gx.data() : nullptr, colpart_ptr,
+                                                                     meta.args, D);
+          });
+        }
+      }
+      if (!(std::is_same<scalar_t, BF16>::value && tensor_cores())) {
+        cuda_emu::launch("window_spmm_cols_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
+          gpu::window_spmm_cols_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(),
+                                                        need_gx ? gx.data() : nullptr, colpart_ptr, meta.args, D);
+        });
+      }
     }
     // Pass B (rows): per-edge dots -> grad_edge_weight and the row part of grad_norm.
     if (need_gw || need_gs) {
       scalar_t* gw_ptr = need_gw && mode == kPerEdge ? gw.data() : nullptr;
       acc_t* tmp_ptr = has_tmp ? edge_tmp.data() : nullptr;
-      cuda_emu::launch("window_spmm_rows_kernel", dim3(row_tiles), dim3(gpu::kDotThreads), [&] {
-        gpu::window_spmm_rows_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(), gw_ptr, tmp_ptr,
-                                                      colpart_ptr, has_colpart ? n_dtiles : 0,
-                                                      need_gs ? gs.data() : nullptr, meta.args, D);
-      });
+      if constexpr (std::is_same<scalar_t, BF16>::value) {
+        if (tensor_cores()) {
+          cuda_emu::launch("window_spmm_rows_tc_kernel", dim3(row_tiles), dim3(gpu::kSpmmThreads), [&] {
+            gpu::window_spmm_rows_tc_kernel<scalar_t, __nv_bfloat16>(g.data(), x.data(), w.data(), s.data(), gw_ptr,
+                                                                     tmp_ptr, colpart_ptr, has_colpart ? n_dtiles : 0,
+                                                                     need_gs ? gs.data() : nullptr, meta.args, D);
+          });
+        }
+      }
+      if (!(std::is_same<scalar_t, BF16>::value && tensor_cores())) {
+        cuda_emu::launch("window_spmm_rows_kernel", dim3(row_tiles), dim3(gpu::kDotThreads), [&] {
+          gpu::window_spmm_rows_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(), gw_ptr, tmp_ptr,
+                                                        colpart_ptr, has_colpart ? n_dtiles : 0,
+                                                        need_gs ? gs.data() : nullptr, meta.args, D);
+        });
+      }
     }
     if (need_gw && mode == kRelative) {
       gpu::BufferedEdges<acc_t> edges{edge_tmp.data()};
