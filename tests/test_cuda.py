@@ -520,3 +520,44 @@ def test_opcheck():
     a = torch.randn(sum(lens), 2, device=CUDA, requires_grad=True)
     torch.library.opcheck(torch.ops.graphsmile.shift_pair_sum.default, (a, a.detach().clone(), L, ops.num_shift_pairs(lens, 3), 3),
                           test_utils=utils)
+
+
+_FFMA_SCRIPT = r"""
+import sys, torch
+import graphsmile.ops as ops
+d = torch.load(sys.argv[1])
+xx = d["x"].detach().clone().requires_grad_()
+ww = d["w"].detach().clone().requires_grad_()
+y = ops.window_propagate(xx, ww, d["lens"], d["M"], d["wp"], d["wf"], weight_mode=d["mode"], backend="cuda")
+y.backward(d["g"])
+torch.save([y.detach().cpu(), xx.grad.cpu(), ww.grad.cpu()], sys.argv[2])
+"""
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: DT_IDS[d])
+def test_ffma_kernels_with_tensor_cores_off(tmp_path, dtype):
+    """fp16/bf16 run on tensor cores by default (sm_80+); GRAPHSMILE_CUDA_TENSOR_CORES=0 (read
+    once per process, hence the subprocess) gives the FFMA kernels. Both must meet the same
+    low-precision bar against the fp64 reference."""
+    import os
+    import subprocess
+    import sys
+
+    lens, M, wp, wf, D = [37, 1, 18, 5, 70], 3, 17, 17, 70
+    x, w, g = _window_inputs(lens, M, wp, wf, D, "per_edge")
+    exact = _propagate("reference", x, w, g, lens, M, wp, wf, "per_edge")
+    theirs = _propagate("reference", x.to(dtype), w.to(dtype), g.to(dtype), lens, M, wp, wf, "per_edge")
+    tc = _propagate("cuda", x.to(dtype), w.to(dtype), g.to(dtype), lens, M, wp, wf, "per_edge")
+    inp, outp = tmp_path / "in.pt", tmp_path / "out.pt"
+    torch.save(dict(x=x.to(dtype), w=w.to(dtype), g=g.to(dtype), lens=lens, M=M, wp=wp, wf=wf, mode="per_edge"), inp)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, GRAPHSMILE_CUDA_TENSOR_CORES="0",
+               PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p))
+    r = subprocess.run([sys.executable, "-c", _FFMA_SCRIPT, str(inp), str(outp)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ffma = torch.load(outp)
+    for name, t, f, th, ex in zip(("y", "grad_x", "grad_w"), tc, ffma, theirs, exact):
+        _assert_lowp(f"{name} (tensor cores)", t, th, ex, dtype)
+        _assert_lowp(f"{name} (FFMA)", f.to(t.device), th, ex, dtype)
