@@ -109,6 +109,89 @@ __device__ __forceinline__ int64_t edge_slot(const WindowArgs& a, int64_t edge_i
 }
 
 // ---------------------------------------------------------------------------------------------
+// Staging helpers shared by the FFMA and tensor-core kernels (the caller synchronises).
+
+// Windows (row_window) of the packed rows t0 .. t0 + count - 1 into shared arrays, entry i
+// written by thread i < kEntries; entries past count get empty windows. With norm_in (the
+// normalisation of those rows), also norm_in[i] into norm_out (0 past count).
+template <int kEntries, typename acc_t, typename scalar_t>
+__device__ __forceinline__ void load_windows(const WindowArgs& a, int64_t t0, int64_t count, int tid, int64_t* lo,
+                                             int64_t* hi, int64_t* eb, int64_t* band,
+                                             const scalar_t* norm_in = nullptr, acc_t* norm_out = nullptr) {
+  if (tid >= kEntries) return;
+  RowWindow rw{0, 0, 0, 0};
+  if (tid < count) rw = row_window(a, t0 + tid);
+  lo[tid] = rw.lo;
+  hi[tid] = rw.hi;
+  eb[tid] = rw.ebase;
+  band[tid] = rw.band;
+  if (norm_in != nullptr) norm_out[tid] = tid < count ? to_acc<acc_t>(norm_in[tid]) : acc_t(0);
+}
+
+// Transposed windows (col_window) of the packed columns c0 .. c0 + count - 1 (empty past count).
+template <int kEntries>
+__device__ __forceinline__ void load_col_windows(const WindowArgs& a, int64_t c0, int64_t count, int tid, int64_t* lo,
+                                                 int64_t* hi) {
+  if (tid >= kEntries) return;
+  int64_t l = 0, h = 0;
+  if (tid < count) col_window(a, c0 + tid, l, h);
+  lo[tid] = l;
+  hi[tid] = h;
+}
+
+// A [kRows x kCols] tile of the row-major [*, D] matrix src: rows row0 + k (k < nvalid), columns
+// d0 + dd (< D). store(k, dd, p) gets a pointer to each element, nullptr where the tile is
+// padding; consecutive threads take consecutive columns (coalesced).
+template <int kRows, int kCols, int kThreads, typename scalar_t, typename Store>
+__device__ __forceinline__ void stage_tile(const scalar_t* __restrict__ src, int64_t row0, int nvalid, int64_t d0,
+                                           int64_t D, int tid, Store store) {
+  for (int idx = tid; idx < kRows * kCols; idx += kThreads) {
+    const int k = idx / kCols, dd = idx % kCols;
+    store(k, dd, k < nvalid && d0 + dd < D ? &src[(row0 + k) * D + d0 + dd] : nullptr);
+  }
+}
+
+// The forward's coefficient tile: c(r, k) = a_e s_u for column u = u0 + k (k < clen) in the
+// window of tile row r (t0 + r; windows in r_lo .. r_band), else 0; sn: the source modality's
+// normalisation. store(r, k, c); consecutive threads take consecutive edge ids.
+template <typename acc_t, typename scalar_t, typename Store>
+__device__ __forceinline__ void stage_row_coefs(const WindowArgs& a, const scalar_t* __restrict__ w,
+                                                const scalar_t* __restrict__ sn, const int64_t* r_lo,
+                                                const int64_t* r_hi, const int64_t* r_eb, const int64_t* r_band,
+                                                int64_t p, int64_t t0, int64_t u0, int clen, int tid, Store store) {
+  for (int idx = tid; idx < kTileRows * kChunk; idx += kSpmmThreads) {
+    const int r = idx / kChunk, k = idx % kChunk;
+    const int64_t u = u0 + k;
+    acc_t c = acc_t(0);
+    if (k < clen && u >= r_lo[r] && u < r_hi[r]) {
+      const int64_t slot = edge_slot(a, r_eb[r] + p * r_band[r] + u, p, t0 + r, u);
+      c = to_acc<acc_t>(w[slot]) * to_acc<acc_t>(sn[u]);
+    }
+    store(r, k, c);
+  }
+}
+
+// Backward pass A's coefficient tile: c(k, r) = a_e s_t for source row t = t0 + k (windows and
+// normalisation in s_lo .. s_s, empty past the chunk) and target column u = c0 + r (r < ncols)
+// in its window, else 0. store(k, r, c); consecutive threads take consecutive edge ids.
+template <typename acc_t, typename scalar_t, typename Store>
+__device__ __forceinline__ void stage_col_coefs(const WindowArgs& a, const scalar_t* __restrict__ w,
+                                                const int64_t* s_lo, const int64_t* s_hi, const int64_t* s_eb,
+                                                const int64_t* s_band, const acc_t* s_s, int64_t p, int64_t t0,
+                                                int64_t c0, int ncols, int tid, Store store) {
+  for (int idx = tid; idx < kChunk * kTileRows; idx += kSpmmThreads) {
+    const int k = idx / kTileRows, r = idx % kTileRows;
+    const int64_t u = c0 + r;
+    acc_t c = acc_t(0);
+    if (r < ncols && u >= s_lo[k] && u < s_hi[k]) {  // k < clen implied (empty windows past it)
+      const int64_t slot = edge_slot(a, s_eb[k] + p * s_band[k] + u, p, t0 + k, u);
+      c = to_acc<acc_t>(w[slot]) * s_s[k];
+    }
+    store(k, r, c);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // window_norm: s_r = d_r^{-1/2} (0 where d_r == 0, NaN where d_r < 0), one warp per row r.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kNormWarps * 32)
@@ -216,20 +299,7 @@ __global__ void __launch_bounds__(kSpmmThreads)
   const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
   const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
   const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
-  if (tid < kTileRows) {
-    if (tid < nrows) {
-      const RowWindow rw = row_window(a, t0 + tid);
-      r_lo[tid] = rw.lo;
-      r_hi[tid] = rw.hi;
-      r_eb[tid] = rw.ebase;
-      r_band[tid] = rw.band;
-    } else {  // past the end: an empty window
-      r_lo[tid] = 0;
-      r_hi[tid] = 0;
-      r_eb[tid] = 0;
-      r_band[tid] = 0;
-    }
-  }
+  load_windows<kTileRows, acc_t, scalar_t>(a, t0, nrows, tid, r_lo, r_hi, r_eb, r_band);
   __syncthreads();
   const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
   const int ry = tid / (kTileD / 4), dx = tid % (kTileD / 4);
@@ -252,22 +322,11 @@ __global__ void __launch_bounds__(kSpmmThreads)
     for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
       const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
       __syncthreads();  // the previous chunk's GEMM is done with xs / cf
-      for (int idx = tid; idx < kChunk * kTileD; idx += kSpmmThreads) {
-        const int k = idx / kTileD, dd = idx % kTileD;
-        acc_t v = acc_t(0);
-        if (k < clen && d0 + dd < D) v = to_acc<acc_t>(xn[(u0 + k) * D + d0 + dd]);
-        xs[idx] = v;
-      }
-      for (int idx = tid; idx < kTileRows * kChunk; idx += kSpmmThreads) {
-        const int r = idx / kChunk, k = idx % kChunk;  // consecutive threads: consecutive edge ids
-        const int64_t u = u0 + k;
-        acc_t c = acc_t(0);
-        if (k < clen && u >= r_lo[r] && u < r_hi[r]) {
-          const int64_t slot = edge_slot(a, r_eb[r] + p * r_band[r] + u, p, t0 + r, u);
-          c = to_acc<acc_t>(w[slot]) * to_acc<acc_t>(sn[u]);
-        }
-        cf[r * (kChunk + 4) + k] = c;
-      }
+      stage_tile<kChunk, kTileD, kSpmmThreads>(xn, u0, clen, d0, D, tid, [&](int k, int dd, const scalar_t* v) {
+        xs[k * kTileD + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
+      });
+      stage_row_coefs<acc_t>(a, w, sn, r_lo, r_hi, r_eb, r_band, p, t0, u0, clen, tid,
+                             [&](int r, int k, acc_t c) { cf[r * (kChunk + 4) + k] = c; });
       __syncthreads();
       if (th_any) {
         const int kb = static_cast<int>(gs_min(gs_max(th_lo - u0, 0), kChunk)) & ~3;
@@ -339,20 +398,7 @@ __global__ void __launch_bounds__(kSpmmThreads)
   const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
   const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
   const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
-  if (tid < kTileRows) {
-    if (tid < nrows) {
-      const RowWindow rw = row_window(a, t0 + tid);
-      r_lo[tid] = rw.lo;
-      r_hi[tid] = rw.hi;
-      r_eb[tid] = rw.ebase;
-      r_band[tid] = rw.band;
-    } else {
-      r_lo[tid] = 0;
-      r_hi[tid] = 0;
-      r_eb[tid] = 0;
-      r_band[tid] = 0;
-    }
-  }
+  load_windows<kTileRows, acc_t, scalar_t>(a, t0, nrows, tid, r_lo, r_hi, r_eb, r_band);
   __syncthreads();
   const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
   const int warp = tid >> 5;
@@ -369,22 +415,11 @@ __global__ void __launch_bounds__(kSpmmThreads)
     for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
       const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
       __syncthreads();  // the previous chunk's products are done with xs / cf
-      for (int idx = tid; idx < kChunk * kTileD; idx += kSpmmThreads) {
-        const int k = idx / kTileD, dd = idx % kTileD;
-        uint16_t v = 0;  // +0.0 in fp16 and bf16
-        if (k < clen && d0 + dd < D) v = bits16(xn[(u0 + k) * D + d0 + dd]);
-        xs[k * kTcLdB + dd] = v;
-      }
-      for (int idx = tid; idx < kTileRows * kChunk; idx += kSpmmThreads) {
-        const int r = idx / kChunk, k = idx % kChunk;
-        const int64_t u = u0 + k;
-        acc_t c = acc_t(0);
-        if (k < clen && u >= r_lo[r] && u < r_hi[r]) {
-          const int64_t slot = edge_slot(a, r_eb[r] + p * r_band[r] + u, p, t0 + r, u);
-          c = to_acc<acc_t>(w[slot]) * to_acc<acc_t>(sn[u]);
-        }
-        cf[r * kTcLdA + k] = bits16(static_cast<scalar_t>(c));
-      }
+      stage_tile<kChunk, kTileD, kSpmmThreads>(xn, u0, clen, d0, D, tid, [&](int k, int dd, const scalar_t* v) {
+        xs[k * kTcLdB + dd] = v != nullptr ? bits16(*v) : uint16_t(0);  // 0: +0.0 in fp16 and bf16
+      });
+      stage_row_coefs<acc_t>(a, w, sn, r_lo, r_hi, r_eb, r_band, p, t0, u0, clen, tid,
+                             [&](int r, int k, acc_t c) { cf[r * kTcLdA + k] = bits16(static_cast<scalar_t>(c)); });
       __syncthreads();
 #pragma unroll
       for (int k = 0; k < kChunk; k += 16) {
@@ -435,12 +470,7 @@ __global__ void __launch_bounds__(kSpmmThreads)
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) - n * tiles) * kTileRows;
   const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
   const int ncols = static_cast<int>(gs_min(kTileRows, N - c0));
-  if (tid < kTileRows) {
-    int64_t lo = 0, hi = 0;
-    if (tid < ncols) col_window(a, c0 + tid, lo, hi);
-    c_lo[tid] = lo;
-    c_hi[tid] = hi;
-  }
+  load_col_windows<kTileRows>(a, c0, ncols, tid, c_lo, c_hi);
   __syncthreads();
   const int64_t band_lo = c_lo[0], band_hi = c_hi[ncols - 1];
   const int ry = tid / (kTileD / 4), dx = tid % (kTileD / 4);
@@ -461,39 +491,13 @@ __global__ void __launch_bounds__(kSpmmThreads)
     for (int64_t t0 = band_lo; t0 < band_hi; t0 += kChunk) {
       const int clen = static_cast<int>(gs_min(kChunk, band_hi - t0));
       __syncthreads();  // the previous chunk is done with gsrc / cf / s_*
-      for (int idx = tid; idx < kChunk * kTileD; idx += kSpmmThreads) {
-        const int k = idx / kTileD, dd = idx % kTileD;
-        acc_t v = acc_t(0);
-        if (k < clen && d0 + dd < D) v = to_acc<acc_t>(gm[(t0 + k) * D + d0 + dd]);
-        gsrc[idx] = v;
-      }
-      if (tid < kChunk) {
-        if (tid < clen) {
-          const RowWindow rw = row_window(a, t0 + tid);
-          s_lo[tid] = rw.lo;
-          s_hi[tid] = rw.hi;
-          s_eb[tid] = rw.ebase;
-          s_band[tid] = rw.band;
-          s_s[tid] = to_acc<acc_t>(s[m * N + t0 + tid]);
-        } else {
-          s_lo[tid] = 0;
-          s_hi[tid] = 0;
-          s_eb[tid] = 0;
-          s_band[tid] = 0;
-          s_s[tid] = acc_t(0);
-        }
-      }
+      stage_tile<kChunk, kTileD, kSpmmThreads>(gm, t0, clen, d0, D, tid, [&](int k, int dd, const scalar_t* v) {
+        gsrc[k * kTileD + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
+      });
+      load_windows<kChunk>(a, t0, clen, tid, s_lo, s_hi, s_eb, s_band, s + m * N + t0, s_s);
       __syncthreads();
-      for (int idx = tid; idx < kChunk * kTileRows; idx += kSpmmThreads) {
-        const int k = idx / kTileRows, r = idx % kTileRows;  // consecutive threads: consecutive edge ids
-        const int64_t u = c0 + r;
-        acc_t c = acc_t(0);
-        if (r < ncols && u >= s_lo[k] && u < s_hi[k]) {  // k < clen implied (empty windows past it)
-          const int64_t slot = edge_slot(a, s_eb[k] + p * s_band[k] + u, p, t0 + k, u);
-          c = to_acc<acc_t>(w[slot]) * s_s[k];
-        }
-        cf[k * (kTileRows + 4) + r] = c;
-      }
+      stage_col_coefs(a, w, s_lo, s_hi, s_eb, s_band, s_s, p, t0, c0, ncols, tid,
+                      [&](int k, int r, acc_t c) { cf[k * (kTileRows + 4) + r] = c; });
       __syncthreads();
       if (th_any) {
         const int kb = static_cast<int>(gs_min(gs_max(th_lo - t0, 0), kChunk)) & ~3;
@@ -566,12 +570,7 @@ __global__ void __launch_bounds__(kSpmmThreads)
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) - n * tiles) * kTileRows;
   const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
   const int ncols = static_cast<int>(gs_min(kTileRows, N - c0));
-  if (tid < kTileRows) {
-    int64_t lo = 0, hi = 0;
-    if (tid < ncols) col_window(a, c0 + tid, lo, hi);
-    c_lo[tid] = lo;
-    c_hi[tid] = hi;
-  }
+  load_col_windows<kTileRows>(a, c0, ncols, tid, c_lo, c_hi);
   __syncthreads();
   const int64_t band_lo = c_lo[0], band_hi = c_hi[ncols - 1];
   const int warp = tid >> 5;
@@ -587,39 +586,13 @@ __global__ void __launch_bounds__(kSpmmThreads)
     for (int64_t t0 = band_lo; t0 < band_hi; t0 += kChunk) {
       const int clen = static_cast<int>(gs_min(kChunk, band_hi - t0));
       __syncthreads();  // the previous chunk is done with gsrc / cf / s_*
-      for (int idx = tid; idx < kChunk * kTileD; idx += kSpmmThreads) {
-        const int k = idx / kTileD, dd = idx % kTileD;
-        uint16_t v = 0;
-        if (k < clen && d0 + dd < D) v = bits16(gm[(t0 + k) * D + d0 + dd]);
-        gsrc[k * kTcLdB + dd] = v;
-      }
-      if (tid < kChunk) {
-        if (tid < clen) {
-          const RowWindow rw = row_window(a, t0 + tid);
-          s_lo[tid] = rw.lo;
-          s_hi[tid] = rw.hi;
-          s_eb[tid] = rw.ebase;
-          s_band[tid] = rw.band;
-          s_s[tid] = to_acc<acc_t>(s[m * N + t0 + tid]);
-        } else {
-          s_lo[tid] = 0;
-          s_hi[tid] = 0;
-          s_eb[tid] = 0;
-          s_band[tid] = 0;
-          s_s[tid] = acc_t(0);
-        }
-      }
+      stage_tile<kChunk, kTileD, kSpmmThreads>(gm, t0, clen, d0, D, tid, [&](int k, int dd, const scalar_t* v) {
+        gsrc[k * kTcLdB + dd] = v != nullptr ? bits16(*v) : uint16_t(0);
+      });
+      load_windows<kChunk>(a, t0, clen, tid, s_lo, s_hi, s_eb, s_band, s + m * N + t0, s_s);
       __syncthreads();
-      for (int idx = tid; idx < kChunk * kTileRows; idx += kSpmmThreads) {
-        const int k = idx / kTileRows, r = idx % kTileRows;
-        const int64_t u = c0 + r;
-        acc_t c = acc_t(0);
-        if (r < ncols && u >= s_lo[k] && u < s_hi[k]) {
-          const int64_t slot = edge_slot(a, s_eb[k] + p * s_band[k] + u, p, t0 + k, u);
-          c = to_acc<acc_t>(w[slot]) * s_s[k];
-        }
-        cf[k * kTcLdA + r] = bits16(static_cast<scalar_t>(c));
-      }
+      stage_col_coefs(a, w, s_lo, s_hi, s_eb, s_band, s_s, p, t0, c0, ncols, tid,
+                      [&](int k, int r, acc_t c) { cf[k * kTcLdA + r] = bits16(static_cast<scalar_t>(c)); });
       __syncthreads();
 #pragma unroll
       for (int k = 0; k < kChunk; k += 16) {
@@ -689,22 +662,7 @@ __global__ void __launch_bounds__(kDotThreads)
   const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
   const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
   const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
-  if (tid < kTileRows) {
-    if (tid < nrows) {
-      const RowWindow rw = row_window(a, t0 + tid);
-      r_lo[tid] = rw.lo;
-      r_hi[tid] = rw.hi;
-      r_eb[tid] = rw.ebase;
-      r_band[tid] = rw.band;
-      r_s[tid] = to_acc<acc_t>(s[m * N + t0 + tid]);
-    } else {
-      r_lo[tid] = 0;
-      r_hi[tid] = 0;
-      r_eb[tid] = 0;
-      r_band[tid] = 0;
-      r_s[tid] = acc_t(0);
-    }
-  }
+  load_windows<kTileRows>(a, t0, nrows, tid, r_lo, r_hi, r_eb, r_band, s + m * N + t0, r_s);
   __syncthreads();
   const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
   const int ry = tid >> 3, kx = tid & 7;  // rows ry + 8i, columns kx + 8j
@@ -727,18 +685,12 @@ __global__ void __launch_bounds__(kDotThreads)
         for (int j = 0; j < 4; ++j) dots[i][j] = acc_t(0);
       for (int64_t f0 = 0; f0 < D; f0 += kDotD) {
         __syncthreads();  // the previous step is done with gt / xt
-        for (int idx = tid; idx < kTileRows * kDotD; idx += kDotThreads) {
-          const int r = idx / kDotD, dd = idx % kDotD;
-          acc_t v = acc_t(0);
-          if (r < nrows && f0 + dd < D) v = to_acc<acc_t>(gm[r * D + f0 + dd]);
-          gt[r * (kDotD + 4) + dd] = v;
-        }
-        for (int idx = tid; idx < kChunk * kDotD; idx += kDotThreads) {
-          const int k = idx / kDotD, dd = idx % kDotD;
-          acc_t v = acc_t(0);
-          if (k < clen && f0 + dd < D) v = to_acc<acc_t>(xc[k * D + f0 + dd]);
-          xt[k * (kDotD + 4) + dd] = v;
-        }
+        stage_tile<kTileRows, kDotD, kDotThreads>(gm, 0, nrows, f0, D, tid, [&](int r, int dd, const scalar_t* v) {
+          gt[r * (kDotD + 4) + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
+        });
+        stage_tile<kChunk, kDotD, kDotThreads>(xc, 0, clen, f0, D, tid, [&](int k, int dd, const scalar_t* v) {
+          xt[k * (kDotD + 4) + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
+        });
         __syncthreads();
 #pragma unroll 2
         for (int dd = 0; dd < kDotD; dd += 4) {
@@ -825,22 +777,7 @@ __global__ void __launch_bounds__(kSpmmThreads)
   const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
   const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
   const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
-  if (tid < kTileRows) {
-    if (tid < nrows) {
-      const RowWindow rw = row_window(a, t0 + tid);
-      r_lo[tid] = rw.lo;
-      r_hi[tid] = rw.hi;
-      r_eb[tid] = rw.ebase;
-      r_band[tid] = rw.band;
-      r_s[tid] = to_acc<acc_t>(s[m * N + t0 + tid]);
-    } else {
-      r_lo[tid] = 0;
-      r_hi[tid] = 0;
-      r_eb[tid] = 0;
-      r_band[tid] = 0;
-      r_s[tid] = acc_t(0);
-    }
-  }
+  load_windows<kTileRows>(a, t0, nrows, tid, r_lo, r_hi, r_eb, r_band, s + m * N + t0, r_s);
   __syncthreads();
   const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
   const int warp = tid >> 5;
@@ -862,18 +799,12 @@ __global__ void __launch_bounds__(kSpmmThreads)
       wmma::fill_fragment(acc, 0.0f);
       for (int64_t f0 = 0; f0 < D; f0 += kTcDotD) {
         __syncthreads();  // the previous step's products are done with gt / xt
-        for (int idx = tid; idx < kTileRows * kTcDotD; idx += kSpmmThreads) {
-          const int r = idx / kTcDotD, dd = idx % kTcDotD;
-          uint16_t v = 0;
-          if (r < nrows && f0 + dd < D) v = bits16(gm[r * D + f0 + dd]);
-          gt[r * kTcLdDot + dd] = v;
-        }
-        for (int idx = tid; idx < kChunk * kTcDotD; idx += kSpmmThreads) {
-          const int k = idx / kTcDotD, dd = idx % kTcDotD;
-          uint16_t v = 0;
-          if (k < clen && f0 + dd < D) v = bits16(xc[k * D + f0 + dd]);
-          xt[k * kTcLdDot + dd] = v;
-        }
+        stage_tile<kTileRows, kTcDotD, kSpmmThreads>(gm, 0, nrows, f0, D, tid, [&](int r, int dd, const scalar_t* v) {
+          gt[r * kTcLdDot + dd] = v != nullptr ? bits16(*v) : uint16_t(0);
+        });
+        stage_tile<kChunk, kTcDotD, kSpmmThreads>(xc, 0, clen, f0, D, tid, [&](int k, int dd, const scalar_t* v) {
+          xt[k * kTcLdDot + dd] = v != nullptr ? bits16(*v) : uint16_t(0);
+        });
         __syncthreads();
 #pragma unroll
         for (int dd = 0; dd < kTcDotD; dd += 16) {

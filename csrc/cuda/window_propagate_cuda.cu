@@ -54,51 +54,20 @@ bool tensor_cores_for(const at::Tensor& x) {
   return enabled && at::cuda::getDeviceProperties(x.get_device())->major >= 8;
 }
 
-// Launches window_spmm_forward_tc_kernel where scalar_t has a tensor-core type; false otherwise.
-template <typename scalar_t>
-bool launch_forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, at::Tensor& y,
-                       const gpu::WindowArgs& args, int64_t D, dim3 grid, cudaStream_t stream) {
-  using tc_t = typename TensorCoreType<scalar_t>::type;
-  if constexpr (std::is_same_v<tc_t, void>) {
-    return false;
-  } else {
-    gpu::window_spmm_forward_tc_kernel<scalar_t, tc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), args, D);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return true;
-  }
-}
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
 
-// Launches window_spmm_cols_tc_kernel (backward pass A) where scalar_t has a tensor-core type.
-template <typename scalar_t>
-bool launch_cols_tc(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
-                    scalar_t* gx, at::opmath_type<scalar_t>* colpart, const gpu::WindowArgs& args, int64_t D,
-                    dim3 grid, cudaStream_t stream) {
+// Calls launch(TypeTag<tc_t>{}) with tc_t the wmma fragment type of scalar_t and returns true;
+// returns false without launching where scalar_t has none (fp32, fp64: the FFMA kernels run).
+template <typename scalar_t, typename Launch>
+bool with_tensor_core_type(Launch&& launch) {
   using tc_t = typename TensorCoreType<scalar_t>::type;
   if constexpr (std::is_same_v<tc_t, void>) {
     return false;
   } else {
-    gpu::window_spmm_cols_tc_kernel<scalar_t, tc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
-        g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx, colpart,
-        args, D);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return true;
-  }
-}
-
-// Launches window_spmm_rows_tc_kernel (backward pass B) where scalar_t has a tensor-core type.
-template <typename scalar_t>
-bool launch_rows_tc(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, scalar_t* gw,
-                    at::opmath_type<scalar_t>* tmp, const at::opmath_type<scalar_t>* colpart, int64_t n_colpart,
-                    scalar_t* gs, const gpu::WindowArgs& args, int64_t D, unsigned int row_tiles, cudaStream_t stream) {
-  using tc_t = typename TensorCoreType<scalar_t>::type;
-  if constexpr (std::is_same_v<tc_t, void>) {
-    return false;
-  } else {
-    gpu::window_spmm_rows_tc_kernel<scalar_t, tc_t><<<row_tiles, gpu::kSpmmThreads, 0, stream>>>(
-        g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw, tmp,
-        colpart, n_colpart, gs, args, D);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(TypeTag<tc_t>{});
     return true;
   }
 }
@@ -201,7 +170,12 @@ at::Tensor window_spmm_cuda(const at::Tensor& x_, const at::Tensor& edge_weight,
   const bool tc = tensor_cores_for(x);
   GS_CUDA_DISPATCH(x.scalar_type(), "window_spmm_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (tc && launch_forward_tc<scalar_t>(x, w, s, y, dm.args, D, grid, stream)) return;
+    const bool launched = tc && with_tensor_core_type<scalar_t>([&](auto tag) {
+      gpu::window_spmm_forward_tc_kernel<scalar_t, typename decltype(tag)::type><<<grid, gpu::kSpmmThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    if (launched) return;
     gpu::window_spmm_forward_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -244,7 +218,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
     if ((need_gx || need_gs) && D > 0) {
       const dim3 grid(row_tiles, cuda_host::grid_y(n_dtiles, "window_spmm_backward (feature tiles)"));
       scalar_t* gx_ptr = need_gx ? gx.data_ptr<scalar_t>() : nullptr;
-      if (!(tc && launch_cols_tc<scalar_t>(g, x, w, s, gx_ptr, colpart_ptr, dm.args, D, grid, stream))) {
+      const bool launched = tc && with_tensor_core_type<scalar_t>([&](auto tag) {
+        gpu::window_spmm_cols_tc_kernel<scalar_t, typename decltype(tag)::type><<<grid, gpu::kSpmmThreads, 0, stream>>>(
+            g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx_ptr,
+            colpart_ptr, dm.args, D);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+      if (!launched) {
         gpu::window_spmm_cols_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
             g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx_ptr,
             colpart_ptr, dm.args, D);
@@ -257,8 +237,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
       acc_t* tmp_ptr = edge_tmp.defined() ? edge_tmp.data_ptr<acc_t>() : nullptr;
       const int64_t n_colpart = colpart.defined() ? n_dtiles : 0;
       scalar_t* gs_ptr = need_gs ? gs.data_ptr<scalar_t>() : nullptr;
-      if (!(tc && launch_rows_tc<scalar_t>(g, x, w, s, gw_ptr, tmp_ptr, colpart_ptr, n_colpart, gs_ptr, dm.args, D,
-                                           row_tiles, stream))) {
+      const bool launched = tc && with_tensor_core_type<scalar_t>([&](auto tag) {
+        gpu::window_spmm_rows_tc_kernel<scalar_t, typename decltype(tag)::type>
+            <<<row_tiles, gpu::kSpmmThreads, 0, stream>>>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                                         w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr, tmp_ptr,
+                                                         colpart_ptr, n_colpart, gs_ptr, dm.args, D);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+      if (!launched) {
         gpu::window_spmm_rows_kernel<scalar_t, acc_t><<<row_tiles, gpu::kDotThreads, 0, stream>>>(
             g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr,
             tmp_ptr, colpart_ptr, n_colpart, gs_ptr, dm.args, D);

@@ -168,6 +168,9 @@ bool tensor_cores() {
   const char* e = std::getenv("GRAPHSMILE_CUDA_TENSOR_CORES");
   return !(e && std::strcmp(e, "0") == 0);
 }
+// The emulated storage types with a wmma fragment type (the launchers' TensorCoreType).
+template <typename scalar_t>
+constexpr bool kTensorCoreType = std::is_same<scalar_t, BF16>::value;
 
 unsigned grid_x(int64_t blocks) {
   if (blocks > INT32_MAX) die("grid.x too large");
@@ -263,8 +266,8 @@ void run_window_spmm(const Job& j, Outputs& out) {
   std::vector<scalar_t> y(x.size(), poison<scalar_t>());
   if (!y.empty()) {
     const dim3 grid(grid_x(M * ceil_div(N, gpu::kTileRows)), grid_y(ceil_div(D, gpu::kTileD)));
-    const bool tc = std::is_same<scalar_t, BF16>::value && tensor_cores();
-    if constexpr (std::is_same<scalar_t, BF16>::value) {
+    const bool tc = kTensorCoreType<scalar_t> && tensor_cores();
+    if constexpr (kTensorCoreType<scalar_t>) {
       if (tc) {
         cuda_emu::launch("window_spmm_forward_tc_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
           gpu::window_spmm_forward_tc_kernel<scalar_t, __nv_bfloat16>(x.data(), w.data(), s.data(), y.data(), meta.args, D);
@@ -301,12 +304,13 @@ void run_window_spmm_backward(const Job& j, Outputs& out) {
     const bool has_tmp = need_gw && mode == kRelative;
     if (has_tmp) edge_tmp.assign(static_cast<size_t>(std::max<int64_t>(meta.E, 1)), poison<acc_t>());
     const unsigned row_tiles = grid_x(M * ceil_div(N, gpu::kTileRows));
+    const bool tc = kTensorCoreType<scalar_t> && tensor_cores();  // as the launcher on an sm_80+ GPU
     acc_t* colpart_ptr = has_colpart ? colpart.data() : nullptr;
     // Pass A (columns): grad_x and the column part of grad_norm.
     if ((need_gx || need_gs) && D > 0) {
       const dim3 grid(row_tiles, grid_y(n_dtiles));
-      if constexpr (std::is_same<scalar_t, BF16>::value) {
-        if (tensor_cores()) {
+      if constexpr (kTensorCoreType<scalar_t>) {
+        if (tc) {
           cuda_emu::launch("window_spmm_cols_tc_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
             gpu::window_spmm_cols_tc_kernel<scalar_t, __nv_bfloat16>(g.data(), x.data(), w.data(), s.data(),
                                                                      need_gx ? gx.data() : nullptr, colpart_ptr,
@@ -314,7 +318,7 @@ void run_window_spmm_backward(const Job& j, Outputs& out) {
           });
         }
       }
-      if (!(std::is_same<scalar_t, BF16>::value && tensor_cores())) {
+      if (!tc) {
         cuda_emu::launch("window_spmm_cols_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
           gpu::window_spmm_cols_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(),
                                                         need_gx ? gx.data() : nullptr, colpart_ptr, meta.args, D);
@@ -325,8 +329,8 @@ void run_window_spmm_backward(const Job& j, Outputs& out) {
     if (need_gw || need_gs) {
       scalar_t* gw_ptr = need_gw && mode == kPerEdge ? gw.data() : nullptr;
       acc_t* tmp_ptr = has_tmp ? edge_tmp.data() : nullptr;
-      if constexpr (std::is_same<scalar_t, BF16>::value) {
-        if (tensor_cores()) {
+      if constexpr (kTensorCoreType<scalar_t>) {
+        if (tc) {
           cuda_emu::launch("window_spmm_rows_tc_kernel", dim3(row_tiles), dim3(gpu::kSpmmThreads), [&] {
             gpu::window_spmm_rows_tc_kernel<scalar_t, __nv_bfloat16>(g.data(), x.data(), w.data(), s.data(), gw_ptr,
                                                                      tmp_ptr, colpart_ptr, has_colpart ? n_dtiles : 0,
@@ -334,7 +338,7 @@ void run_window_spmm_backward(const Job& j, Outputs& out) {
           });
         }
       }
-      if (!(std::is_same<scalar_t, BF16>::value && tensor_cores())) {
+      if (!tc) {
         cuda_emu::launch("window_spmm_rows_kernel", dim3(row_tiles), dim3(gpu::kDotThreads), [&] {
           gpu::window_spmm_rows_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(), gw_ptr, tmp_ptr,
                                                         colpart_ptr, has_colpart ? n_dtiles : 0,
