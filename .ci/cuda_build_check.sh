@@ -46,18 +46,9 @@ fi
 "$VENV/bin/python" -c "import torch; print('  torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 # --- nvcc / CUDA_HOME -------------------------------------------------------------------------
-if [ -z "${CUDA_HOME:-}" ]; then
-  # torch guesses CUDA_HOME from `which nvcc`; a wrapper in /usr/local/bin would make it
-  # /usr/local, where libcudart is not. Prefer the toolkit directory itself.
-  for cand in /usr/local/cuda "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent)")")")"; do
-    if [ -x "$cand/bin/nvcc" ] && { [ -e "$cand/lib64/libcudart.so" ] || [ -e "$cand/lib/libcudart.so" ]; }; then
-      export CUDA_HOME="$cand"
-      break
-    fi
-  done
-fi
-[ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ] || fail "no CUDA toolkit found (set CUDA_HOME; nvcc: $(command -v nvcc || echo none))"
-export PATH="$CUDA_HOME/bin:$PATH"
+# shellcheck source=../scripts/cuda_home.sh
+source "$REPO/scripts/cuda_home.sh"
+find_cuda_home || fail "no CUDA toolkit found (set CUDA_HOME; nvcc: $(command -v nvcc || echo none))"
 say "CUDA_HOME=$CUDA_HOME ($("$CUDA_HOME/bin/nvcc" --version | tail -1))"
 
 # --- 2. copy of the repository ----------------------------------------------------------------

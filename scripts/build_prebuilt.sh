@@ -41,13 +41,9 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.s
 fi
 "$VENV/bin/python" -c "import torch; print('  torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
-if [ -z "${CUDA_HOME:-}" ]; then
-  for cand in /usr/local/cuda "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent)")")")"; do
-    if [ -x "$cand/bin/nvcc" ]; then export CUDA_HOME="$cand"; break; fi
-  done
-fi
-[ -n "${CUDA_HOME:-}" ] || { say "FAIL: no nvcc found (set CUDA_HOME)"; exit 1; }
-export PATH="$CUDA_HOME/bin:$PATH"
+# shellcheck source=cuda_home.sh
+source "$REPO/scripts/cuda_home.sh"
+find_cuda_home || { say "FAIL: no CUDA toolkit found (set CUDA_HOME; nvcc: $(command -v nvcc || echo none))"; exit 1; }
 
 # Build in a copy of the tracked tree, so the working tree's own _C (built against another
 # torch) is left alone.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["gpu_session.sh", "build_prebuilt.sh", "collect_gpu_results.sh", "source_hash.sh", "setup_env.sh"]
+SCRIPTS = ["gpu_session.sh", "build_prebuilt.sh", "collect_gpu_results.sh", "source_hash.sh", "setup_env.sh", "cuda_home.sh"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
