@@ -127,6 +127,17 @@ def env_info(device: str, dtype: str) -> Dict[str, Any]:
     return info
 
 
+def start(args) -> bool:
+    """The common start of a benchmark's main(): ``--threads`` (if given) and, for a CUDA
+    ``--device``, the check that there is one (prints why not). False: exit with status 2."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--device {args.device}: no CUDA device here", file=sys.stderr)
+        return False
+    return True
+
+
 def new_run_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
@@ -150,14 +161,8 @@ def mem_available_bytes(device: str) -> int:
     """Memory a new measurement may use: CUDA free memory, or MemAvailable of /proc/meminfo."""
     if device.startswith("cuda"):
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    avail = _proc_kib("/proc/meminfo", "MemAvailable")
+    return avail if avail is not None else int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
 def rss_bytes() -> int:
@@ -175,15 +180,20 @@ def maxrss_bytes() -> int:
     return int(r) * (1 if sys.platform == "darwin" else 1024)
 
 
-def _status_kib(field: str) -> Optional[int]:
+def _proc_kib(path: str, field: str) -> Optional[int]:
+    """Bytes of a ``field:  N kB`` line of a /proc file; None where there is none (not Linux)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def _status_kib(field: str) -> Optional[int]:
+    return _proc_kib("/proc/self/status", field)
 
 
 def reset_peak_rss() -> bool:

@@ -205,10 +205,7 @@ def run_path(path: str, splits, cfg, args) -> Dict[str, Any]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device here", file=sys.stderr)
+    if not common.start(args):
         return 2
     from graphsmile.config import GraphSmileConfig
 

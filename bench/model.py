@@ -455,10 +455,7 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device here", file=sys.stderr)
+    if not common.start(args):
         return 2
     env = common.env_info(args.device, args.dtype)
     run_id = common.new_run_id()

@@ -976,10 +976,7 @@ def run_plan(a, env0: Dict[str, Any], run_id: str, out_path: Path, memo, all_rec
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device here", file=sys.stderr)
+    if not common.start(args):
         return 2
     if args.kernel_times:  # kineto leaves CUPTI attached after a profile unless told (pytorch#144455); children inherit it
         os.environ.setdefault("TEARDOWN_CUPTI", "1")

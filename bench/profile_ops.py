@@ -37,8 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--torch-profiler", default=None, metavar="TRACE_JSON", help="profile with torch.profiler, print the kernel table, write a Chrome trace")
     args = ap.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("no CUDA device here", file=sys.stderr)
+    if not common.start(args):
         return 2
     dt = common.parse_dtype(args.dtype)
     dev, be, lens, M = args.device, args.backend, args.lengths, args.num_modal
