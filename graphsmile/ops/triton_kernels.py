@@ -345,14 +345,19 @@ def _spmm_bwd_rows_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gw_ptr, rel_ptr, gsp_ptr, 
 
 
 @triton.jit
+def _pair_line(ltab_ptr):
+    """This program's line of the shift-pair table (triton_ops.pair_lines): the chunk's first
+    utterance, its size, its first pair id and the line's first row (or column)."""
+    line = tl.program_id(0).to(tl.int64)
+    return (tl.load(ltab_ptr + line * 4), tl.load(ltab_ptr + line * 4 + 1), tl.load(ltab_ptr + line * 4 + 2),
+            tl.load(ltab_ptr + line * 4 + 3))
+
+
+@triton.jit
 def _pair_sum_fwd_kernel(a_ptr, b_ptr, out_ptr, ltab_ptr, C,
                          ACC64: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    line = tl.program_id(0).to(tl.int64)
-    cs = tl.load(ltab_ptr + line * 4)
-    sz = tl.load(ltab_ptr + line * 4 + 1)
-    base = tl.load(ltab_ptr + line * 4 + 2)
-    i0 = tl.load(ltab_ptr + line * 4 + 3)
+    cs, sz, base, i0 = _pair_line(ltab_ptr)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ccm = cc < C
     i = i0 + tl.arange(0, BLOCK_S)
@@ -373,11 +378,7 @@ def _pair_sum_fwd_kernel(a_ptr, b_ptr, out_ptr, ltab_ptr, C,
 def _pair_sum_bwd_kernel(g_ptr, out_ptr, ltab_ptr, C,
                          AXIS: tl.constexpr, ACC64: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    line = tl.program_id(0).to(tl.int64)
-    cs = tl.load(ltab_ptr + line * 4)
-    sz = tl.load(ltab_ptr + line * 4 + 1)
-    base = tl.load(ltab_ptr + line * 4 + 2)
-    i0 = tl.load(ltab_ptr + line * 4 + 3)
+    cs, sz, base, i0 = _pair_line(ltab_ptr)
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ccm = cc < C
     i = i0 + tl.arange(0, BLOCK_S)  # the line's own rows (AXIS 0) or columns (AXIS 1)
