@@ -34,6 +34,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..ops.index import host_to_device
+
 __all__ = ["Batch", "collate_dialogues", "BucketBatchSampler", "make_dataloader", "DeviceBatch", "DeviceDialogues",
            "DevicePlan", "shift_pair_counts_np", "shift_pairs_np"]
 
@@ -570,10 +572,5 @@ class DeviceDialogues:
             entries.append(_PlanEntry(lengths=L.tolist(), indices=idx.tolist(), T=T, N=N, P=int(pairs.size),
                                       offsets=tuple(offs), rows=rows, pairs=pairs))
         host = torch.from_numpy(np.concatenate(chunks) if chunks else np.zeros(0, np.int64))
-        if self.device.type == "cuda":
-            # pinned + non_blocking: no host sync; the caching host allocator keeps the pinned
-            # block alive until the copy has run
-            index = host.pin_memory().to(self.device, non_blocking=True)
-        else:
-            index = host.to(self.device)
+        index = host_to_device(host, self.device)  # pinned + non-blocking on CUDA: no host sync
         return DevicePlan(self, entries, index)
