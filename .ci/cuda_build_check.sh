@@ -10,7 +10,7 @@
 #    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0}, MAX_JOBS=${MAX_JOBS:-2};
 # 4. checks that every csrc/cuda/*.cu produced an object file, lists compiler warnings from our
 #    sources (GRAPHSMILE_CUDA_WERROR=1 makes them fatal);
-# 5. imports graphsmile from outside the source tree and asserts that all six
+# 5. imports graphsmile from outside the source tree and asserts that all seven
 #    torch.ops.graphsmile ops have CPU and CUDA kernels (no GPU needed for that).
 # Exits non-zero on any failure. Set KEEP_BUILD_DIR=1 to keep the temp dir.
 set -euo pipefail
@@ -107,7 +107,8 @@ src = os.path.join(os.getcwd(), "src")
 assert not os.path.abspath(graphsmile.__file__).startswith(src), f"imported the source tree: {graphsmile.__file__}"
 assert ops.HAS_EXTENSION, f"graphsmile._C did not load: {ops._ext.LOAD_ERROR}"
 ops_ = ["window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward",
-        "shift_pair_sum", "shift_pair_sum_backward"]
+        "shift_pair_sum", "shift_pair_sum_backward",
+        "shift_pair_nll"]
 missing = [(op, key) for op in ops_ for key in ("CPU", "CUDA")
            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{op}", key)]
 assert not missing, f"missing kernels: {missing}"

@@ -31,4 +31,13 @@ TORCH_LIBRARY(graphsmile, m) {
   m.def("shift_pair_sum(Tensor a, Tensor b, Tensor lengths, SymInt num_pairs, int shift_win) -> Tensor");
   m.def("shift_pair_sum_backward(Tensor grad, Tensor lengths, SymInt num_nodes, int shift_win, "
         "bool[2] output_mask) -> (Tensor, Tensor)");
+  // The shift head's NLL summed over the pairs, without the [P, 2] logits (C == 2). Per pair:
+  // z = a_i + b_j (rounded to a's dtype, as shift_pair_sum), d = z_1 - z_0, y = (sentiment_i !=
+  // sentiment_j), loss = softplus(y ? -d : d), prediction = (d > 0), r = sigmoid(d) - y.
+  // Returns (sum of the losses [] in the accumulation dtype, confusion [2, 2] int64 indexed
+  // [y, prediction], and with with_grad the residual sums row_r_i = sum_j r_ij and
+  // col_r_j = sum_i r_ij, [N] each in the accumulation dtype; [0] without). The gradient of the
+  // loss is d/da_i = (-row_r_i, row_r_i), d/db_j = (-col_r_j, col_r_j).
+  m.def("shift_pair_nll(Tensor a, Tensor b, Tensor sentiment, Tensor lengths, int shift_win, bool with_grad) -> "
+        "(Tensor, Tensor, Tensor, Tensor)");
 }

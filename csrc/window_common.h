@@ -216,4 +216,26 @@ inline ShiftMeta make_shift_meta(const at::Tensor& lengths, int64_t shift_win) {
   return meta;
 }
 
+// Arguments of shift_pair_nll: a, b [N, 2] floating (same dtype and device), sentiment [N]
+// int64 on that device. The same checks and messages for every device's kernel.
+inline ShiftMeta check_nll_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& sentiment,
+                                  const at::Tensor& lengths, int64_t shift_win, c10::DeviceType kernel) {
+  ShiftMeta meta = make_shift_meta(lengths, shift_win);
+  for (auto [t, name] : {std::pair<const at::Tensor&, const char*>{a, "a"}, {b, "b"}}) {
+    check_float_tensor(t, name);
+    check_kernel_device(t, name, kernel);
+    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == meta.num_nodes && t.size(1) == 2, "graphsmile: ", name,
+                      " must be [sum(lengths), 2] = [", meta.num_nodes, ", 2] (two shift classes), got shape ",
+                      t.sizes());
+  }
+  check_same_device(a, "a", b, "b");
+  check_same_dtype(a, "a", b, "b");
+  TORCH_CHECK_TYPE(sentiment.scalar_type() == at::kLong, "graphsmile: sentiment must be an int64 tensor of "
+                   "sentiment classes, got dtype ", sentiment.scalar_type());
+  check_same_device(a, "a", sentiment, "sentiment");
+  TORCH_CHECK_VALUE(sentiment.dim() == 1 && sentiment.size(0) == meta.num_nodes, "graphsmile: sentiment must be "
+                    "[sum(lengths)] = [", meta.num_nodes, "], got shape ", sentiment.sizes());
+  return meta;
+}
+
 }  // namespace graphsmile

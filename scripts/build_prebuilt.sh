@@ -61,10 +61,10 @@ case "$SO" in *.abi3.so) ;; *) say "FAIL: expected a limited-API module _C.abi3.
 import torch
 from graphsmile.ops import _ext
 assert _ext.HAS_EXTENSION, _ext.LOAD_ERROR
-for op in ("window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward", "shift_pair_sum", "shift_pair_sum_backward"):
+for op in ("window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward", "shift_pair_sum", "shift_pair_sum_backward", "shift_pair_nll"):
     for key in ("CPU", "CUDA"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{op}", key), (op, key)
-print("  loads; CPU and CUDA kernels registered for all six ops")
+print("  loads; CPU and CUDA kernels registered for all seven ops")
 EOF
 
 mkdir -p "$OUT_DIR"

@@ -1,6 +1,7 @@
 """The CUDA kernels (backend="cuda", csrc/cuda/*.cu + kernels/*.cuh) against the pure-torch
 reference and the dense original: forward and every gradient, in fp64, fp32, fp16 and bf16,
-determinism, long dialogues, argument errors.
+determinism, long dialogues, argument errors. The fused shift loss (shift_pair_nll) also
+against the CPU kernel, on a 20,000-utterance dialogue (4e8 pairs) in O(N) memory.
 
 Everything here needs a GPU and an extension built with CUDA kernels; otherwise it skips (only
 the registration test runs where the extension was built with CUDA on a GPU-less machine).
@@ -25,6 +26,7 @@ OPS = (
     "window_spmm_backward",
     "shift_pair_sum",
     "shift_pair_sum_backward",
+    "shift_pair_nll",
 )
 
 
@@ -360,6 +362,207 @@ def test_shift_pair_sum_bitwise(dtype):
     assert torch.equal(out, a[idx[0]] + b[idx[1]])
     cpu = torch.ops.graphsmile.shift_pair_sum(a.cpu(), b.cpu(), L, ops.num_shift_pairs(lens, sw), sw)
     assert torch.equal(out.cpu(), cpu)
+
+
+# --- the fused shift loss (shift_pair_nll) ----------------------------------------------------
+
+_nrng = random.Random(91)
+# Chunks of 300 / 260 rows take the columns kernel's multi-segment path (kColSeg = 256).
+NLL_CASES = [([1], -1), ([1], 1), ([5], 2), ([5], 9), ([3, 8, 1], -1), ([7, 2, 9], 3), ([40, 33, 60], 19),
+             ([300, 2, 1], -1), ([260, 17], 100)]
+for _ in range(4):
+    NLL_CASES.append((random_lengths(_nrng, 8, 60), _nrng.choice([-1, 1, 2, 19, 100])))
+NLL_NAMES = ("loss", "confusion", "grad_u", "grad_v", "grad_weight", "grad_bias")
+
+
+def _nid(c):
+    return f"B{len(c[0])}-N{sum(c[0])}-w{c[1]}"
+
+
+def _nll_inputs(N, D=6, classes=3):
+    u, v, W, b = _shift_inputs(N, 2, D)
+    s = torch.randint(0, classes, (N,), device=CUDA)
+    return u, v, W, b, s
+
+
+def _nll_run(backend, u, v, W, b, s, lens, sw, reduction="mean"):
+    leaves = [t.detach().clone().requires_grad_() for t in (u, v, W, b)]
+    loss, confusion = ops.shift_pair_nll(leaves[0], leaves[1], lens, sw, leaves[2], leaves[3], s,
+                                         reduction=reduction, backend=backend)
+    loss.backward()
+    return (loss.detach(), confusion) + tuple(t.grad for t in leaves)
+
+
+def _check_nll(ours, theirs, exact, dtype):
+    """ours / theirs: backend cuda / reference in `dtype`; exact: reference in fp64. The loss is
+    float32 (fp64 for fp64), the gradients in `dtype`; the confusion counts equal the reference's
+    in the same dtype exactly (the same rounded logits z = a_i + b_j)."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert ours[0].dtype == acc and ours[0].dim() == 0 and ours[0].device.type == "cuda"
+    assert ours[1].dtype == torch.long and ours[1].shape == (2, 2) and ours[1].device.type == "cuda"
+    assert torch.equal(ours[1], theirs[1]), f"confusion {ours[1].tolist()} != reference {theirs[1].tolist()}"
+    for name, o in zip(NLL_NAMES[2:], ours[2:]):
+        assert o.dtype == dtype and o.device.type == "cuda", (name, o.dtype, o.device)
+    for name, o, t, e in zip(NLL_NAMES, ours, theirs, exact):
+        if name == "confusion":
+            continue
+        if dtype == torch.float64:
+            torch.testing.assert_close(o, e, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
+        elif dtype == torch.float32:
+            _assert_fp32(name, o, e)
+        else:
+            _assert_lowp(name, o, t, e, dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DT_IDS[d])
+@pytest.mark.parametrize("case", NLL_CASES, ids=_nid)
+def test_shift_pair_nll(case, dtype):
+    """The loss, confusion and every gradient (u, v, weight, bias) of backend="cuda" against
+    the reference backend (which builds the [P, 2] logits)."""
+    lens, sw = case
+    reduction = "sum" if NLL_CASES.index(case) % 2 else "mean"
+    u, v, W, b, s = _nll_inputs(sum(lens))
+    exact = _nll_run("reference", u, v, W, b, s, lens, sw, reduction)
+    ours = _nll_run("cuda", *(t.to(dtype) for t in (u, v, W, b)), s, lens, sw, reduction)
+    theirs = exact if dtype == torch.float64 else _nll_run("reference", *(t.to(dtype) for t in (u, v, W, b)), s,
+                                                            lens, sw, reduction)
+    _check_nll(ours, theirs, exact, dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DT_IDS[d])
+def test_shift_pair_nll_op_matches_cpu_kernel(dtype):
+    """The raw op on the GPU against the CPU kernel on the same bits: confusion exact, loss and
+    residual sums close; with_grad=False: [0] residuals and the same loss and confusion bits."""
+    lens, sw = [37, 1, 18, 300, 5], -1
+    N = sum(lens)
+    a = (2 * torch.randn(N, 2, device=CUDA)).to(dtype)
+    b = (2 * torch.randn(N, 2, device=CUDA)).to(dtype)
+    s = torch.randint(0, 3, (N,), device=CUDA)
+    L = torch.tensor(lens)
+    op = torch.ops.graphsmile.shift_pair_nll
+    loss, conf, row_r, col_r = op(a, b, s, L, sw, True)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert [t.dtype for t in (loss, conf, row_r, col_r)] == [acc, torch.long, acc, acc]
+    assert loss.shape == () and conf.shape == (2, 2) and row_r.shape == (N,) and col_r.shape == (N,)
+    cpu = op(a.cpu(), b.cpu(), s.cpu(), L, sw, True)
+    assert torch.equal(conf.cpu(), cpu[1])
+    assert conf.sum().item() == ops.num_shift_pairs(lens, sw)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    for name, o, c in zip(("loss", "row_r", "col_r"), (loss, row_r, col_r), (cpu[0], cpu[2], cpu[3])):
+        scale = c.abs().max().item()
+        torch.testing.assert_close(o.cpu(), c, rtol=rtol, atol=rtol * max(1.0, scale), msg=lambda m: f"{name}: {m}")
+    loss0, conf0, row0, col0 = op(a, b, s, L.to(CUDA), sw, False)  # lengths on the GPU too
+    assert row0.shape == (0,) and col0.shape == (0,) and row0.device.type == "cuda"
+    assert torch.equal(loss0, loss) and torch.equal(conf0, conf)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: DT_IDS[d])
+def test_shift_pair_nll_deterministic(dtype):
+    """The same bits on every run, and an utterance's residual sums do not depend on the other
+    dialogues of the batch."""
+    lens, sw = [700, 3, 260], -1
+    N = sum(lens)
+    a = torch.randn(N, 2, device=CUDA).to(dtype)
+    b = torch.randn(N, 2, device=CUDA).to(dtype)
+    s = torch.randint(0, 3, (N,), device=CUDA)
+    op = torch.ops.graphsmile.shift_pair_nll
+    runs = [op(a, b, s, torch.tensor(lens), sw, True) for _ in range(3)]
+    for other in runs[1:]:
+        for name, x, y in zip(("loss", "confusion", "row_r", "col_r"), runs[0], other):
+            assert torch.equal(x, y), f"{name} differs between runs"
+    alone = op(a[:700], b[:700], s[:700], torch.tensor([700]), sw, True)
+    assert torch.equal(alone[2], runs[0][2][:700]) and torch.equal(alone[3], runs[0][3][:700])
+
+
+@needs_gpu
+def test_shift_pair_nll_long_dialogue():
+    """shift_win = -1 on a 3,000-utterance dialogue (9M pairs), fp32, against the fp64 reference."""
+    lens, sw = [3000, 5], -1
+    u, v, W, b, s = _nll_inputs(sum(lens), D=16)
+    got = _nll_run("cuda", *(t.float() for t in (u, v, W, b)), s, lens, sw)
+    want = _nll_run("reference", u, v, W, b, s, lens, sw)
+    assert torch.equal(got[1], _nll_run("reference", *(t.float() for t in (u, v, W, b)), s, lens, sw)[1])
+    for name, o, e in zip(NLL_NAMES, got, want):
+        if name != "confusion":
+            _assert_fp32(name, o, e)
+
+
+@needs_gpu
+def test_shift_pair_nll_20000_utterance_dialogue():
+    """One 20,000-utterance dialogue with shift_win = -1: 4e8 pairs, whose [P, 2] logits alone
+    would take 3.2 GB in fp32. The op's memory stays O(N); fp32 on the GPU against the fp64 CPU
+    kernel."""
+    lens, sw = [20000], -1
+    N = sum(lens)
+    a = 3 * torch.randn(N, 2, device=CUDA)
+    b = 3 * torch.randn(N, 2, device=CUDA)
+    s = torch.randint(0, 7, (N,), device=CUDA)
+    L = torch.tensor(lens)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss, conf, row_r, col_r = torch.ops.graphsmile.shift_pair_nll(a, b, s, L, sw, True)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 64 * 2**20, f"shift_pair_nll used {extra / 2**20:.1f} MiB of temp memory for N = {N}"
+    assert conf.sum().item() == N * N
+    want = torch.ops.graphsmile.shift_pair_nll(a.double().cpu(), b.double().cpu(), s.cpu(), L, sw, True)
+    # z rounded to fp32 (the kernel) vs fp64 (the CPU kernel on fp64 inputs): predictions may flip
+    # only at near-ties (|d| ~ 1e-6: some tens of the 4e8 pairs)
+    assert (conf.cpu() - want[1]).abs().sum().item() <= 1e-5 * N * N
+    for name, o, e in zip(("loss", "row_r", "col_r"), (loss, row_r, col_r), (want[0], want[2], want[3])):
+        _assert_fp32(name, o.cpu(), e)
+
+
+@needs_gpu
+def test_shift_pair_nll_bad_inputs():
+    lens, sw = [4, 3], 2
+    N = sum(lens)
+    a = torch.randn(N, 2, device=CUDA)
+    s = torch.randint(0, 3, (N,), device=CUDA)
+    L = torch.tensor(lens)
+    op = torch.ops.graphsmile.shift_pair_nll
+    op(a, a, s, L, sw, True)  # fine
+    with pytest.raises(ValueError, match="b is on cpu but this is the CUDA kernel"):
+        op(a, a.cpu(), s, L, sw, True)
+    with pytest.raises(ValueError, match="sentiment is on cpu"):
+        op(a, a, s.cpu(), L, sw, True)
+    with pytest.raises(ValueError, match=r"a must be \[sum\(lengths\), 2\] = \[7, 2\]"):
+        op(torch.randn(N, 3, device=CUDA), a, s, L, sw, True)
+    with pytest.raises(ValueError, match="b must be"):
+        op(a, a[:-1], s, L, sw, True)
+    with pytest.raises(TypeError, match="sentiment must be an int64"):
+        op(a, a, s.float(), L, sw, True)
+    with pytest.raises(ValueError, match="sentiment must be"):
+        op(a, a, s[:-1], L, sw, True)
+    with pytest.raises(TypeError, match="dtype"):
+        op(a, a.double(), s, L, sw, True)
+    with pytest.raises(TypeError, match="floating-point"):
+        op(s.view(N, 1).expand(N, 2), a, s, L, sw, True)
+    with pytest.raises(ValueError, match="shift_win"):
+        op(a, a, s, L, 0, True)
+    # the public wrapper says it too, and a gradient of a with_grad=False call is an error
+    W = torch.randn(2, 12, device=CUDA)
+    with pytest.raises(ValueError, match="sentiment"):
+        ops.shift_pair_nll(a.new_ones(N, 6), a.new_ones(N, 6), lens, sw, W, None, s.float(), backend="cuda")
+    aa = a.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="with_grad=False"):
+        op(aa, a, s, L, sw, False)[0].backward()
+
+
+@needs_gpu
+def test_shift_pair_nll_opcheck():
+    lens, sw = [4, 3], 3
+    N = sum(lens)
+    a = torch.randn(N, 2, device=CUDA, requires_grad=True)
+    b = torch.randn(N, 2, device=CUDA, requires_grad=True)
+    s = torch.randint(0, 3, (N,), device=CUDA)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.graphsmile.shift_pair_nll.default, (a, b, s, torch.tensor(lens), sw, True),
+                          test_utils=utils)
 
 
 # --- determinism ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The CUDA device code (kernels/*.cuh), run on the CPU by an emulator, against the pure-torch
 reference backend: every kernel of window_norm, window_spmm and shift_pair_sum, forward and
-backward, on every commit and without a GPU.
+backward, and of the fused shift loss shift_pair_nll, on every commit and without a GPU.
 
 How: tests/cuda_emu/cuda_emu.h makes the unmodified .cuh files compile as host C++ with g++;
 tests/cuda_emu/emu_main.cpp runs them with the launch sequences of csrc/cuda/*.cu (grid
@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphsmile.ops import num_edges, num_shift_pairs, reference
+from graphsmile.ops import num_edges, num_shift_pairs, reference, shift_pair_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emu"))
 import emu_io  # noqa: E402
@@ -346,6 +346,131 @@ def test_shift_pair_kernels(emu, case):
         assert sorted(got) == sorted(n for n, r in (("ga", ma), ("gb", mb)) if r)
         for name in got:
             _compare(f"shift_pair_sum_backward[{ma}{mb}] {name}", got[name], exact[name], theirs[name], dt)
+
+
+# --- the fused shift loss -----------------------------------------------------------------------
+
+# (lengths, shift_win, dtype) of shift_pair_nll. Rows kernel: warps of 8 utterances per block;
+# columns kernel: segments of kColSeg = 256 chunk rows, so the chunks of 300 / 270 take the
+# partial + combine path, next to one-segment chunks of the same batch; lengths 1 give one-pair
+# chunks, shift_win 4 / 100 / 3 leave a short last chunk.
+NLL_CASES = [
+    ([37, 1, 18, 5], 4, F64),
+    ([37, 1, 18, 5], -1, F64),
+    ([300, 3, 1, 40], -1, F64),
+    ([1], -1, F64),
+    ([260, 17, 1], 100, F32),
+    ([300], -1, F32),
+    ([5, 1], 9, F32),
+    ([37, 1, 18, 5], -1, BF16),
+    ([270, 2, 1], -1, BF16),
+    ([7, 2, 9], 3, BF16),
+]
+
+
+def _nid(case):
+    lens, sw, dt = case
+    return f"{'-'.join(map(str, lens))}-w{sw}-{DT_IDS[dt]}"
+
+
+def _nll_inputs(lens, seed, scale=2.0, classes=3):
+    gen = torch.Generator().manual_seed(seed)
+    N = sum(lens)
+    a = scale * torch.randn(N, 2, dtype=F64, generator=gen)
+    b = scale * torch.randn(N, 2, dtype=F64, generator=gen)
+    s = torch.randint(0, classes, (N,), generator=gen)
+    return a, b, s
+
+
+def _nll_reference(dt, a, b, s, lens, sw):
+    """The op's outputs by reference.shift_pair_nll in dtype dt, the residual sums by autograd:
+    row_r = d loss / d a[:, 1] = -d loss / d a[:, 0], col_r = d loss / d b[:, 1]."""
+    aa, bb = _leaf(a, dt), _leaf(b, dt)
+    loss, confusion = reference.shift_pair_nll(aa, bb, s, lens, sw)
+    ga, gb = torch.autograd.grad(loss, (aa, bb))
+    return {"loss": loss.detach(), "confusion": confusion, "row_r": ga[:, 1], "row_r0": -ga[:, 0], "col_r": gb[:, 1]}
+
+
+def _nll_per_row(dt, a, b, s, lens, sw):
+    """Per-row values in float64 from the logits rounded to dt (z = a_i + b_j in dt, as the
+    kernels round them): row_loss, counts [N, 4] and the residual sums. Exact up to float64 sums,
+    so a kernel that skips the rounding, or errs in one row, is seen."""
+    idx = shift_pair_index(lens, sw)
+    N = sum(lens)
+    z = (a.to(dt).index_select(0, idx[0]) + b.to(dt).index_select(0, idx[1])).double().requires_grad_()
+    y = (s[idx[0]] != s[idx[1]]).long()
+    per_pair = torch.nn.functional.cross_entropy(z, y, reduction="none")
+    (gz,) = torch.autograd.grad(per_pair.sum(), z)
+    cell = 2 * y + (z[:, 1] > z[:, 0]).long()
+    counts = torch.zeros(N, 4, dtype=torch.long).index_put_((idx[0], cell), torch.ones_like(cell), accumulate=True)
+    zeros = torch.zeros(N, dtype=F64)
+    return {"row_loss": zeros.index_add(0, idx[0], per_pair.detach()), "counts": counts,
+            "row_r": zeros.index_add(0, idx[0], gz[:, 1]), "col_r": zeros.index_add(0, idx[1], gz[:, 1])}
+
+
+def _nll_jobs(dt, a, b, s, lens, sw):
+    arrays = dict(lengths=torch.tensor(lens), a=a.to(dt), b=b.to(dt), sentiment=s)
+    return [(f"nll_g{g}", "shift_pair_nll", dt, dict(shift_win=sw, with_grad=g), arrays) for g in (1, 0)]
+
+
+def _check_nll(out, dt, a, b, s, lens, sw, tag):
+    """Both jobs of _nll_jobs against the reference: the same bits under every schedule, the
+    confusion and per-row counts exact, the sums within _compare's tolerances (float32 and
+    bfloat16 against the float64 results)."""
+    exact = _nll_reference(F64, a, b, s, lens, sw)
+    theirs = _nll_reference(dt, a, b, s, lens, sw) if dt != F64 else exact
+    rows = _nll_per_row(dt, a, b, s, lens, sw)
+    acc = F64 if dt == F64 else F32
+    got = _split_policies(out["nll_g1"])
+    nograd = _split_policies(out["nll_g0"])
+    N = sum(lens)
+    for k, v in got.items():
+        assert v.dtype == (torch.int64 if k in ("confusion", "counts") else acc), (tag, k, v.dtype)
+    assert got["row_r"].numel() == N and got["col_r"].numel() == N
+    assert nograd["row_r"].numel() == 0 and nograd["col_r"].numel() == 0, f"{tag}: with_grad=0 gives [0] residuals"
+    for k in ("loss", "confusion", "row_loss", "counts"):
+        assert torch.equal(_bits(got[k]), _bits(nograd[k])), f"{tag}: {k} depends on with_grad"
+    # counts: exact, per row and in total (the reference's confusion in dt: the same rounded logits)
+    assert torch.equal(got["counts"].view(N, 4), rows["counts"]), f"{tag}: per-row confusion counts"
+    assert torch.equal(got["confusion"].view(2, 2), theirs["confusion"]), f"{tag}: confusion"
+    assert got["confusion"].sum().item() == num_shift_pairs(lens, sw)
+    # sums: against the float64 sums over the dt-rounded logits (tight in every dtype) ...
+    tight = F64 if dt == F64 else F32
+    _compare(f"{tag} row_loss", got["row_loss"], rows["row_loss"], None, tight)
+    _compare(f"{tag} loss", got["loss"], rows["row_loss"].sum(), None, tight)
+    for k in ("row_r", "col_r"):
+        _compare(f"{tag} {k} (rounded logits)", got[k], rows[k], None, tight)
+    # ... and against reference.shift_pair_nll + autograd (bf16: at most 2x torch's own error)
+    _compare(f"{tag} loss (reference)", got["loss"], exact["loss"], theirs["loss"], dt)
+    for k, ref in (("row_r", "row_r"), ("row_r", "row_r0"), ("col_r", "col_r")):
+        _compare(f"{tag} {k} (reference d/d{ref})", got[k], exact[ref], theirs[ref], dt)
+
+
+@pytest.mark.parametrize("case", NLL_CASES, ids=_nid)
+def test_shift_pair_nll_kernels(emu, case):
+    lens, sw, dt = case
+    a, b, s = _nll_inputs(lens, seed=3000 + NLL_CASES.index(case))
+    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw))
+    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll {_nid(case)}")
+
+
+@pytest.mark.parametrize("dt", [F64, F32, BF16], ids=lambda d: DT_IDS[d])
+def test_shift_pair_nll_ties_and_large_logits(emu, dt):
+    """Ties z_0 == z_1 (small-integer logits: prediction 0, as argmax) and logits up to about
+    +-400 (exp(-|x|) underflows; loss = x, residual +-1 or 0), with two sentiment classes."""
+    lens, sw = [20, 9, 33], -1
+    gen = torch.Generator().manual_seed(11)
+    N = sum(lens)
+    a = torch.randint(-1, 2, (N, 2), generator=gen).double()
+    b = torch.randint(-1, 2, (N, 2), generator=gen).double()
+    s = torch.randint(0, 2, (N,), generator=gen)
+    rows = _nll_per_row(dt, a, b, s, lens, sw)
+    assert rows["counts"][:, 0].sum() > 0 and rows["counts"][:, 2].sum() > 0  # ties predict 0 for both labels
+    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw))
+    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll ties {DT_IDS[dt]}")
+    a, b, s = _nll_inputs(lens, seed=12, scale=100.0, classes=2)
+    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw))
+    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll large {DT_IDS[dt]}")
 
 
 # --- the emulator itself ------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import torch
 
 import graphsmile.ops as ops
 
-OPS = ["window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward", "shift_pair_sum", "shift_pair_sum_backward"]
+OPS = ["window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward", "shift_pair_sum", "shift_pair_sum_backward",
+       "shift_pair_nll"]
 
 
 def test_schemas_and_cpu_kernels_registered():

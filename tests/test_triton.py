@@ -271,6 +271,174 @@ def test_shift_pair_sum_only_one_input_needs_grad():
 
 
 # --------------------------------------------------------------------------------------------
+# fused shift-pair NLL (ops.shift_pair_nll; triton_ops.shift_pair_nll)
+
+# (lengths, shift_win, dtype, reduction): one utterance; chunks of 1; shift_win 3 with a
+# remainder chunk; chunks longer than a line (the interpreter's tiles are 16 rows x 16 columns,
+# the GPU's 32 x 32, 32 x 16 in fp64) so that rows, columns and column partials span several tiles.
+NLL_CASES = [
+    ([1], -1, torch.float32, "mean"),
+    ([5, 3, 1], 1, torch.float64, "sum"),
+    ([40, 1, 7], -1, torch.float32, "sum"),
+    ([12, 1, 7, 9], 3, torch.float64, "mean"),
+    ([20, 1, 3], 3, torch.float32, "mean"),
+    ([35, 2, 1], -1, torch.float64, "mean"),
+    ([70, 1], -1, torch.float32, "mean"),
+]
+
+
+def _nll_inputs(lens, D=6):
+    N = sum(lens)
+    base = [torch.randn(N, D, dtype=torch.float64), torch.randn(N, D, dtype=torch.float64),
+            torch.randn(2, 2 * D, dtype=torch.float64), torch.randn(2, dtype=torch.float64)]
+    return base, torch.randint(0, 3, (N,))
+
+
+def _nll_run(backend, inputs, sentiment, lens, shift_win, reduction, dtype, device, scale=0.75):
+    """[loss, grad_u, grad_v, grad_W, grad_bias] (fp64, CPU) and the confusion of shift_pair_nll
+    on `inputs` cast to `dtype` on `device`, backpropagating `scale`."""
+    u, v, W, b = (t.to(device, dtype).clone().requires_grad_() for t in inputs)
+    loss, conf = ops.shift_pair_nll(u, v, lens, shift_win, W, b, sentiment.to(device), reduction=reduction,
+                                    backend=backend)
+    assert loss.dim() == 0 and loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert conf.shape == (2, 2) and conf.dtype == torch.int64
+    (loss * scale).backward()
+    return [loss.detach().double().cpu()] + [t.grad.double().cpu() for t in (u, v, W, b)], conf.cpu()
+
+
+def _nll_ids(c):
+    return f"L{'-'.join(map(str, c[0]))}-sw{c[1]}-{str(c[2])[6:]}-{c[3]}"
+
+
+@needs_triton
+@pytest.mark.parametrize("case", NLL_CASES, ids=_nll_ids)
+def test_shift_nll_matches_reference_and_dense(case):
+    lens, shift_win, dtype, reduction = case
+    base, sent = _nll_inputs(lens)
+    P = ops.num_shift_pairs(lens, shift_win)
+    got, conf = _nll_run("triton", base, sent, lens, shift_win, reduction, dtype, DEVICE)
+    assert int(conf.sum()) == P
+    # the same-dtype reference computes the same rounded logits: the same predictions
+    _, conf_same = _nll_run("reference", base, sent, lens, shift_win, reduction, dtype, DEVICE)
+    assert torch.equal(conf, conf_same)
+    for backend in ("reference", "dense"):
+        # fp64 on the CPU: the truth for the inputs rounded to `dtype`
+        want, conf_want = _nll_run(backend, [t.to(dtype) for t in base], sent, lens, shift_win, reduction,
+                                   torch.float64, "cpu")
+        names = ("loss", "grad_u", "grad_v", "grad_W", "grad_bias")
+        for name, a, b in zip(names, got, want):
+            scale = max(1.0, float(b.abs().max()))
+            err = float((a - b).abs().max())
+            assert err <= _tol(dtype) * scale, f"triton vs {backend}: {name} differs by {err:.3e} (scale {scale:.3e})"
+        # an fp32 logit may round a near-tie the other way than fp64
+        slack = 0 if dtype == torch.float64 else 2
+        assert int((conf - conf_want).abs().sum()) <= slack, \
+            f"triton vs {backend}: {conf.tolist()} != {conf_want.tolist()}"
+
+
+@needs_triton
+@pytest.mark.parametrize("shift_win", [-1, 3])
+def test_shift_nll_bf16_within_torch_error(shift_win):
+    """bf16 inputs (fp32 loss and residual sums) are at least as close to the fp64 truth as plain
+    torch in bf16 (the reference backend), up to a factor of 2, with the same predictions."""
+    lens = [40, 1, 7]
+    base, sent = _nll_inputs(lens)
+    base = [t.to(torch.bfloat16).double() for t in base]  # representable inputs
+    truth, _ = _nll_run("reference", base, sent, lens, shift_win, "mean", torch.float64, "cpu")
+    tri, conf_tri = _nll_run("triton", base, sent, lens, shift_win, "mean", torch.bfloat16, DEVICE)
+    plain, conf_plain = _nll_run("reference", base, sent, lens, shift_win, "mean", torch.bfloat16, DEVICE)
+    assert torch.equal(conf_tri, conf_plain)
+    for name, t, a, b in zip(("loss", "grad_u", "grad_v", "grad_W", "grad_bias"), truth, tri, plain):
+        err_tri = float((a - t).abs().max())
+        err_plain = float((b - t).abs().max())
+        scale = float(t.abs().max())
+        assert err_tri <= 2 * err_plain + 1e-3 * scale, f"{name}: triton {err_tri:.3e} vs torch {err_plain:.3e}"
+
+
+@needs_triton
+def test_shift_nll_no_grad_skips_residuals(monkeypatch):
+    """Under torch.no_grad, or when neither a nor b requires grad, the op runs without the
+    residual sums (with_grad=False: no column partials, no second kernel), with the same loss
+    and confusion bits; backpropagating through such a call is refused."""
+    from graphsmile.ops import triton_ops as T
+
+    lens, sw = [40, 1, 7], -1
+    base, sent = _nll_inputs(lens)
+    u, v, W, b = (t.float().to(DEVICE).requires_grad_() for t in base)
+    sent = sent.to(DEVICE)
+    seen = []
+    op = T._shift_pair_nll_op
+
+    def spy(*args):
+        seen.append(args[-1])
+        out = op(*args)
+        if not args[-1]:
+            assert out[2].numel() == 0 and out[3].numel() == 0
+        return out
+
+    monkeypatch.setattr(T, "_shift_pair_nll_op", spy)
+    loss_g, conf_g = ops.shift_pair_nll(u, v, lens, sw, W, b, sent, backend="triton")
+    with torch.no_grad():
+        loss_n, conf_n = ops.shift_pair_nll(u, v, lens, sw, W, b, sent, backend="triton")
+    loss_d, conf_d = ops.shift_pair_nll(u.detach(), v.detach(), lens, sw, W.detach(), b.detach(), sent,
+                                        backend="triton")
+    assert seen == [True, False, False]
+    assert loss_g.requires_grad and not loss_n.requires_grad and not loss_d.requires_grad
+    for loss, conf in ((loss_n, conf_n), (loss_d, conf_d)):
+        assert torch.equal(loss, loss_g.detach()) and torch.equal(conf, conf_g)
+
+    ltab, parts = T.pair_lines(lens, sw, DEVICE, parts=True)
+    a = torch.randn(sum(lens), 2, device=DEVICE, requires_grad=True)
+    total, _, _, _ = op(a, a.detach(), sent, ltab, parts, False)
+    with pytest.raises(RuntimeError, match="with_grad=False"):
+        total.backward()
+
+
+@needs_triton
+def test_shift_nll_one_input_needs_grad():
+    """Only b requires grad (and then only a): its gradient alone, equal to the reference's."""
+    from graphsmile.ops import reference as R
+    from graphsmile.ops import triton_ops as T
+
+    lens, sw = [20, 1, 3], 3
+    N = sum(lens)
+    a0, b0 = torch.randn(N, 2, dtype=torch.float64), torch.randn(N, 2, dtype=torch.float64)
+    sent = torch.randint(0, 2, (N,))
+    for which in (0, 1):
+        grads = []
+        for fn, dev in ((T.shift_pair_nll, DEVICE), (R.shift_pair_nll, "cpu")):
+            a, b = a0.to(dev).clone(), b0.to(dev).clone()
+            (a, b)[which].requires_grad_()
+            loss, _ = fn(a, b, sent.to(dev), lens, sw)
+            loss.backward()
+            assert (a, b)[1 - which].grad is None
+            grads.append((a, b)[which].grad.cpu())
+        assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-10)
+
+
+@needs_triton
+def test_shift_nll_deterministic():
+    lens = [40, 1, 7]
+    base, sent = _nll_inputs(lens)
+    for sw in (-1, 3):
+        runs = [_nll_run("triton", base, sent, lens, sw, "mean", torch.float32, DEVICE) for _ in range(2)]
+        assert torch.equal(runs[0][1], runs[1][1])
+        for a, b in zip(runs[0][0], runs[1][0]):
+            assert torch.equal(a, b)
+
+
+@needs_triton
+def test_shift_nll_empty_batch():
+    from graphsmile.ops import triton_ops as T
+
+    a = torch.zeros(0, 2, device=DEVICE, requires_grad=True)
+    loss, conf = T.shift_pair_nll(a, a, torch.zeros(0, dtype=torch.long, device=DEVICE), [], -1)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.equal(conf.cpu(), torch.zeros(2, 2, dtype=torch.long))
+    assert a.grad.shape == (0, 2)
+
+
+# --------------------------------------------------------------------------------------------
 # custom-op contracts, torch.compile, dtypes, optional triton
 
 
@@ -320,6 +488,49 @@ def test_torch_compile():
         res.append([y.detach(), z.detach()] + [t.grad for t in args])
     for a, b in zip(*res):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+def test_shift_nll_opcheck():
+    from graphsmile.ops import triton_ops as T
+
+    lens, sw = [5, 1, 3], 2
+    N = sum(lens)
+    ltab, parts = T.pair_lines(lens, sw, DEVICE, parts=True)
+    a, b = torch.randn(N, 2, device=DEVICE), torch.randn(N, 2, device=DEVICE)
+    sent = torch.randint(0, 3, (N,), device=DEVICE)
+    tests = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    for with_grad in (True, False):
+        args = (a.clone().requires_grad_(with_grad), b.clone().requires_grad_(with_grad), sent, ltab, parts, with_grad)
+        torch.library.opcheck(T._shift_pair_nll_op, args, test_utils=tests)
+
+
+@needs_triton
+def test_shift_nll_torch_compile():
+    """fullgraph compile of the fused NLL (mean) with autograd, as test_torch_compile."""
+    lens, sw = [20, 1, 3], -1
+    N, D = sum(lens), 8
+    backend = "inductor" if ON_GPU else "aot_eager"
+    sent = torch.randint(0, 3, (N,), device=DEVICE)
+
+    def f(u, v, W, b):
+        return ops.shift_pair_nll(u, v, lens, sw, W, b, sent, backend="triton")
+
+    torch._dynamo.reset()
+    cf = torch.compile(f, backend=backend, fullgraph=True)
+    base = [torch.randn(N, D, device=DEVICE), torch.randn(N, D, device=DEVICE), torch.randn(2, 2 * D, device=DEVICE),
+            torch.randn(2, device=DEVICE)]
+    res = []
+    for fn in (f, cf):
+        args = [t.clone().requires_grad_() for t in base]
+        loss, conf = fn(*args)
+        (3.0 * loss).backward()
+        res.append([loss.detach(), conf] + [t.grad for t in args])
+    for a, b in zip(*res):
+        assert a.dtype == b.dtype and torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the other specialisation (with_grad=False), recompiled
+        loss, conf = cf(*base)
+    assert torch.allclose(loss, res[0][0], rtol=1e-5, atol=1e-5) and torch.equal(conf, res[0][1])
 
 
 @needs_triton
@@ -373,6 +584,12 @@ _COMPILE_CHECK = textwrap.dedent(
          dict(ACC64=False, BLOCK_S=32, BLOCK_C=2))
     comp(K._pair_sum_bwd_kernel, dict(g_ptr="*fp32", out_ptr="*fp32", ltab_ptr="*i64", C="i32"),
          dict(AXIS=1, ACC64=False, BLOCK_S=32, BLOCK_C=2))
+    for dt, acc, acc64 in (("bf16", "fp32", False), ("fp32", "fp32", False), ("fp64", "fp64", True)):
+        comp(K._pair_nll_fwd_kernel, dict(a_ptr="*" + dt, b_ptr="*" + dt, s_ptr="*i64", ltab_ptr="*i64",
+                                          loss_ptr="*" + acc, cnt_ptr="*i64", rowr_ptr="*" + acc, colp_ptr="*" + acc),
+             dict(ACC64=acc64, WITH_GRAD=True, EMU_BF16=False, BLOCK_S=32, BLOCK_J=16 if acc64 else 32))
+    comp(K._pair_nll_cols_kernel, dict(colp_ptr="*fp32", colr_ptr="*fp32", ltab_ptr="*i64"),
+         dict(BLOCK_S=32, BLOCK_K=8))
     print("COMPILED")
     """
 )
@@ -495,6 +712,28 @@ def test_gpu_shift_pairs_long_dialogue():
         res.append([y.detach(), u.grad.clone(), W.grad.clone(), b.grad.clone()])
     for a, c in zip(*res):
         assert torch.allclose(a, c, rtol=1e-4, atol=1e-4)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_shift_nll_long_dialogue(dtype):
+    """A 2,000-utterance chunk (63 lines of 32 rows) and short ones: loss, confusion and gradients
+    of the fused NLL against the reference backend (which builds the 4M-pair logits)."""
+    lens, sw, D = [2000, 17, 33], -1, 64
+    N = sum(lens)
+    base = [torch.randn(N, D, dtype=torch.float64, device="cuda"),
+            torch.randn(2, 2 * D, dtype=torch.float64, device="cuda"), torch.randn(2, dtype=torch.float64, device="cuda")]
+    sent = torch.randint(0, 3, (N,), device="cuda")
+    res = []
+    for backend in ("triton", "reference"):
+        u, W, b = (t.to(dtype).clone().requires_grad_() for t in base)
+        loss, conf = ops.shift_pair_nll(u, u, lens, sw, W, b, sent, backend=backend)
+        loss.backward()
+        res.append([loss.detach(), u.grad, W.grad, b.grad, conf])
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for a, c in zip(res[0][:4], res[1][:4]):
+        assert torch.allclose(a, c, rtol=tol, atol=tol)
+    assert torch.equal(res[0][4], res[1][4])
 
 
 @gpu_only

@@ -4,13 +4,20 @@
 // logits are a broadcast sum of two [N, C] tensors over the pairs of each chunk, so no [P, 2D]
 // pair embedding is built. shift_pair_sum computes out[pair(i, j)] = a_i + b_j; its backward is
 // a pair of segment sums over chunk rows and chunk columns.
+//
+// shift_pair_nll fuses that sum with the shift loss (kernels/shift_nll.h): one pass over the
+// pairs evaluates each pair's loss, prediction and residual and reduces them straight into
+// per-row and per-column sums, so nothing of size P is stored.
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
+#include <array>
+#include <tuple>
 #include <vector>
 
 #include "../window_common.h"
+#include "../../kernels/shift_nll.h"
 
 namespace graphsmile {
 namespace {
@@ -147,11 +154,115 @@ std::tuple<at::Tensor, at::Tensor> shift_pair_sum_backward_cpu(const at::Tensor&
   return {ga, gb};
 }
 
+// Rows of a chunk per work item of shift_pair_nll. Fixed (not derived from the thread count),
+// so the column partial sums, and hence every output bit, do not depend on the thread count.
+constexpr int64_t kNllRowBlock = 32;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shift_pair_nll_cpu(
+    const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& sentiment_, const at::Tensor& lengths,
+    int64_t shift_win, bool with_grad) {
+  const ShiftMeta meta = check_nll_inputs(a_, b_, sentiment_, lengths, shift_win, c10::DeviceType::CPU);
+  const at::Tensor a = a_.contiguous(), b = b_.contiguous(), sentiment = sentiment_.contiguous();
+  const int64_t N = meta.num_nodes;
+  const at::ScalarType acc_type = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_opts = a.options().dtype(acc_type);
+  at::Tensor row_r = at::empty({with_grad ? N : 0}, acc_opts);
+  at::Tensor col_r = at::empty({with_grad ? N : 0}, acc_opts);
+  at::Tensor loss = at::empty({}, acc_opts);
+  at::Tensor confusion = at::zeros({2, 2}, a.options().dtype(at::kLong));
+
+  // Work items: (chunk, block of kNllRowBlock rows), in pair order. Each writes its rows' loss
+  // and residual sums, its confusion counts, and (with_grad) a partial column sum over its rows.
+  struct Item { int64_t cs, sz, i0, part; };
+  std::vector<Item> items;
+  int64_t part_size = 0;
+  for (size_t bi = 0; bi < meta.length.size(); ++bi) {
+    const int64_t L = meta.length[bi], w = shift_chunk(L, shift_win);
+    for (int64_t c0 = 0; c0 < L; c0 += w) {
+      const int64_t sz = std::min(w, L - c0);
+      for (int64_t i0 = 0; i0 < sz; i0 += kNllRowBlock) {
+        items.push_back({meta.start[bi] + c0, sz, i0, part_size});
+        if (with_grad) part_size += sz;
+      }
+    }
+  }
+  const int64_t n_items = static_cast<int64_t>(items.size());
+  std::vector<double> row_loss(N);
+  std::vector<double> part(part_size);
+  std::vector<std::array<int64_t, 4>> counts(n_items);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "shift_pair_nll_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* ad = a.data_ptr<scalar_t>();
+    const scalar_t* bd = b.data_ptr<scalar_t>();
+    const int64_t* sd = sentiment.data_ptr<int64_t>();
+    acc_t* row_rd = with_grad ? row_r.data_ptr<acc_t>() : nullptr;
+    // Grain: about 64k pairs per task.
+    const int64_t grain = std::max<int64_t>(1, 65536 / (kNllRowBlock * std::max<int64_t>(1, meta.num_pairs / std::max<int64_t>(1, N))));
+    at::parallel_for(0, n_items, grain, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const Item it = items[k];
+        std::array<int64_t, 4> cnt{0, 0, 0, 0};
+        double* colp = with_grad ? part.data() + it.part : nullptr;
+        if (colp != nullptr) std::fill(colp, colp + it.sz, 0.0);
+        for (int64_t i = it.i0; i < std::min(it.sz, it.i0 + kNllRowBlock); ++i) {
+          const int64_t ti = it.cs + i;
+          const acc_t a0 = static_cast<acc_t>(ad[2 * ti]), a1 = static_cast<acc_t>(ad[2 * ti + 1]);
+          const int64_t si = sd[ti];
+          double lsum = 0.0, rsum = 0.0;
+          for (int64_t j = 0; j < it.sz; ++j) {
+            const int64_t tj = it.cs + j;
+            // the logits rounded to the input dtype, as shift_pair_sum stores them
+            const acc_t z0 = static_cast<acc_t>(static_cast<scalar_t>(a0 + static_cast<acc_t>(bd[2 * tj])));
+            const acc_t z1 = static_cast<acc_t>(static_cast<scalar_t>(a1 + static_cast<acc_t>(bd[2 * tj + 1])));
+            const bool y = si != sd[tj];
+            acc_t r;
+            bool pred;
+            lsum += static_cast<double>(shift_nll_term<acc_t>(z0, z1, y, &r, &pred));
+            ++cnt[2 * y + pred];
+            if (colp != nullptr) {
+              rsum += static_cast<double>(r);
+              colp[j] += static_cast<double>(r);
+            }
+          }
+          row_loss[ti] = lsum;
+          if (row_rd != nullptr) row_rd[ti] = static_cast<acc_t>(rsum);
+        }
+        counts[k] = cnt;
+      }
+    });
+    // Column sums: the partials of a chunk's row blocks, added in block order.
+    if (with_grad) {
+      acc_t* col_rd = col_r.data_ptr<acc_t>();
+      at::parallel_for(0, n_items, 1, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+          const Item it = items[k];
+          if (it.i0 != 0) continue;  // the chunk's first block sums the chunk's columns
+          const int64_t nblk = (it.sz + kNllRowBlock - 1) / kNllRowBlock;
+          for (int64_t j = 0; j < it.sz; ++j) {
+            double s = 0.0;
+            for (int64_t q = 0; q < nblk; ++q) s += part[it.part + q * it.sz + j];
+            col_rd[it.cs + j] = static_cast<acc_t>(s);
+          }
+        }
+      });
+    }
+    double total = 0.0;
+    for (int64_t t = 0; t < N; ++t) total += row_loss[t];
+    loss.fill_(total);
+  });
+  int64_t* cd = confusion.data_ptr<int64_t>();
+  for (const auto& c : counts)
+    for (int q = 0; q < 4; ++q) cd[q] += c[q];
+  return {loss, confusion, row_r, col_r};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(graphsmile, CPU, m) {
   m.impl("shift_pair_sum", &shift_pair_sum_cpu);
   m.impl("shift_pair_sum_backward", &shift_pair_sum_backward_cpu);
+  m.impl("shift_pair_nll", &shift_pair_nll_cpu);
 }
 
 }  // namespace graphsmile

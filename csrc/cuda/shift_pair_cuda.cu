@@ -1,5 +1,6 @@
-// CUDA launchers of the sentiment-shift pair op (SPEC 4): the same ops, argument checks and
-// semantics as csrc/cpu/shift_pair_cpu.cpp; device code in kernels/shift_pair.cuh.
+// CUDA launchers of the sentiment-shift pair ops (SPEC 4): shift_pair_sum, its backward and the
+// fused shift loss shift_pair_nll, with the same argument checks and semantics as
+// csrc/cpu/shift_pair_cpu.cpp; device code in kernels/shift_pair.cuh.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -122,11 +123,66 @@ std::tuple<at::Tensor, at::Tensor> shift_pair_sum_backward_cuda(const at::Tensor
   return {ga, gb};
 }
 
+// The fused shift loss: the same checks, outputs and pair terms as shift_pair_nll_cpu. Temp
+// memory O(N) (row sums, per-row counts; column partials per kColSeg-row segment), no [P]
+// tensor; the loss and the confusion are torch's deterministic reductions of per-row values.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shift_pair_nll_cuda(
+    const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& sentiment_, const at::Tensor& lengths,
+    int64_t shift_win, bool with_grad) {
+  const ShiftMeta meta = check_nll_inputs(a_, b_, sentiment_, lengths, shift_win, c10::DeviceType::CUDA);
+  c10::cuda::CUDAGuard guard(a_.device());
+  const at::Tensor a = a_.contiguous(), b = b_.contiguous(), sentiment = sentiment_.contiguous();
+  const int64_t N = meta.num_nodes;
+  const auto acc_opts = a.options().dtype(cuda_host::acc_dtype(a.scalar_type()));
+  at::Tensor row_r = at::empty({with_grad ? N : 0}, acc_opts);
+  at::Tensor col_r = at::empty({with_grad ? N : 0}, acc_opts);
+  at::Tensor row_loss = at::empty({N}, acc_opts);
+  at::Tensor counts = at::empty({N, 4}, a.options().dtype(at::kLong));
+  if (N > 0) {
+    // C = 1: the column partials / combine kernel address one value per utterance.
+    DeviceShiftMeta dm = upload_shift_meta(meta, shift_win, /*C=*/1, a.device());
+    cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    int64_t max_chunk = 0;
+    for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, shift_win), L));
+    const int64_t nseg = ceil_div(max_chunk, gpu::kColSeg);
+    at::Tensor partial;
+    if (with_grad && nseg > 1) partial = at::empty({nseg * N}, acc_opts);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "shift_pair_nll_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* ap = a.data_ptr<scalar_t>();
+      const scalar_t* bp = b.data_ptr<scalar_t>();
+      const int64_t* sp = sentiment.data_ptr<int64_t>();
+      const unsigned int blocks = cuda_host::grid_x(ceil_div(N, gpu::kShiftWarps), "shift_pair_nll");
+      gpu::shift_pair_nll_rows_kernel<scalar_t, acc_t><<<blocks, gpu::kShiftWarps * 32, 0, stream>>>(
+          ap, bp, sp, row_loss.data_ptr<acc_t>(), with_grad ? row_r.data_ptr<acc_t>() : nullptr,
+          counts.data_ptr<int64_t>(), dm.args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (with_grad) {
+        const unsigned int bx = cuda_host::grid_x(ceil_div(N, gpu::kShiftThreads), "shift_pair_nll");
+        const dim3 grid(bx, cuda_host::grid_y(nseg, "shift_pair_nll (chunk-row segments)"));
+        acc_t* partial_ptr = partial.defined() ? partial.data_ptr<acc_t>() : nullptr;
+        gpu::shift_pair_nll_cols_kernel<scalar_t, acc_t><<<grid, gpu::kShiftThreads, 0, stream>>>(
+            ap, bp, sp, col_r.data_ptr<acc_t>(), partial_ptr, dm.args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (partial_ptr != nullptr) {
+          gpu::shift_pair_cols_combine_kernel<acc_t, acc_t><<<bx, gpu::kShiftThreads, 0, stream>>>(
+              partial_ptr, col_r.data_ptr<acc_t>(), dm.args);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      }
+    });
+  }
+  at::Tensor loss = row_loss.sum();
+  at::Tensor confusion = counts.sum(0).view({2, 2});
+  return {loss, confusion, row_r, col_r};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(graphsmile, CUDA, m) {
   m.impl("shift_pair_sum", &shift_pair_sum_cuda);
   m.impl("shift_pair_sum_backward", &shift_pair_sum_backward_cuda);
+  m.impl("shift_pair_nll", &shift_pair_nll_cuda);
 }
 
 }  // namespace graphsmile

@@ -8,6 +8,8 @@ Public, stable API:
   computes the normalisation once.
 - :func:`shift_pair_logits`, :func:`shift_pair_embeddings`, :func:`shift_pair_labels` --
   sentiment-shift pairs (SPEC 4).
+- :func:`shift_pair_nll` -- the shift head and its loss fused: NLL and confusion counts over
+  all pairs in O(N) memory (no ``[P, 2]`` logits).
 
 Every op takes ``backend=``: ``"auto"`` (fastest available for the tensors' device), ``"cpu"``
 (C++ kernels), ``"cuda"`` (CUDA kernels), ``"triton"``, ``"reference"`` (vectorised pure
@@ -23,7 +25,7 @@ from .index import (
     shift_pair_labels,
     window_edge_index,
 )
-from .shift import shift_pair_embeddings, shift_pair_logits
+from .shift import shift_pair_embeddings, shift_pair_logits, shift_pair_nll
 from .window import WEIGHT_MODES, window_norm, window_propagate, window_spmm
 
 if _ext.HAS_EXTENSION:
@@ -42,6 +44,7 @@ __all__ = [
     "shift_pair_index",
     "shift_pair_labels",
     "shift_pair_logits",
+    "shift_pair_nll",
     "window_edge_index",
     "window_norm",
     "window_propagate",

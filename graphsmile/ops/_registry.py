@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .shift import nll_input_grads, nll_setup_context
+
 _lib = "graphsmile::"
 
 
@@ -44,6 +46,14 @@ def _shift_pair_sum_backward_fake(grad, lengths, num_nodes, shift_win, output_ma
     ga = grad.new_empty(num_nodes, grad.shape[1]) if output_mask[0] else None
     gb = grad.new_empty(num_nodes, grad.shape[1]) if output_mask[1] else None
     return ga, gb
+
+
+@torch.library.register_fake(_lib + "shift_pair_nll")
+def _shift_pair_nll_fake(a, b, sentiment, lengths, shift_win, with_grad):
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    n = a.shape[0] if with_grad else 0
+    return (a.new_empty((), dtype=acc), a.new_empty((2, 2), dtype=torch.long),
+            a.new_empty(n, dtype=acc), a.new_empty(n, dtype=acc))
 
 
 # --- autograd -----------------------------------------------------------------------------
@@ -94,6 +104,17 @@ def _pair_backward(ctx, grad):
     return ga, gb, None, None, None
 
 
+def _nll_setup(ctx, inputs, output):
+    a, b, sentiment, lengths, shift_win, with_grad = inputs
+    nll_setup_context(ctx, with_grad, a, b, output)
+
+
+def _nll_backward(ctx, grad_loss, _grad_confusion, _grad_row, _grad_col):
+    ga, gb = nll_input_grads(ctx, grad_loss, "graphsmile::shift_pair_nll")
+    return ga, gb, None, None, None, None
+
+
 torch.library.register_autograd(_lib + "window_norm", _norm_backward, setup_context=_norm_setup)
 torch.library.register_autograd(_lib + "window_spmm", _spmm_backward, setup_context=_spmm_setup)
 torch.library.register_autograd(_lib + "shift_pair_sum", _pair_backward, setup_context=_pair_setup)
+torch.library.register_autograd(_lib + "shift_pair_nll", _nll_backward, setup_context=_nll_setup)

@@ -97,3 +97,23 @@ def shift_pair_embeddings(u, v, lengths: Sequence[int], shift_win: int):
     """concat(u_i, v_j) over the shift pairs. ``[P, 2D]`` (only because it was asked for)."""
     idx = shift_pair_index(lengths, shift_win, device=u.device)
     return torch.cat([u.index_select(0, idx[0]), v.index_select(0, idx[1])], dim=1)
+
+
+def shift_pair_nll(a, b, sentiment, lengths: Sequence[int], shift_win: int):
+    """The shift head's NLL summed over the pairs, and the confusion counts (SPEC 4).
+
+    ``a, b``: ``[N, 2]`` (``a_i = W_u u_i + bias``, ``b_j = W_v v_j``); ``sentiment``: ``[N]``
+    integer classes. Per pair ``z = a_i + b_j`` (in ``a``'s dtype, as :func:`shift_pair_sum`),
+    ``y = sentiment_i != sentiment_j``; returns ``(sum over pairs of -log_softmax(z)[y]``
+    (a 0-dim tensor in float32, float64 for float64 inputs), ``confusion [2, 2]`` int64 indexed
+    ``[y, argmax z]``). Differentiable through torch.autograd; builds ``[P, 2]`` tensors, so it
+    is the yardstick of the fused kernels, not a substitute for them on long dialogues.
+    """
+    idx = shift_pair_index(lengths, shift_win, device=a.device)
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    z = (a.index_select(0, idx[0]) + b.index_select(0, idx[1])).to(acc)
+    y = (sentiment.index_select(0, idx[0]) != sentiment.index_select(0, idx[1])).long()
+    loss = torch.nn.functional.cross_entropy(z, y, reduction="sum")
+    pred = (z[:, 1] > z[:, 0]).long()
+    confusion = torch.bincount(2 * y + pred, minlength=4).reshape(2, 2)
+    return loss, confusion

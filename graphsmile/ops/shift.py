@@ -1,15 +1,20 @@
 """Sentiment-shift pairs (SPEC 4): the public wrappers.
 
-Chain: kernels/window_index.h (pair ids) -> csrc/cpu/shift_pair_cpu.cpp and
-csrc/cuda/shift_pair_cuda.cu -> graphsmile/ops/_registry.py -> this file ->
-tests/test_shift_pairs.py -> bench/ops.py.
+Chain: kernels/window_index.h (pair ids), kernels/shift_nll.h (the fused loss's per-pair
+term) -> csrc/cpu/shift_pair_cpu.cpp, csrc/cuda/shift_pair_cuda.cu (kernels/shift_pair.cuh) and
+triton_ops.py -> graphsmile/ops/_registry.py -> this file -> tests/test_shift_pairs.py,
+tests/test_shift_nll.py -> bench/ops.py.
 """
 from __future__ import annotations
+
+from typing import Tuple
 
 import torch
 
 from . import _backend, dense, reference
 from .index import Lengths, check_shift_win, lengths_to_list, num_shift_pairs, shift_pair_labels  # noqa: F401
+
+REDUCTIONS = ("mean", "sum")
 
 
 def _check_uv(u, v, lens):
@@ -24,6 +29,20 @@ def _check_uv(u, v, lens):
         raise ValueError(f"u is on {u.device} but v is on {v.device}; move them to the same device")
     if u.dtype != v.dtype:
         raise TypeError(f"u has dtype {u.dtype} but v has dtype {v.dtype}; they must match")
+
+
+def _check_head(u, weight, bias, num_classes=None):
+    D = u.shape[1]
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != 2 * D:
+        raise ValueError(f"weight must be [C, 2D] = [C, {2 * D}], got {getattr(weight, 'shape', type(weight))}")
+    if num_classes is not None and weight.shape[0] != num_classes:
+        raise ValueError(f"weight must be [{num_classes}, 2D] = [{num_classes}, {2 * D}] (the shift head has "
+                         f"{num_classes} classes), got {tuple(weight.shape)}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],)):
+        raise ValueError(f"bias must be [C] = [{weight.shape[0]}] or None, got {getattr(bias, 'shape', type(bias))}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.device != u.device or t.dtype != u.dtype):
+            raise ValueError(f"{name} is {t.dtype} on {t.device} but u is {u.dtype} on {u.device}; they must match")
 
 
 def shift_pair_logits(
@@ -51,13 +70,7 @@ def shift_pair_logits(
     check_shift_win(shift_win)
     _check_uv(u, v, lens)
     D = u.shape[1]
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != 2 * D:
-        raise ValueError(f"weight must be [C, 2D] = [C, {2 * D}], got {getattr(weight, 'shape', type(weight))}")
-    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],)):
-        raise ValueError(f"bias must be [C] = [{weight.shape[0]}] or None, got {getattr(bias, 'shape', type(bias))}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.device != u.device or t.dtype != u.dtype):
-            raise ValueError(f"{name} is {t.dtype} on {t.device} but u is {u.dtype} on {u.device}; they must match")
+    _check_head(u, weight, bias)
     be = _backend.resolve(backend, u.device)
     if be == "dense":
         return dense.shift_pair_logits(u, v, lens, shift_win, weight, bias)
@@ -84,3 +97,110 @@ def shift_pair_embeddings(u: torch.Tensor, v: torch.Tensor, lengths: Lengths, sh
     if be == "dense":
         return dense.shift_pair_embeddings(u, v, lens, shift_win)
     return reference.shift_pair_embeddings(u, v, lens, shift_win)
+
+
+def nll_setup_context(ctx, with_grad: bool, a: torch.Tensor, b: torch.Tensor, output) -> None:
+    """Autograd set-up shared by the fused-loss ops (``graphsmile::shift_pair_nll`` and its
+    Triton twin): their outputs are ``(loss, confusion, row_r, col_r)``; only ``loss`` is
+    differentiable, and its gradient needs the residual sums."""
+    _, confusion, row_r, col_r = output
+    ctx.mark_non_differentiable(confusion, row_r, col_r)
+    ctx.with_grad = with_grad
+    ctx.dtypes = (a.dtype, b.dtype)
+    ctx.save_for_backward(row_r, col_r)
+
+
+def nll_input_grads(ctx, grad_loss: torch.Tensor, op_name: str):
+    """``(grad_a, grad_b)`` of a fused-loss op. The loss is a sum over pairs, so its gradient is
+    the residual sums the forward computed (``d/dz_1 = r``, ``d/dz_0 = -r``), scaled by the
+    incoming scalar gradient."""
+    if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+        return None, None
+    if not ctx.with_grad:
+        raise RuntimeError(f"{op_name} was called with with_grad=False, so it kept no gradient; call it with "
+                           "with_grad=True (graphsmile.ops.shift_pair_nll does when grad is enabled)")
+    row_r, col_r = ctx.saved_tensors
+    ga = (grad_loss * torch.stack([-row_r, row_r], 1)).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+    gb = (grad_loss * torch.stack([-col_r, col_r], 1)).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+    return ga, gb
+
+
+def shift_pair_nll(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    lengths: Lengths,
+    shift_win: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    sentiment: torch.Tensor,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The sentiment-shift loss fused with its head: the NLL of
+    ``log_softmax(shift_pair_logits(...))`` at the pair labels, without the ``[P, 2]`` logits.
+
+    Per pair ``(i, j)`` of a chunk (SPEC 4): ``z = W [u_i ; v_j] + bias`` (two classes),
+    ``y = (sentiment_i != sentiment_j)``, ``loss = -log_softmax(z)[y]``. Equal to
+    ``F.nll_loss(F.log_softmax(shift_pair_logits(u, v, ...).float(), -1),
+    shift_pair_labels(sentiment, ...), reduction=reduction)`` up to rounding, in O(N) memory
+    instead of O(P): with ``shift_win = -1`` a 20,000-utterance dialogue has P = 4e8 pairs,
+    whose logits, log-probabilities, labels and gradients would take about 16 GB.
+
+    Args:
+        u, v: ``[N, D]`` node features (GraphSmile passes the fused features twice).
+        lengths, shift_win: the dialogue lengths and the chunk size (``-1``: whole dialogue).
+        weight: ``[2, 2D]``; bias: ``[2]`` or None (the head ``Linear(2D, 2)``).
+        sentiment: ``[N]`` integer sentiment classes on ``u``'s device.
+        reduction: ``"mean"`` (over the P pairs; NaN when P = 0) or ``"sum"``.
+
+    Returns:
+        ``(loss, confusion)``: ``loss`` a 0-dim tensor (float32; float64 for float64 inputs),
+        differentiable in ``u, v, weight, bias``; ``confusion`` ``[2, 2]`` int64 pair counts
+        indexed ``[label, prediction]`` (prediction = ``argmax z``), for accuracy and F1
+        without the per-pair predictions.
+
+    The ``cpu``, ``cuda`` and ``triton`` backends evaluate one exp, one log1p and one division
+    per pair and compute the gradient in the same pass when it is needed (the loss is a sum, so
+    its backward only scales it); ``reference`` and ``dense`` build the ``[P, 2]`` logits.
+    """
+    lens = lengths_to_list(lengths)
+    check_shift_win(shift_win)
+    _check_uv(u, v, lens)
+    _check_head(u, weight, bias, num_classes=2)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if (not isinstance(sentiment, torch.Tensor) or sentiment.dim() != 1 or sentiment.dtype.is_floating_point
+            or sentiment.dtype.is_complex or sentiment.dtype == torch.bool):
+        raise ValueError(f"sentiment must be a 1-D integer tensor [sum(lengths)] = [{sum(lens)}], got "
+                         f"{getattr(sentiment, 'dtype', type(sentiment).__name__)} {tuple(getattr(sentiment, 'shape', ()))}")
+    if sentiment.shape[0] != sum(lens):
+        raise ValueError(f"sentiment must be [sum(lengths)] = [{sum(lens)}], got shape {tuple(sentiment.shape)}")
+    if sentiment.device != u.device:
+        raise ValueError(f"sentiment is on {sentiment.device} but u is on {u.device}; move them to the same device")
+    sentiment = sentiment.long()
+    be = _backend.resolve(backend, u.device)
+    if be == "dense":
+        z = dense.shift_pair_logits(u, v, lens, shift_win, weight, bias)
+        acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+        y = shift_pair_labels(sentiment, lens, shift_win)
+        z = z.to(acc)
+        total = torch.nn.functional.cross_entropy(z, y, reduction="sum")
+        confusion = torch.bincount(2 * y + (z[:, 1] > z[:, 0]).long(), minlength=4).reshape(2, 2)
+    else:
+        D = u.shape[1]
+        a = torch.nn.functional.linear(u, weight[:, :D], bias)  # [N, 2]
+        b = torch.nn.functional.linear(v, weight[:, D:])  # [N, 2]
+        if be in ("cpu", "cuda"):
+            with_grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+            total, confusion, _, _ = torch.ops.graphsmile.shift_pair_nll(
+                a, b, sentiment, torch.tensor(lens, dtype=torch.long), shift_win, with_grad)
+        elif be == "triton":
+            from . import triton_ops
+
+            total, confusion = triton_ops.shift_pair_nll(a, b, sentiment, lens, shift_win)
+        else:
+            total, confusion = reference.shift_pair_nll(a, b, sentiment, lens, shift_win)
+    if reduction == "mean":
+        P = num_shift_pairs(lens, shift_win)
+        total = total / P if P > 0 else total * float("nan")
+    return total, confusion

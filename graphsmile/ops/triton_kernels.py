@@ -399,12 +399,125 @@ def _pair_sum_bwd_kernel(g_ptr, out_ptr, ltab_ptr, C,
 
 
 # --------------------------------------------------------------------------------------------
+# shift_pair_nll: the shift loss fused with the pair sum (kernels/shift_nll.h). One program per
+# line of triton_ops.pair_lines(..., parts=True) (a chunk and BLOCK_S of its rows; the table's
+# third column is the chunk's offset pb in the partial-column-sum buffer), walking the chunk's
+# columns in tiles of BLOCK_J. Per pair (i, j), with z = a_i + b_j rounded to a's dtype:
+#   d = z_1 - z_0, y = (s_i != s_j), x = (y ? -d : d), e = exp(-|x|),
+#   loss = max(x, 0) + log1p(e),  r = (y ? -1 : 1) * sigmoid(x),  pred = (d > 0).
+# log1p(e) = log(u) + (e - (u - 1)) / u with u = fl(1 + e) (the rounding error of 1 + e corrected
+# to first order), reusing the 1 / u of the sigmoid: one exp, one log and one division per pair.
+# Outputs, each element written by exactly one program (no atomics):
+#   loss_ptr [T]: the line's loss sum;  cnt_ptr [T, 4] int64: its confusion counts [y, pred];
+#   WITH_GRAD: rowr_ptr [N]: row_r_i = sum_j r_ij for the line's rows, and
+#   colp_ptr [pb + (i0 / BLOCK_S) * size + j]: sum over the line's rows of r_ij (column j),
+#   summed over the chunk's lines in fixed order by _pair_nll_cols_kernel.
+
+
+@triton.jit
+def _round_as(x, DT: tl.constexpr, ACC: tl.constexpr, EMU_BF16: tl.constexpr):
+    """``x`` (in ACC) rounded to the dtype DT (round to nearest even), back in ACC. EMU_BF16 (only
+    set under the interpreter, whose fp32 -> bf16 cast truncates): the same rounding from the
+    fp32 bits, NaN kept."""
+    if EMU_BF16:
+        bits = x.to(tl.int32, bitcast=True)
+        rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) & -65536).to(tl.float32, bitcast=True)
+        return tl.where(x != x, x, rounded)
+    else:
+        return x.to(DT).to(ACC)
+
+
+@triton.jit
+def _pair_nll_fwd_kernel(a_ptr, b_ptr, s_ptr, ltab_ptr, loss_ptr, cnt_ptr, rowr_ptr, colp_ptr,
+                         ACC64: tl.constexpr, WITH_GRAD: tl.constexpr, EMU_BF16: tl.constexpr,
+                         BLOCK_S: tl.constexpr, BLOCK_J: tl.constexpr):
+    ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
+    line = tl.program_id(0).to(tl.int64)
+    cs, sz, pb, i0 = _pair_line(ltab_ptr)
+    i = i0 + tl.arange(0, BLOCK_S)
+    im = i < sz
+    ti = cs + i
+    a0 = tl.load(a_ptr + 2 * ti, mask=im, other=0.0).to(ACC)
+    a1 = tl.load(a_ptr + 2 * ti + 1, mask=im, other=0.0).to(ACC)
+    si = tl.load(s_ptr + ti, mask=im, other=0)
+    colp = colp_ptr + pb + (i0 // BLOCK_S) * sz
+    # element-wise accumulators over the column tiles, reduced once at the end
+    lacc = tl.zeros([BLOCK_S, BLOCK_J], dtype=ACC)
+    racc = tl.zeros([BLOCK_S, BLOCK_J], dtype=ACC)
+    ny = tl.zeros([BLOCK_S, BLOCK_J], dtype=tl.int32)
+    npr = tl.zeros([BLOCK_S, BLOCK_J], dtype=tl.int32)
+    nyp = tl.zeros([BLOCK_S, BLOCK_J], dtype=tl.int32)
+    for j0 in range(0, sz, BLOCK_J):
+        jj = j0 + tl.arange(0, BLOCK_J)
+        jm = jj < sz
+        tj = cs + jj
+        b0 = tl.load(b_ptr + 2 * tj, mask=jm, other=0.0).to(ACC)
+        b1 = tl.load(b_ptr + 2 * tj + 1, mask=jm, other=0.0).to(ACC)
+        sj = tl.load(s_ptr + tj, mask=jm, other=0)
+        valid = im[:, None] & jm[None, :]
+        # the logits rounded to the input dtype, as shift_pair_sum stores them
+        z0 = _round_as(a0[:, None] + b0[None, :], a_ptr.dtype.element_ty, ACC, EMU_BF16)
+        z1 = _round_as(a1[:, None] + b1[None, :], a_ptr.dtype.element_ty, ACC, EMU_BF16)
+        y = si[:, None] != sj[None, :]
+        d = z1 - z0
+        x = tl.where(y, -d, d)
+        e = tl.exp(tl.where(x < 0, x, -x))  # exp(-|x|) in (0, 1]; NaN stays NaN
+        u = 1.0 + e
+        inv = 1.0 / u
+        loss = tl.where(x > 0, x, 0.0) + (tl.log(u) + (e - (u - 1.0)) * inv)
+        pred = d > 0
+        lacc += tl.where(valid, loss, 0.0)
+        ny += (valid & y).to(tl.int32)
+        npr += (valid & pred).to(tl.int32)
+        nyp += (valid & y & pred).to(tl.int32)
+        if WITH_GRAD:
+            sig = tl.where(x >= 0, inv, e * inv)  # sigmoid(x) without overflow
+            r = tl.where(valid, tl.where(y, -sig, sig), 0.0)
+            racc += r
+            tl.store(colp + jj, tl.sum(r, axis=0), mask=jm)
+    tl.store(loss_ptr + line, tl.sum(tl.sum(lacc, axis=1), axis=0))
+    cy = tl.sum(tl.sum(ny.to(tl.int64), axis=1), axis=0)
+    cp = tl.sum(tl.sum(npr.to(tl.int64), axis=1), axis=0)
+    cyp = tl.sum(tl.sum(nyp.to(tl.int64), axis=1), axis=0)
+    tot = tl.minimum(sz - i0, BLOCK_S) * sz  # the line's pairs
+    tl.store(cnt_ptr + line * 4, tot - cy - cp + cyp)
+    tl.store(cnt_ptr + line * 4 + 1, cp - cyp)
+    tl.store(cnt_ptr + line * 4 + 2, cy - cyp)
+    tl.store(cnt_ptr + line * 4 + 3, cyp)
+    if WITH_GRAD:
+        tl.store(rowr_ptr + ti, tl.sum(racc, axis=1), mask=im)
+
+
+# col_r_j = sum over the chunk's lines k of colp[pb + k * size + j], in line order. One program
+# per line of the same table, read as BLOCK_S columns of the chunk; BLOCK_K lines per step.
+@triton.jit
+def _pair_nll_cols_kernel(colp_ptr, colr_ptr, ltab_ptr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr):
+    cs, sz, pb, j0 = _pair_line(ltab_ptr)
+    jj = j0 + tl.arange(0, BLOCK_S)
+    jm = jj < sz
+    nl = (sz + BLOCK_S - 1) // BLOCK_S
+    acc = tl.zeros([BLOCK_K, BLOCK_S], dtype=colp_ptr.dtype.element_ty)
+    for k0 in range(0, nl, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        acc += tl.load(colp_ptr + pb + k[:, None] * sz + jj[None, :], mask=(k < nl)[:, None] & jm[None, :], other=0.0)
+    tl.store(colr_ptr + cs + jj, tl.sum(acc, axis=0), mask=jm)
+
+
+# --------------------------------------------------------------------------------------------
 # launch configurations
 
 # Fixed tiles: the interpreter (tiny shapes, speed of the Python loop over programs) and fp64.
 FIXED = dict(BLOCK_R=16, BLOCK_K=16, BLOCK_D=16)
 FIXED64 = dict(BLOCK_R=16, BLOCK_K=16, BLOCK_D=32, num_warps=4)
 PAIR_BLOCK_S = 16 if INTERPRET else 32
+# shift_pair_nll: column tile of the forward (its line has PAIR_BLOCK_S rows; fp16 / bf16 / fp32,
+# and fp64), with 4 warps, and lines per step of the column-sum pass. On sm_90 (Triton 3.6, ptxas
+# -v) the 32 x 32 tile takes ~146 registers and the fp64 32 x 16 one ~168, without spills; 32 x 64
+# reaches 255 registers (and spills in fp64). Not tuned on a GPU yet.
+NLL_BLOCK_J = 16 if INTERPRET else 32
+NLL_BLOCK_J64 = 16
+NLL_BLOCK_K = 4 if INTERPRET else 8
+NLL_WARPS = 4
 
 
 # (BLOCK_R, BLOCK_K, BLOCK_D, num_warps) per kernel: tiles that ptxas (sm_90, Triton 3.6)
@@ -452,3 +565,5 @@ spmm_bwd_cols_kernel = _spmm_bwd_cols_kernel
 spmm_bwd_rows_kernel = _spmm_bwd_rows_kernel
 pair_sum_fwd_kernel = _pair_sum_fwd_kernel
 pair_sum_bwd_kernel = _pair_sum_bwd_kernel
+pair_nll_fwd_kernel = _pair_nll_fwd_kernel
+pair_nll_cols_kernel = _pair_nll_cols_kernel

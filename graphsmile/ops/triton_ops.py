@@ -16,7 +16,8 @@ lengths list with vectorised torch (cached per batch structure and device):
 - ``dia``  ``[N]`` int32: the dialogue of each packed utterance;
 - ``dtab`` ``[4, B]`` int64: per dialogue its start, length, first edge id and band count c(L);
 - ``ltab`` ``[T, 4]`` int64 (shift pairs): per "line" (``BLOCK_S`` rows of one chunk) the packed
-  chunk start, chunk size, first pair id and first row.
+  chunk start, chunk size, first pair id and first row (for the fused NLL: the chunk's offset
+  in the buffer of per-(line, column) partial column sums instead of the first pair id).
 
 Math (SPEC 3-5), as the CPU kernels: ``window_norm`` backward ``grad_a_e = -0.5 s_i^3 grad_s_i``;
 ``window_spmm`` backward pass A over columns (``u_c = sum_{e=(i,c)} a_e s_i g_i``,
@@ -41,6 +42,7 @@ import triton
 
 from . import triton_kernels as K
 from .index import _row_start, host_to_device
+from .shift import nll_input_grads, nll_setup_context
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # torch.library.triton_op (torch >= 2.6) lets Inductor see the kernels. Under the interpreter
@@ -148,8 +150,14 @@ def window_meta(lens: Sequence[int], num_modal: int, win_p: int, win_f: int, dev
     return _cached(("window", tuple(lens), num_modal, win_p, win_f, str(device)), build)
 
 
-def pair_lines(lens: Sequence[int], shift_win: int, device, block: int = K.PAIR_BLOCK_S) -> tuple[torch.Tensor, int]:
-    """``(ltab [T, 4] int64, P)``: the lines of ``block`` rows of every shift chunk."""
+def pair_lines(lens: Sequence[int], shift_win: int, device, block: int = K.PAIR_BLOCK_S,
+               parts: bool = False) -> tuple[torch.Tensor, int]:
+    """``(ltab [T, 4] int64, P)``: the lines of ``block`` rows of every shift chunk.
+
+    With ``parts=True`` (the fused NLL) the third column is the chunk's offset in the buffer of
+    partial column sums instead of its first pair id (a chunk of size ``s`` owns
+    ``cdiv(s, block) * s`` entries there: one per line and column), and the count returned is
+    that buffer's size instead of ``P``."""
     device = torch.device(device)
 
     def build():
@@ -158,27 +166,32 @@ def pair_lines(lens: Sequence[int], shift_win: int, device, block: int = K.PAIR_
         start = torch.cumsum(L, 0) - L
         w = L.clone() if shift_win == -1 else torch.full_like(L, shift_win)
         nch = (L + w - 1) // w
-        cnt = (L // w) * w * w + (L % w) ** 2
-        pbase = torch.cumsum(cnt, 0) - cnt
         # sizes from the lengths in O(B) Python ints (no data-dependent shapes under torch.compile)
         ws = [x if shift_win == -1 else shift_win for x in lens]
         n_chunks = sum(-(-x // wx) for x, wx in zip(lens, ws))
         n_lines = sum((x // wx) * -(-wx // block) + -(-(x % wx) // block) for x, wx in zip(lens, ws))
-        n_pairs = sum((x // wx) * wx * wx + (x % wx) ** 2 for x, wx in zip(lens, ws))
         cd = torch.repeat_interleave(torch.arange(B), nch, output_size=n_chunks)
         ci = torch.arange(n_chunks) - (torch.cumsum(nch, 0) - nch)[cd]
         wc = w[cd]
         local0 = ci * wc
         size = torch.minimum(wc, L[cd] - local0)
-        base = pbase[cd] + ci * wc * wc
         cstart = start[cd] + local0
         nl = (size + block - 1) // block
+        if parts:
+            per = nl * size
+            base = torch.cumsum(per, 0) - per
+            total = sum((x // wx) * -(-wx // block) * wx + -(-(x % wx) // block) * (x % wx) for x, wx in zip(lens, ws))
+        else:
+            cnt = (L // w) * w * w + (L % w) ** 2
+            pbase = torch.cumsum(cnt, 0) - cnt
+            base = pbase[cd] + ci * wc * wc
+            total = sum((x // wx) * wx * wx + (x % wx) ** 2 for x, wx in zip(lens, ws))
         lc = torch.repeat_interleave(torch.arange(n_chunks), nl, output_size=n_lines)
         li = torch.arange(n_lines) - (torch.cumsum(nl, 0) - nl)[lc]
         ltab = torch.stack([cstart[lc], size[lc], base[lc], li * block], 1).contiguous()
-        return host_to_device(ltab, device), n_pairs
+        return host_to_device(ltab, device), total
 
-    return _cached(("pairs", tuple(lens), shift_win, block, str(device)), build)
+    return _cached(("pairs", tuple(lens), shift_win, block, parts, str(device)), build)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,6 +346,38 @@ def _shift_pair_reduce_op(grad: torch.Tensor, ltab: torch.Tensor, num_nodes: int
     return out
 
 
+@_define("graphsmile_triton::shift_pair_nll")
+def _shift_pair_nll_op(a: torch.Tensor, b: torch.Tensor, sentiment: torch.Tensor, ltab: torch.Tensor, num_parts: int,
+                       with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss sum, confusion [2, 2] int64, row_r [N], col_r [N]) over the shift pairs; ``ltab``
+    from ``pair_lines(..., parts=True)``, ``num_parts`` its partial-buffer size. row_r / col_r
+    (the residual sums, in the accumulation dtype) are empty unless ``with_grad``."""
+    a, b, s = a.contiguous(), b.contiguous(), sentiment.contiguous()
+    N, T = a.shape[0], ltab.shape[0]
+    acc = _acc_dtype(a.dtype)
+    loss = torch.empty(T, dtype=acc, device=a.device)
+    cnt = torch.empty(T, 4, dtype=torch.int64, device=a.device)
+    if with_grad:
+        row_r = torch.empty(N, dtype=acc, device=a.device)
+        col_r = torch.empty(N, dtype=acc, device=a.device)
+        colp = torch.empty(num_parts, dtype=acc, device=a.device)
+    else:
+        row_r = torch.empty(0, dtype=acc, device=a.device)
+        col_r = torch.empty(0, dtype=acc, device=a.device)  # outputs must not alias
+        colp = _dummy(a, acc)
+    if T > 0:
+        acc64 = acc == torch.float64
+        _launch(K.pair_nll_fwd_kernel, (T,), a, b, s, ltab, loss, cnt, row_r if with_grad else _dummy(a, acc), colp,
+                ACC64=acc64, WITH_GRAD=with_grad, EMU_BF16=K.INTERPRET and a.dtype == torch.bfloat16,
+                BLOCK_S=K.PAIR_BLOCK_S, BLOCK_J=K.NLL_BLOCK_J64 if acc64 and not K.INTERPRET else K.NLL_BLOCK_J,
+                num_warps=K.NLL_WARPS)
+        if with_grad:
+            _launch(K.pair_nll_cols_kernel, (T,), colp, col_r, ltab, BLOCK_S=K.PAIR_BLOCK_S, BLOCK_K=K.NLL_BLOCK_K,
+                    num_warps=K.NLL_WARPS)
+    # per-line partials summed by torch: a fixed order for a given batch structure
+    return loss.sum(), cnt.sum(0).reshape(2, 2), row_r, col_r
+
+
 # --------------------------------------------------------------------------------------------
 # autograd
 
@@ -388,9 +433,20 @@ def _pair_backward(ctx, grad):
     return ga, gb, None, None
 
 
+def _nll_setup(ctx, inputs, output):
+    a, b, sentiment, ltab, num_parts, with_grad = inputs
+    nll_setup_context(ctx, with_grad, a, b, output)
+
+
+def _nll_backward(ctx, grad_loss, _grad_confusion, _grad_row, _grad_col):
+    ga, gb = nll_input_grads(ctx, grad_loss, "graphsmile_triton::shift_pair_nll")
+    return ga, gb, None, None, None, None
+
+
 _window_norm_op.register_autograd(_norm_backward, setup_context=_norm_setup)
 _window_spmm_op.register_autograd(_spmm_backward, setup_context=_spmm_setup)
 _shift_pair_sum_op.register_autograd(_pair_backward, setup_context=_pair_setup)
+_shift_pair_nll_op.register_autograd(_nll_backward, setup_context=_nll_setup)
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,3 +477,18 @@ def shift_pair_sum(a: torch.Tensor, b: torch.Tensor, lens: Sequence[int], shift_
     ltab, P = pair_lines(lens, shift_win, a.device)
     with _on_device(a):
         return _shift_pair_sum_op(a, b, ltab, P)
+
+
+def shift_pair_nll(a: torch.Tensor, b: torch.Tensor, sentiment: torch.Tensor, lens: Sequence[int],
+                   shift_win: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss_sum, confusion)`` of the shift head's NLL over the shift pairs (SPEC 4;
+    ``a, b`` ``[N, 2]``, ``sentiment`` int64 ``[N]``): ``loss_sum`` 0-dim float32 (float64 for
+    float64 inputs), differentiable in ``a`` and ``b``; ``confusion`` ``[2, 2]`` int64 indexed
+    ``[label, prediction]``. The residual sums of the gradient are computed in the same pass,
+    only when grad is enabled and ``a`` or ``b`` requires it."""
+    _check_dtype(a, "a")
+    ltab, num_parts = pair_lines(lens, shift_win, a.device, parts=True)
+    with_grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+    with _on_device(a):
+        loss, confusion, _, _ = _shift_pair_nll_op(a, b, sentiment, ltab, num_parts, with_grad)
+    return loss, confusion

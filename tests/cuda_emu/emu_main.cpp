@@ -8,7 +8,8 @@
 //
 // IN holds jobs (written by tests/test_cuda_emulated.py):
 //   job NAME OP DTYPE            OP: window_norm | window_norm_backward | window_spmm |
-//   int KEY VALUE                    window_spmm_backward | shift_pair_sum | shift_pair_sum_backward
+//   int KEY VALUE                    window_spmm_backward | shift_pair_sum | shift_pair_sum_backward |
+//                                    shift_pair_nll
 //   arr KEY TYPE COUNT\n<bytes>  DTYPE / TYPE: f32 | f64 | bf16 | i64 (little endian)
 //   end
 // Every job runs once per scheduling policy of the comma-separated list POLICIES (cuda_emu.h);
@@ -364,10 +365,12 @@ struct ShiftMetaEmu {
   gpu::ShiftArgs args{};
 };
 
-ShiftMetaEmu shift_meta(const Job& j) {
+// C < 0: from the job's int C.
+ShiftMetaEmu shift_meta(const Job& j, int64_t C = -1) {
   ShiftMetaEmu m;
   const std::vector<int64_t> lens = geta<int64_t>(j, "lengths");
-  const int64_t sw = geti(j, "shift_win"), C = geti(j, "C");
+  const int64_t sw = geti(j, "shift_win");
+  if (C < 0) C = geti(j, "C");
   if (!(sw == -1 || sw > 0)) die("bad shift_win");
   for (int64_t L : lens) {
     if (L < 1) die("lengths must be >= 1");
@@ -441,6 +444,62 @@ void run_shift_pair_sum_backward(const Job& j, Outputs& out) {
   if (mask_b) put(out, "gb", gb);
 }
 
+// shift_pair_nll (csrc/cuda/shift_pair_cuda.cu, shift_pair_nll_cuda): the rows kernel, then with
+// with_grad the columns kernel (+ combine). The launcher's torch reductions (loss = sum of
+// row_loss, confusion = column sums of counts) are done here in index order: their bits are not
+// what is under test (torch's sum has its own order), their inputs are.
+template <typename scalar_t, typename acc_t>
+void run_shift_pair_nll(const Job& j, Outputs& out) {
+  ShiftMetaEmu meta = shift_meta(j, /*C=*/1);  // as the launcher: one value per utterance
+  const std::vector<scalar_t> a = geta<scalar_t>(j, "a"), b = geta<scalar_t>(j, "b");
+  const std::vector<int64_t> sent = geta<int64_t>(j, "sentiment");
+  const int64_t N = meta.N, sw = meta.args.shift_win;
+  if (static_cast<int64_t>(a.size()) != 2 * N || b.size() != a.size()) die("a, b must be [N, 2]");
+  if (static_cast<int64_t>(sent.size()) != N) die("sentiment must be [N]");
+  const bool with_grad = geti(j, "with_grad") != 0;
+  std::vector<acc_t> row_r(static_cast<size_t>(with_grad ? N : 0), poison<acc_t>());
+  std::vector<acc_t> col_r(static_cast<size_t>(with_grad ? N : 0), poison<acc_t>());
+  std::vector<acc_t> row_loss(static_cast<size_t>(N), poison<acc_t>());
+  std::vector<int64_t> counts(static_cast<size_t>(4 * N), poison<int64_t>());
+  if (N > 0) {
+    int64_t max_chunk = 0;
+    for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, sw), L));
+    const int64_t nseg = ceil_div(max_chunk, gpu::kColSeg);
+    std::vector<acc_t> partial;
+    if (with_grad && nseg > 1) partial.assign(static_cast<size_t>(nseg * N), poison<acc_t>());
+    const unsigned blocks = grid_x(ceil_div(N, gpu::kShiftWarps));
+    cuda_emu::launch("shift_pair_nll_rows_kernel", dim3(blocks), dim3(gpu::kShiftWarps * 32), [&] {
+      gpu::shift_pair_nll_rows_kernel<scalar_t, acc_t>(a.data(), b.data(), sent.data(), row_loss.data(),
+                                                       with_grad ? row_r.data() : nullptr, counts.data(), meta.args);
+    });
+    if (with_grad) {
+      const unsigned bx = grid_x(ceil_div(N, gpu::kShiftThreads));
+      const dim3 grid(bx, grid_y(nseg));
+      acc_t* partial_ptr = partial.empty() ? nullptr : partial.data();
+      cuda_emu::launch("shift_pair_nll_cols_kernel", grid, dim3(gpu::kShiftThreads), [&] {
+        gpu::shift_pair_nll_cols_kernel<scalar_t, acc_t>(a.data(), b.data(), sent.data(), col_r.data(), partial_ptr,
+                                                         meta.args);
+      });
+      if (partial_ptr != nullptr) {
+        cuda_emu::launch("shift_pair_cols_combine_kernel", dim3(bx), dim3(gpu::kShiftThreads), [&] {
+          gpu::shift_pair_cols_combine_kernel<acc_t, acc_t>(partial_ptr, col_r.data(), meta.args);
+        });
+      }
+    }
+  }
+  acc_t loss = acc_t(0);
+  for (acc_t v : row_loss) loss += v;
+  std::vector<int64_t> confusion(4, 0);
+  for (int64_t t = 0; t < N; ++t)
+    for (int q = 0; q < 4; ++q) confusion[q] += counts[4 * t + q];
+  put(out, "loss", std::vector<acc_t>{loss});
+  put(out, "confusion", confusion);
+  put(out, "row_loss", row_loss);
+  put(out, "counts", counts);
+  put(out, "row_r", row_r);
+  put(out, "col_r", col_r);
+}
+
 // ---- dispatch ---------------------------------------------------------------------------------------
 
 template <typename scalar_t, typename acc_t>
@@ -451,6 +510,7 @@ void run_typed(const Job& j, Outputs& out) {
   else if (j.op == "window_spmm_backward") run_window_spmm_backward<scalar_t, acc_t>(j, out);
   else if (j.op == "shift_pair_sum") run_shift_pair_sum<scalar_t, acc_t>(j, out);
   else if (j.op == "shift_pair_sum_backward") run_shift_pair_sum_backward<scalar_t, acc_t>(j, out);
+  else if (j.op == "shift_pair_nll") run_shift_pair_nll<scalar_t, acc_t>(j, out);
   else die("unknown op " + j.op);
 }
 
