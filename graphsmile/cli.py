@@ -166,7 +166,7 @@ def _add_debug(p: argparse.ArgumentParser) -> None:
 def _add_config_flags(p: argparse.ArgumentParser, training: bool = True) -> None:
     """The GraphSmile settings, under the original ``run.py``'s flag names; default: the
     dataset's preset (SPEC 10)."""
-    from .config import EDGE_WEIGHT_MODES, LOSS_TYPES, TEXTF_MODES
+    from .config import EDGE_WEIGHT_MODES, LOSS_TYPES, SHIFT_LOSSES, TEXTF_MODES
     from .ops import BACKENDS
 
     g = p.add_argument_group("model (default: the --dataset preset, arXiv 2407.21536 Table III)")
@@ -194,10 +194,13 @@ def _add_config_flags(p: argparse.ArgumentParser, training: bool = True) -> None
                    help="loss combination: emo_sen_sft = l0*emo + l1*sen + l2*shift (preset), ..., epoch (emotion weight grows "
                         "with the epoch), auto (learned uncertainty weights)")
     g.add_argument("--lambd", type=float, nargs=3, metavar=("EMO", "SEN", "SHIFT"), help="loss weights (IEMOCAP 1.0 1.0 0.7)")
+    g.add_argument("--shift_loss", choices=list(SHIFT_LOSSES),
+                   help="sentiment-shift loss: fused (default; head + NLL in one pass, O(N) memory) or logits (the original's "
+                        "[P, 2] logits then NLL; O(P) memory, e.g. 4e8 pairs for one 20,000-utterance dialogue at --shift_win -1)")
 
 
 CONFIG_FLAGS = ("textf_mode", "hidden_dim", "win", "heter_n_layers", "drop", "shift_win", "edge_weights", "edge_capacity",
-                "backend", "bn_include_padding", "lr", "l2", "batch_size", "epochs", "loss_type", "lambd")
+                "backend", "bn_include_padding", "lr", "l2", "batch_size", "epochs", "loss_type", "lambd", "shift_loss")
 
 
 def _explicit_config(args) -> Dict[str, Any]:
@@ -455,7 +458,7 @@ def _with_dims(config, dims):
 # --- train --------------------------------------------------------------------------------
 
 
-_RESUMABLE_CHANGES = ("epochs", "backend")
+_RESUMABLE_CHANGES = ("epochs", "backend", "shift_loss")
 
 
 def cmd_train(args) -> int:

@@ -23,6 +23,7 @@ __all__ = [
     "EDGE_WEIGHT_MODES",
     "LOSS_TYPES",
     "PRESETS",
+    "SHIFT_LOSSES",
     "TEXTF_MODES",
     "GraphSmileConfig",
 ]
@@ -50,6 +51,8 @@ TEXTF_MODES: Dict[str, Tuple[int, ...]] = {
     "sum4": (0, 1, 2, 3),
 }
 EDGE_WEIGHT_MODES = ("per_edge", "relative")
+#: How the trainer computes the sentiment-shift loss (``GraphSmileConfig.shift_loss``).
+SHIFT_LOSSES = ("fused", "logits")
 LOSS_TYPES = ("emo_sen_sft", "emo_sen", "emo_sft", "emo", "sen_sft", "sen", "epoch", "auto")
 
 #: The paper's settings (arXiv 2407.21536v2 Table III; hidden sizes and epochs from the
@@ -112,6 +115,11 @@ class GraphSmileConfig:
         epochs: number of epochs (also ``E`` of the ``"epoch"`` loss weighting).
         loss_type: one of :data:`LOSS_TYPES` (see :mod:`graphsmile.losses`).
         lambd: ``(l_emo, l_sen, l_shift)`` loss weights.
+        shift_loss: how the trainer computes the sentiment-shift loss: ``"fused"`` (default:
+            :func:`graphsmile.ops.shift_pair_nll`, the head and its NLL in one pass with O(N)
+            memory; the metrics come from its confusion counts) or ``"logits"`` (the
+            original's way: the ``[P, 2]`` logits, then log_softmax and NLL; O(P) memory).
+            The same math; results differ only by floating-point rounding.
 
     Defaults are the original ``run.py``'s argparse defaults; :meth:`preset` gives the paper's
     per-dataset settings. Lists are normalised to tuples; everything is validated on creation.
@@ -139,6 +147,7 @@ class GraphSmileConfig:
     epochs: int = 100
     loss_type: str = "emo_sen_sft"
     lambd: Tuple[float, float, float] = field(default=(1.0, 1.0, 1.0))
+    shift_loss: str = "fused"
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_DIMS:
@@ -196,6 +205,8 @@ class GraphSmileConfig:
         if lambd is None or len(lambd) != 3 or not all(_is_real(v) for v in lambd):
             raise ValueError(f"lambd must be 3 numbers (emotion, sentiment, shift weights), got {self.lambd!r}")
         self.lambd = tuple(float(v) for v in lambd)
+        if self.shift_loss not in SHIFT_LOSSES:
+            raise ValueError(f"unknown shift_loss {self.shift_loss!r}; choose one of {list(SHIFT_LOSSES)}")
 
     @staticmethod
     def _int_tuple(name: str, value, n: int) -> tuple:

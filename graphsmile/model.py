@@ -18,7 +18,9 @@ Data flow for a batch of ``B`` dialogues, lengths ``L_b``, ``T = max L_b`` (padd
     hetergconv_va(v, a) -> (va_v, va_a)
     fused = mean of modal_fusion(.) over the six blocks                       [N, H]
     emo_output(fused) [N, n_emotions], sen_output(fused) [N, 3],
-    senshift(fused, fused) [P, 2] (P = sum over shift chunks of size^2)
+    senshift(fused, fused) [P, 2] (P = sum over shift chunks of size^2), or with
+    ``shift_sentiment`` the shift loss itself: (NLL sum, confusion [2, 2]) from
+    :func:`graphsmile.ops.shift_pair_nll`, in O(N) memory
 
 Differences from the original, none of which changes outputs in eval mode:
 
@@ -38,7 +40,7 @@ import copy
 import math
 import warnings
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -294,6 +296,20 @@ class SenShiftFeat(nn.Module):
             bias = bias.to(u.dtype) if bias is not None else None
         return ops.shift_pair_logits(u, v, lengths, self.shift_win, weight, bias, self.backend)
 
+    def nll(self, u: torch.Tensor, v: Optional[torch.Tensor], lengths: Lengths, sentiment: torch.Tensor,
+            reduction: str = "sum") -> Tuple[torch.Tensor, torch.Tensor]:
+        """The head and its loss fused (:func:`graphsmile.ops.shift_pair_nll`): ``(loss,
+        confusion [2, 2])`` over the pairs with labels ``sentiment_i != sentiment_j``, without
+        the ``[P, 2]`` logits. ``loss`` is the NLL summed over pairs (``reduction="sum"``) or
+        their mean; float32 (float64 for float64 features)."""
+        v = u if v is None else v
+        lin = self.shift_output_layer[0]
+        weight, bias = lin.weight, lin.bias
+        if weight.dtype != u.dtype:  # mixed precision
+            weight = weight.to(u.dtype)
+            bias = bias.to(u.dtype) if bias is not None else None
+        return ops.shift_pair_nll(u, v, lengths, self.shift_win, weight, bias, sentiment, reduction, self.backend)
+
 
 # --- the model ----------------------------------------------------------------------------
 
@@ -445,7 +461,8 @@ class GraphSmile(nn.Module):
         lengths: Optional[Lengths] = None,
         *,
         pack_index: Optional[torch.Tensor] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        shift_sentiment: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]:
         """The original's call signature and outputs.
 
         Args:
@@ -462,11 +479,18 @@ class GraphSmile(nn.Module):
                 ``[N]`` on the features' device). Without it the index is built every forward
                 from the host lengths, which on CUDA is a blocking host-to-device copy; the
                 trainer's device-resident batches carry it (built once per epoch).
+            shift_sentiment: optional packed sentiment labels (int ``[N]``, on the features'
+                device). Given, the third output is the shift task's loss instead of its
+                logits: ``(NLL summed over the P pairs, confusion [2, 2] int64 indexed [label,
+                prediction])``, from :meth:`SenShiftFeat.nll` (the same math, without the
+                ``[P, 2]`` logits: O(N) memory where those are O(P), e.g. 4e8 pairs for one
+                20,000-utterance dialogue with ``shift_win = -1``). The trainer's default.
 
         Returns:
             ``(emotion_logits [N, n_emotions], sentiment_logits [N, 3], shift_logits [P, 2],
             fused_features [N, H])``, rows in packed order (dialogue 0's utterances, then
-            dialogue 1's, ...), shift pairs in the order of SPEC 4.
+            dialogue 1's, ...), shift pairs in the order of SPEC 4 (with ``shift_sentiment``:
+            ``shift_logits`` replaced by ``(shift_nll_sum, shift_confusion)``).
         """
         texts = (textf0, textf1, textf2, textf3)
         T, B, lens = self._check_inputs(texts, visual, audio, umask, qmask, lengths)
@@ -495,6 +519,8 @@ class GraphSmile(nn.Module):
 
         logit_emo = self.emo_output(fused)
         logit_sen = self.sen_output(fused)
+        if shift_sentiment is not None:
+            return logit_emo, logit_sen, self.senshift.nll(fused, fused, lens, shift_sentiment), fused
         logit_shift = self.senshift(fused, fused, lens)
         return logit_emo, logit_sen, logit_shift, fused
 

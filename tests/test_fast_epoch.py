@@ -270,9 +270,10 @@ def _mark_loop(monkeypatch, state, cls, attr):
     monkeypatch.setattr(cls, attr, wrapped)
 
 
-def test_no_host_reads_inside_the_batch_loops(data, monkeypatch):
+@pytest.mark.parametrize("shift_loss", ["logits", "fused"])
+def test_no_host_reads_inside_the_batch_loops(data, monkeypatch, shift_loss):
     sp = load_dataset(data / "tiny.pkl", "IEMOCAP", dims="infer")
-    cfg = tiny_config(loss_type="auto")
+    cfg = tiny_config(loss_type="auto", shift_loss=shift_loss)
     calls = {"packed_index": 0, "shift_pair_labels": 0}
 
     def counting(name, fn):
@@ -290,7 +291,9 @@ def test_no_host_reads_inside_the_batch_loops(data, monkeypatch):
         loader.run_epoch()
         n_loader = len(state["reads"])
         assert n_loader >= 3 * loader.history[-1]["train"]["batches"], state["reads"]
-        assert calls["packed_index"] > 0 and calls["shift_pair_labels"] > 0
+        assert calls["packed_index"] > 0
+        # the logits path builds the pair labels per batch; the fused loss needs none
+        assert (calls["shift_pair_labels"] > 0) == (shift_loss == "logits")
         # ... and none in the device path's loops (training, validation, test)
         state["reads"].clear()
         calls.update(packed_index=0, shift_pair_labels=0)
@@ -301,6 +304,28 @@ def test_no_host_reads_inside_the_batch_loops(data, monkeypatch):
         assert state["reads"] == []
         assert calls == {"packed_index": 0, "shift_pair_labels": 0}
     assert _history(loader)[0] == _history(dev)[0]
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_fused_and_logits_shift_loss_train_alike(data, on):
+    """config.shift_loss 'fused' (default) and 'logits' are the same math: one epoch of training
+    gives the same losses up to rounding, and the same shift metrics (from confusion counts)."""
+    sp = load_dataset(data / "tiny.pkl", "IEMOCAP", dims="infer")
+    recs = {}
+    for mode in ("logits", "fused"):
+        tr = Trainer(tiny_config(shift_loss=mode, shift_win=-1), sp, seed=0, data_on_device=on)
+        assert tr.fused_shift == (mode == "fused")
+        recs[mode], _ = tr.run_epoch()
+        if on:   # the fused path keeps no per-pair labels on the device
+            assert all((st.shift_labels is None) == (mode == "fused") for _, st in tr._stores)
+    for split in ("train", "valid", "test"):
+        a, b = recs["logits"][split], recs["fused"][split]
+        assert a.keys() == b.keys()
+        for k in a:
+            if k.startswith("loss"):
+                assert b[k] == pytest.approx(a[k], rel=1e-4), (split, k)
+            elif k.startswith("sft") or k in ("batches", "utterances", "dialogues"):
+                assert b[k] == pytest.approx(a[k], abs=1e-9), (split, k)
 
 
 # --- errors, CLI, compile ---------------------------------------------------------------------

@@ -252,6 +252,7 @@ def test_config_roundtrip_and_derivation():
         (dict(lr=0), "lr must be"),
         (dict(batch_size=0), "batch_size"),
         (dict(epochs=0), "epochs"),
+        (dict(shift_loss="pairs"), "unknown shift_loss"),
     ],
 )
 def test_config_validation(kw, match):
@@ -428,6 +429,36 @@ def test_backends_agree_with_dense_forward_and_backward(kw, lengths):
             torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-10, msg=be)
         for n in ref_grads:
             torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-9, atol=1e-10, msg=f"{be}: {n}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shift_win", [3, -1])
+def test_fused_shift_loss_equals_logits_path(backend, shift_win):
+    """forward(shift_sentiment=...) gives the NLL sum and confusion counts of the [P, 2]
+    logits path, and the same gradients for every parameter."""
+    cfg = tiny_config(shift_win=shift_win, backend=backend)
+    lengths = [6, 1, 9]
+    m = GraphSmile(cfg).double()
+    inputs = make_inputs(cfg, lengths, dtype=torch.float64, seed=5)
+    sent = torch.randint(0, 3, (sum(lengths),), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    emo, sen, (nll, cm), fused = m(*inputs, shift_sentiment=sent)
+    (nll + emo.sum() + sen.sum()).backward()
+    g_fused = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+    torch.manual_seed(0)  # the same dropout masks
+    emo2, sen2, logits, fused2 = m(*inputs)
+    y = ops.shift_pair_labels(sent, lengths, shift_win)
+    nll2 = F.nll_loss(F.log_softmax(logits, -1), y, reduction="sum")
+    (nll2 + emo2.sum() + sen2.sum()).backward()
+    torch.testing.assert_close(fused, fused2, rtol=0, atol=0)
+    torch.testing.assert_close(nll, nll2, rtol=1e-12, atol=1e-12)
+    want_cm = torch.bincount(2 * y + logits.argmax(-1), minlength=4).view(2, 2)
+    assert torch.equal(cm, want_cm) and int(cm.sum()) == ops.num_shift_pairs(lengths, shift_win)
+    for n, p in m.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(g_fused[n], p.grad, rtol=1e-9, atol=1e-12, msg=n)
+    assert g_fused["senshift.shift_output_layer.0.weight"].abs().sum() > 0
 
 
 def test_relative_edge_weights_train():

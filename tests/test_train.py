@@ -76,6 +76,26 @@ def test_metrics_and_seed_summary():
     assert shift_pair_counts([4], -1) == [16]
 
 
+def test_metrics_from_confusion_match_sklearn_on_arrays():
+    """The shift task's metrics come from [2, 2] counts; they must be scikit-learn's weighted
+    F1 and accuracy on the arrays those counts summarise, absent classes and all."""
+    rng = np.random.default_rng(3)
+    cases = [(np.array([0, 0, 1]), np.array([0, 0, 0])),        # a class never predicted
+             (np.array([1, 1, 1]), np.array([1, 1, 1])),        # one class only
+             (np.array([0, 1]), np.array([1, 0]))]
+    cases += [(rng.integers(0, 2, n), rng.integers(0, 2, n)) for n in (1, 7, 100, 1000)]
+    cases += [(rng.integers(0, 3, 50), rng.integers(0, 3, 50))]  # any C
+    for y, p in cases:
+        C = int(max(y.max(), p.max())) + 1
+        want = M.acc_f1(y, p)
+        got = M.acc_f1_from_confusion(M.confusion(y, p, C))
+        assert got["acc"] == pytest.approx(want["acc"], abs=1e-9) and got["f1"] == pytest.approx(want["f1"], abs=1e-9), (y, p)
+    empty = M.acc_f1_from_confusion(np.zeros((2, 2)))
+    assert np.isnan(empty["acc"]) and np.isnan(empty["f1"])
+    with pytest.raises(ValueError, match=r"\[C, C\]"):
+        M.acc_f1_from_confusion(np.zeros((2, 3)))
+
+
 def test_rng_state_roundtrip_and_atomic_save(tmp_path):
     import random
 

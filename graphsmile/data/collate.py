@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -358,7 +358,9 @@ class DeviceBatch:
         visual: ``[T, B, Dv]``; audio: ``[T, B, Da]``.
         emotion, sentiment: int64 ``[N]`` packed labels.
         shift_labels: int64 ``[P]`` sentiment-shift pair labels
-            (:func:`graphsmile.ops.shift_pair_labels` of ``sentiment``).
+            (:func:`graphsmile.ops.shift_pair_labels` of ``sentiment``), or ``None`` when the
+            store keeps none (``DeviceDialogues(shift_labels=False)``: the fused shift loss
+            needs only ``sentiment``).
         pack_index: int64 ``[N]``, the model's packing index (:func:`graphsmile.model.packed_index`
             of ``lengths``): entry ``s_b + t`` is ``t * B + b``.
         lengths: the ``B`` dialogue lengths (Python ints); ids: the ``B`` dialogue ids;
@@ -371,7 +373,7 @@ class DeviceBatch:
     audio: torch.Tensor
     emotion: torch.Tensor
     sentiment: torch.Tensor
-    shift_labels: torch.Tensor
+    shift_labels: Optional[torch.Tensor]
     pack_index: torch.Tensor
     lengths: list[int]
     ids: list
@@ -404,7 +406,7 @@ class _PlanEntry:
     P: int
     offsets: tuple  # (src, pack, rows, pairs) slices into the plan's index tensor
     rows: np.ndarray   # host copy: packed rows of the split (labels for metrics)
-    pairs: np.ndarray  # host copy: rows of the split's packed shift labels
+    pairs: np.ndarray  # host copy: rows of the split's packed shift labels (empty without them)
 
 
 class DevicePlan:
@@ -443,7 +445,7 @@ class DevicePlan:
         return DeviceBatch(
             texts=tuple(pad(t) for t in st.texts), visual=pad(st.visual), audio=pad(st.audio),
             emotion=st.emotion.index_select(0, rows), sentiment=st.sentiment.index_select(0, rows),
-            shift_labels=st.shift_labels.index_select(0, pairs), pack_index=pack,
+            shift_labels=st.shift_labels.index_select(0, pairs) if st.shift_labels is not None else None, pack_index=pack,
             lengths=e.lengths, ids=[st.ids[j] for j in e.indices], indices=e.indices, num_pairs=e.P)
 
     def __iter__(self) -> Iterator[DeviceBatch]:
@@ -463,7 +465,8 @@ class DeviceDialogues:
       ``audio`` ``[N_total + 1, Da]``;
     - ``emotion``, ``sentiment``: int64 ``[N_total]``; ``shift_labels``: int64 ``[P_total]``, the
       split's shift-pair labels for ``shift_win``, dialogue after dialogue (pairs never cross
-      dialogues, so a batch's labels are a gather of its dialogues' segments);
+      dialogues, so a batch's labels are a gather of its dialogues' segments), or ``None``
+      with ``shift_labels=False`` (then ``shift_labels_np`` is ``None`` too);
     - host (numpy) copies: ``lengths``, ``starts``, ``pair_counts``, ``pair_starts``,
       ``emotion_np``, ``sentiment_np``, ``shift_labels_np``.
 
@@ -476,9 +479,13 @@ class DeviceDialogues:
         shift_win: the model's sentiment-shift chunk size (``-1`` or ``> 0``).
         text_sets: indices of the text feature sets to keep (default all four; the trainer
             passes the model's ``config.text_sets``).
+        shift_labels: keep the ``[P_total]`` shift-pair labels (the ``"logits"`` shift loss
+            needs them; the fused one computes them from ``sentiment``, and with
+            ``shift_win = -1`` they are quadratic in the dialogue lengths).
     """
 
-    def __init__(self, dataset, device, *, shift_win: int, text_sets: Sequence[int] = (0, 1, 2, 3)):
+    def __init__(self, dataset, device, *, shift_win: int, text_sets: Sequence[int] = (0, 1, 2, 3),
+                 shift_labels: bool = True):
         ds = list(dataset)
         if not ds:
             raise ValueError("DeviceDialogues needs a dataset with at least one dialogue")
@@ -512,10 +519,13 @@ class DeviceDialogues:
         emotion = torch.cat([d.emotion for d in ds])
         sentiment = torch.cat([d.sentiment for d in ds])
         self.emotion_np, self.sentiment_np = emotion.numpy(), sentiment.numpy()
-        pi, pj = shift_pairs_np(self.lengths, self.shift_win)
-        self.shift_labels_np = (self.sentiment_np[pi] != self.sentiment_np[pj]).astype(np.int8)
-        shift = torch.from_numpy(self.shift_labels_np.astype(np.int64))
-        self.emotion, self.sentiment, self.shift_labels = (t.to(self.device) for t in (emotion, sentiment, shift))
+        self.emotion, self.sentiment = emotion.to(self.device), sentiment.to(self.device)
+        self.shift_labels_np: Optional[np.ndarray] = None
+        self.shift_labels: Optional[torch.Tensor] = None
+        if shift_labels:
+            pi, pj = shift_pairs_np(self.lengths, self.shift_win)
+            self.shift_labels_np = (self.sentiment_np[pi] != self.sentiment_np[pj]).astype(np.int8)
+            self.shift_labels = torch.from_numpy(self.shift_labels_np.astype(np.int64)).to(self.device)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -531,13 +541,15 @@ class DeviceDialogues:
         return total
 
     @staticmethod
-    def estimate_bytes(dataset, dims: Sequence[int], num_text_sets: int, shift_win: int) -> int:
+    def estimate_bytes(dataset, dims: Sequence[int], num_text_sets: int, shift_win: int, shift_labels: bool = True) -> int:
         """Device bytes a store of ``dataset`` would take (``dims``: text, visual, audio widths;
-        ``num_text_sets``: text sets kept), without building it."""
+        ``num_text_sets``: text sets kept; ``shift_labels``: whether it keeps the pair labels),
+        without building it."""
         lens = np.asarray(dataset.lengths, dtype=np.int64)
         n = int(lens.sum()) + 1
         feats = n * (num_text_sets * dims[0] + dims[1] + dims[2]) * 4
-        return int(feats + 16 * n + 8 * int(shift_pair_counts_np(lens, shift_win).sum()))
+        pairs = 8 * int(shift_pair_counts_np(lens, shift_win).sum()) if shift_labels else 0
+        return int(feats + 16 * n + pairs)
 
     def plan(self, batches: Sequence[Sequence[int]]) -> DevicePlan:
         """The index tensors of ``batches`` (lists of dataset indices, e.g. one epoch of a
@@ -563,13 +575,14 @@ class DeviceDialogues:
             local = np.arange(N, dtype=np.int64) - first[dia]
             pack = local * B + dia
             rows = s0[dia] + local
-            pairs = _ranges(self.pair_starts[idx], self.pair_counts[idx])
+            P = int(self.pair_counts[idx].sum())
+            pairs = _ranges(self.pair_starts[idx], self.pair_counts[idx]) if self.shift_labels is not None else np.zeros(0, np.int64)
             offs = []
             for a in (src, pack, rows, pairs):
                 offs.append((pos, pos + a.size))
                 pos += a.size
             chunks += [src, pack, rows, pairs]
-            entries.append(_PlanEntry(lengths=L.tolist(), indices=idx.tolist(), T=T, N=N, P=int(pairs.size),
+            entries.append(_PlanEntry(lengths=L.tolist(), indices=idx.tolist(), T=T, N=N, P=P,
                                       offsets=tuple(offs), rows=rows, pairs=pairs))
         host = torch.from_numpy(np.concatenate(chunks) if chunks else np.zeros(0, np.int64))
         index = host_to_device(host, self.device)  # pinned + non-blocking on CUDA: no host sync

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
-__all__ = ["acc_f1", "confusion", "report", "report_dict", "mean_std", "summarise_seeds", "TASKS"]
+__all__ = ["acc_f1", "acc_f1_from_confusion", "confusion", "report", "report_dict", "mean_std", "summarise_seeds", "TASKS"]
 
 #: The three tasks and their metric-name prefixes.
 TASKS = ("emo", "sen", "sft")
@@ -31,6 +31,27 @@ def acc_f1(labels: np.ndarray, preds: np.ndarray) -> Dict[str, float]:
         "acc": float(accuracy_score(labels, preds) * 100.0),
         "f1": float(f1_score(labels, preds, average="weighted", zero_division=0) * 100.0),
     }
+
+
+def acc_f1_from_confusion(cm) -> Dict[str, float]:
+    """:func:`acc_f1` from a ``[C, C]`` confusion matrix (rows = true class, columns =
+    predicted) instead of the label and prediction arrays: the shift task's metrics over P pairs
+    need only these counts (:func:`graphsmile.ops.shift_pair_nll` returns them), not P-element
+    arrays. Same semantics as scikit-learn's weighted F1 with ``zero_division=0``: classes that
+    occur neither as label nor as prediction do not count. No pairs gives NaN."""
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix must be [C, C], got shape {cm.shape}")
+    total = cm.sum()
+    if total == 0:
+        return {"acc": float("nan"), "f1": float("nan")}
+    tp = np.diag(cm)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    # F1 = 2 tp / (2 tp + fp + fn) = 2 tp / (support + predicted); 0 where both are 0
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"acc": float(tp.sum() / total * 100.0), "f1": float((f1 * support).sum() / support.sum() * 100.0)}
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:

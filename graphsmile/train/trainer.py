@@ -13,7 +13,12 @@ Protocol (SPEC 8, fixing the original):
   the best test F1 over all epochs, is reported too, labelled "paper protocol (selected on
   test)": it is optimistic and not a valid estimate.
 * **Metrics** per epoch and split: loss, accuracy and weighted F1 (scikit-learn, percent) of
-  the emotion, sentiment and sentiment-shift tasks, over the whole split.
+  the emotion, sentiment and sentiment-shift tasks, over the whole split. The shift task's come
+  from its ``[2, 2]`` confusion counts (:func:`metrics.acc_f1_from_confusion`), accumulated
+  on the device, never from per-pair arrays.
+* **Shift loss** (``config.shift_loss``): ``"fused"`` (default) asks the model for the shift
+  NLL and confusion counts directly (:func:`graphsmile.ops.shift_pair_nll`, O(N) memory);
+  ``"logits"`` takes the ``[P, 2]`` logits and computes log_softmax and NLL as the original.
 * **Determinism.** Everything is seeded (Python, numpy, torch); the training batches of epoch
   ``e`` are a function of ``(seed, e)`` only (:class:`graphsmile.data.BucketBatchSampler`);
   checkpoints hold the RNG states. On the CPU an interrupted run continued with ``--resume``
@@ -85,7 +90,7 @@ from .. import __version__
 from ..config import GraphSmileConfig
 from ..data import BucketBatchSampler, DatasetSplits, collate_dialogues
 from ..data.collate import DeviceDialogues, DevicePlan, shift_pair_counts_np
-from ..losses import MultiTaskLoss
+from ..losses import MultiTaskLoss, nll_loss
 from ..model import GraphSmile
 from ..ops import shift_pair_labels
 from . import metrics as M
@@ -293,6 +298,7 @@ class Trainer:
         self.max_train_batches = max_train_batches
         self.progress = bool(progress) and self.ctx.is_main
         self.bucket_batches = bucket_batches
+        self.fused_shift = config.shift_loss == "fused"
 
         seed_everything(self.seed)
         model = GraphSmile(config).to(self.device)
@@ -372,7 +378,8 @@ class Trainer:
         if self.device.type != "cuda":
             return False, f"auto: off on {self.device.type} (the loader path)"
         sets = len(self.config.text_sets)
-        need = sum(DeviceDialogues.estimate_bytes(ds, self.splits.dims, sets, self.config.shift_win)
+        need = sum(DeviceDialogues.estimate_bytes(ds, self.splits.dims, sets, self.config.shift_win,
+                                                  shift_labels=not self.fused_shift)
                    for ds in (self.splits.train, self.splits.valid, self.splits.test) if len(ds))
         free, _ = torch.cuda.mem_get_info(self.device)
         # a quarter of the free memory at most: activations of the largest batch need the rest
@@ -385,7 +392,8 @@ class Trainer:
         for ds, st in self._stores:
             if ds is dataset:
                 return st
-        st = DeviceDialogues(dataset, self.device, shift_win=self.config.shift_win, text_sets=self.config.text_sets)
+        st = DeviceDialogues(dataset, self.device, shift_win=self.config.shift_win, text_sets=self.config.text_sets,
+                             shift_labels=not self.fused_shift)
         if any(dataset is d for d in (self.splits.train, self.splits.valid, self.splits.test)):
             self._stores.append((dataset, st))
         return st
@@ -421,20 +429,51 @@ class Trainer:
             out.append((float(lens[group].sum()), float(pairs[group].sum())))
         return out
 
-    def loss(self, emo: torch.Tensor, sen: torch.Tensor, sft: torch.Tensor, y_emo: torch.Tensor,
-             y_sen: torch.Tensor, y_sft: torch.Tensor, epoch: int,
+    def _forward(self, net: nn.Module, inputs: tuple, sentiment: torch.Tensor,
+                 pack_index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, Any]:
+        """``net``'s emotion and sentiment logits and its shift output: with the fused shift
+        loss ``(NLL sum, confusion)`` (the model is given ``sentiment``), else the ``[P, 2]``
+        logits."""
+        kw: Dict[str, Any] = {}
+        if pack_index is not None:
+            kw["pack_index"] = pack_index
+        if self.fused_shift:
+            kw["shift_sentiment"] = sentiment
+        emo, sen, sft, _ = net(*inputs, **kw)
+        return emo, sen, sft
+
+    def _shift_terms(self, sft: Any, labels: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(NLL summed over the batch's pairs, confusion [2, 2] int64)``, both on the device:
+        the fused output as it is, or computed from the ``[P, 2]`` logits and the pair
+        ``labels`` (log_softmax in float32 or wider, argmax for the predictions)."""
+        if self.fused_shift:
+            return sft
+        z = sft.float() if sft.dtype in (torch.float16, torch.bfloat16) else sft
+        nll = F.nll_loss(F.log_softmax(z, -1), labels, reduction="sum")
+        with torch.no_grad():
+            cm = torch.bincount(2 * labels + z.argmax(-1), minlength=4).view(2, 2)
+        return nll, cm
+
+    def loss(self, emo: torch.Tensor, sen: torch.Tensor, sft_sum: torch.Tensor, y_emo: torch.Tensor,
+             y_sen: torch.Tensor, num_pairs: int, epoch: int,
              counts: Optional[Tuple[float, float]] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """The training loss of one step and its detached local parts (per-rank means and their
-        combination, for reporting). One process: :class:`MultiTaskLoss` itself. DDP: each term
-        is ``sum over local rows / count over all ranks x world_size``, so that DDP's averaged
+        combination, for reporting). ``sft_sum``: the shift NLL summed over the batch's
+        ``num_pairs`` pairs (:meth:`_shift_terms`). One process: the means combined as
+        :class:`MultiTaskLoss` combines them (:func:`combine_parts`). DDP: each term is
+        ``sum over local rows / count over all ranks x world_size``, so that DDP's averaged
         gradient is the global batch's (see the module docstring). ``counts``: the global
         batch's ``(utterances, shift pairs)`` when known on the host (the device path);
         otherwise they are all-reduced and read back (a sync)."""
         if not self.ctx.distributed:
-            return self.loss_fn(emo, sen, sft, y_emo, y_sen, y_sft, epoch=epoch)
+            parts = {"emo": nll_loss(emo, y_emo), "sen": nll_loss(sen, y_sen), "sft": sft_sum / max(num_pairs, 1)}
+            total = combine_parts(self.loss_fn, parts, epoch)
+            local = {k: v.detach() for k, v in parts.items()}
+            local["total"] = total.detach()
+            return total, local
         R = self.ctx.world_size
         if counts is None:
-            c = torch.tensor([float(y_emo.numel()), float(y_sft.numel())], dtype=torch.float64, device=self.device)
+            c = torch.tensor([float(y_emo.numel()), float(num_pairs)], dtype=torch.float64, device=self.device)
             self.ctx.all_reduce_sum(c)
             n_glob, p_glob = c.tolist()
         else:
@@ -442,13 +481,13 @@ class Trainer:
         sums = {
             "emo": F.nll_loss(F.log_softmax(emo.float(), -1), y_emo, reduction="sum"),
             "sen": F.nll_loss(F.log_softmax(sen.float(), -1), y_sen, reduction="sum"),
-            "sft": F.nll_loss(F.log_softmax(sft.float(), -1), y_sft, reduction="sum"),
+            "sft": sft_sum,
         }
         parts = {"emo": sums["emo"] * (R / n_glob), "sen": sums["sen"] * (R / n_glob), "sft": sums["sft"] * (R / p_glob)}
         total = combine_parts(self.loss_fn, parts, epoch)
         with torch.no_grad():
             local = {"emo": sums["emo"].detach() / max(y_emo.numel(), 1), "sen": sums["sen"].detach() / max(y_sen.numel(), 1),
-                     "sft": sums["sft"].detach() / max(y_sft.numel(), 1)}
+                     "sft": sums["sft"].detach() / max(num_pairs, 1)}
             local["total"] = combine_parts(self.loss_fn, local, epoch).detach()
         return total, local
 
@@ -465,9 +504,11 @@ class Trainer:
         local loss parts, predictions and labels."""
         batch = batch.to(self.device, non_blocking=True)
         with self.autocast():
-            emo, sen, sft, _ = self._train_net(*batch.model_inputs())
-        y_sft = shift_pair_labels(batch.sentiment, batch.lengths, self.config.shift_win)
-        total, parts = self.loss(emo, sen, sft, batch.emotion, batch.sentiment, y_sft, epoch)
+            emo, sen, sft = self._forward(self._train_net, batch.model_inputs(), batch.sentiment)
+        y_sft = None if self.fused_shift else shift_pair_labels(batch.sentiment, batch.lengths, self.config.shift_win)
+        sft_sum, sft_cm = self._shift_terms(sft, y_sft)
+        num_pairs = sum(shift_pair_counts(batch.lengths, self.config.shift_win))
+        total, parts = self.loss(emo, sen, sft_sum, batch.emotion, batch.sentiment, num_pairs, epoch)
         if not torch.isfinite(total):
             raise FloatingPointError(f"non-finite training loss {total.item()} at epoch {epoch + 1} "
                                      f"(dialogues {batch.ids[:4]}...); try a lower --lr")
@@ -478,7 +519,7 @@ class Trainer:
             "n": batch.num_utterances,
             "emo": (batch.emotion.cpu().numpy(), emo.detach().argmax(-1).cpu().numpy()),
             "sen": (batch.sentiment.cpu().numpy(), sen.detach().argmax(-1).cpu().numpy()),
-            "sft": (y_sft.cpu().numpy().astype(np.int8), sft.detach().argmax(-1).cpu().numpy().astype(np.int8)),
+            "sft_cm": sft_cm.cpu().numpy().astype(np.int64),
         }
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
@@ -493,14 +534,15 @@ class Trainer:
         else:
             local, loss_sums, n_utt, batches = self._train_epoch_loader(epoch)
         gathered = self.ctx.all_gather_object({"arrays": local, "loss": loss_sums, "n": n_utt, "batches": batches})
-        arrays = {k: np.concatenate([g["arrays"][k] for g in gathered]) for k in local}
+        arrays = {k: np.concatenate([g["arrays"][k] for g in gathered]) for k in local if k != "sft_cm"}
+        sft_cm = sum(g["arrays"]["sft_cm"] for g in gathered)
         n_all = sum(g["n"] for g in gathered)
         res: Dict[str, float] = {}
         for k in ("total", "emo", "sen", "sft"):
             s = sum(g["loss"][k] for g in gathered)
             res["loss" if k == "total" else f"loss_{k}"] = s / n_all if n_all else float("nan")
         for task in ("emo", "sen", "sft"):
-            m = M.acc_f1(arrays[f"{task}_y"], arrays[f"{task}_p"])
+            m = M.acc_f1(arrays[f"{task}_y"], arrays[f"{task}_p"]) if task != "sft" else M.acc_f1_from_confusion(sft_cm)
             res[f"{task}_acc"], res[f"{task}_f1"] = m["acc"], m["f1"]
         res["batches"] = sum(g["batches"] for g in gathered)
         res["utterances"] = n_all
@@ -510,7 +552,8 @@ class Trainer:
         """The DataLoader path: host collation, a host-to-device copy and reads per batch.
         Returns ``(label/prediction arrays, utterance-weighted loss sums, utterances, batches)``."""
         total = len(self.sampler) if self.max_train_batches is None else min(len(self.sampler), self.max_train_batches)
-        acc: Dict[str, List[np.ndarray]] = {k: [] for k in ("emo_y", "emo_p", "sen_y", "sen_p", "sft_y", "sft_p")}
+        acc: Dict[str, List[np.ndarray]] = {k: [] for k in ("emo_y", "emo_p", "sen_y", "sen_p")}
+        sft_cm = np.zeros((2, 2), np.int64)
         loss_sums = {"total": 0.0, "emo": 0.0, "sen": 0.0, "sft": 0.0}
         n_utt = 0
         batches = 0
@@ -527,14 +570,16 @@ class Trainer:
                     loss_sums[k] += out["parts"].get(k, float("nan")) * n
                 n_utt += n
                 batches += 1
-                for task in ("emo", "sen", "sft"):
+                for task in ("emo", "sen"):
                     acc[f"{task}_y"].append(out[task][0])
                     acc[f"{task}_p"].append(out[task][1])
+                sft_cm += out["sft_cm"]
                 bar.update(1)
                 bar.set_postfix(loss=f"{out['parts']['total']:.4f}")
         finally:
             bar.close()
         local = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in acc.items()}
+        local["sft_cm"] = sft_cm
         return local, loss_sums, n_utt, batches
 
     def device_step(self, batch, epoch: int, counts: Optional[Tuple[float, float]] = None):
@@ -542,13 +587,14 @@ class Trainer:
         (:class:`graphsmile.data.collate.DeviceBatch`), with no device-to-host read.
         ``counts``: DDP's global ``(utterances, shift pairs)`` of the step.
 
-        Returns ``(stats, emo_pred, sen_pred, sft_pred)``, all on the device: ``stats`` is
+        Returns ``(stats, emo_pred, sen_pred, sft_confusion)``, all on the device: ``stats`` is
         ``[5]``: the loss that was back-propagated, then the detached parts ``total``,
         ``emo``, ``sen``, ``sft`` (NaN for a part the loss type does not compute); the
-        predictions are int64 ``[N]``, ``[N]``, ``[P]``."""
+        predictions are int64 ``[N]``, ``[N]``; the shift confusion counts int64 ``[2, 2]``."""
         with self.autocast():
-            emo, sen, sft, _ = self._train_net(*batch.model_inputs(), pack_index=batch.pack_index)
-        total, parts = self.loss(emo, sen, sft, batch.emotion, batch.sentiment, batch.shift_labels, epoch, counts=counts)
+            emo, sen, sft = self._forward(self._train_net, batch.model_inputs(), batch.sentiment, batch.pack_index)
+        sft_sum, sft_cm = self._shift_terms(sft, batch.shift_labels)
+        total, parts = self.loss(emo, sen, sft_sum, batch.emotion, batch.sentiment, batch.num_pairs, epoch, counts=counts)
         total.backward()
         self._sync_loss_grads()
         nan = None
@@ -560,7 +606,7 @@ class Trainer:
                 nan = total.detach().new_full((), float("nan")) if nan is None else nan
                 vals.append(nan)
         stats = torch.stack(vals)
-        return stats, emo.detach().argmax(-1), sen.detach().argmax(-1), sft.detach().argmax(-1)
+        return stats, emo.detach().argmax(-1), sen.detach().argmax(-1), sft_cm
 
     def _train_epoch_device(self, epoch: int):
         """The device-resident path (``data_on_device``): the same batches as the loader path
@@ -574,7 +620,7 @@ class Trainer:
         self._loader_seed_draw()
         plan = self._store(self.splits.train).plan(batches)   # one upload of the epoch's index tensors
         stats: List[torch.Tensor] = []
-        preds: Dict[str, List[torch.Tensor]] = {"emo": [], "sen": [], "sft": []}
+        preds: Dict[str, List[torch.Tensor]] = {"emo": [], "sen": [], "sft_cm": []}
         bar = _tqdm(self.progress, total=len(plan), desc=f"epoch {epoch + 1} train", leave=False, unit="batch")
         try:
             for i, batch in enumerate(plan):
@@ -584,7 +630,7 @@ class Trainer:
                 stats.append(st)
                 preds["emo"].append(pe)
                 preds["sen"].append(ps)
-                preds["sft"].append(pf)
+                preds["sft_cm"].append(pf)
                 bar.update(1)   # no loss in the bar: showing it would read it back every batch
         finally:
             bar.close()
@@ -606,16 +652,17 @@ class Trainer:
             n_utt += e.N
         local: Dict[str, np.ndarray] = {}
         if rows:
-            flat = torch.cat(preds["emo"] + preds["sen"] + preds["sft"]).cpu().numpy()
-            n_all, p_all = sum(e.N for e in plan.entries), sum(e.P for e in plan.entries)
+            cm = torch.stack(preds["sft_cm"]).sum(0).view(-1)
+            flat = torch.cat(preds["emo"] + preds["sen"] + [cm]).cpu().numpy()   # one read
+            n_all = sum(e.N for e in plan.entries)
             local["emo_p"], local["sen_p"] = flat[:n_all], flat[n_all:2 * n_all]
-            local["sft_p"] = flat[2 * n_all:2 * n_all + p_all].astype(np.int8)
+            local["sft_cm"] = flat[2 * n_all:].reshape(2, 2).astype(np.int64)
             all_rows = np.concatenate([e.rows for e in plan.entries])
             local["emo_y"], local["sen_y"] = store.emotion_np[all_rows], store.sentiment_np[all_rows]
-            local["sft_y"] = store.shift_labels_np[np.concatenate([e.pairs for e in plan.entries])]
         else:
-            local = {k: np.zeros(0, np.int64) for k in ("emo_y", "emo_p", "sen_y", "sen_p", "sft_y", "sft_p")}
-        local = {k: local[k] for k in ("emo_y", "emo_p", "sen_y", "sen_p", "sft_y", "sft_p")}
+            local = {k: np.zeros(0, np.int64) for k in ("emo_y", "emo_p", "sen_y", "sen_p")}
+            local["sft_cm"] = np.zeros((2, 2), np.int64)
+        local = {k: local[k] for k in ("emo_y", "emo_p", "sen_y", "sen_p", "sft_cm")}
         return local, loss_sums, n_utt, len(rows)
 
     def _eval_batches(self, dataset) -> List[List[int]]:
@@ -636,39 +683,35 @@ class Trainer:
         shard = self._eval_batches(dataset)
         try:
             if self.data_on_device and len(dataset):
-                recs, sft_nll, sft_y, sft_p = self._eval_device(dataset, shard, desc)
+                recs, sft_nll, sft_cm = self._eval_device(dataset, shard, desc)
             else:
-                recs, sft_nll, sft_y, sft_p = self._eval_loader(dataset, shard, desc)
+                recs, sft_nll, sft_cm = self._eval_loader(dataset, shard, desc)
         finally:
             self.model.train(was_training)
-        gathered = self.ctx.all_gather_object({
-            "recs": recs, "sft_nll": sft_nll,
-            "sft_y": np.concatenate(sft_y) if sft_y else np.zeros(0, np.int8),
-            "sft_p": np.concatenate(sft_p) if sft_p else np.zeros(0, np.int8)})
+        gathered = self.ctx.all_gather_object({"recs": recs, "sft_nll": sft_nll, "sft_cm": sft_cm})
         return self._eval_output(dataset, gathered, epoch)
 
     def _eval_loader(self, dataset, shard: List[List[int]], desc: str):
         """Evaluation batches through a DataLoader, read back batch by batch. Returns
-        ``(records, shift NLL sum, shift labels, shift predictions)``; a record is
+        ``(records, shift NLL sum, shift confusion [2, 2])``; a record is
         ``(dataset index, emotion log-probs [L, C], emotion labels [L], sentiment log-probs
         [L, 3], sentiment labels [L])``."""
         loader = DataLoader(dataset, batch_sampler=shard, collate_fn=collate_dialogues, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
         recs: List[Tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        sft_nll, sft_y, sft_p = 0.0, [], []
+        sft_nll, sft_cm = 0.0, np.zeros((2, 2), np.int64)
         bar = _tqdm(self.progress, total=len(shard), desc=desc, leave=False, unit="batch")
         try:
             for idx, batch in zip(shard, loader):
                 batch = batch.to(self.device, non_blocking=True)
                 with self.autocast():
-                    emo, sen, sft, _ = self._eval_net(*batch.model_inputs())
+                    emo, sen, sft = self._forward(self._eval_net, batch.model_inputs(), batch.sentiment)
                 lp_emo = F.log_softmax(emo.float(), -1).cpu()
                 lp_sen = F.log_softmax(sen.float(), -1).cpu()
-                y_sft = shift_pair_labels(batch.sentiment, batch.lengths, self.config.shift_win)
-                lp_sft = F.log_softmax(sft.float(), -1)
-                sft_nll += float(F.nll_loss(lp_sft, y_sft, reduction="sum"))
-                sft_y.append(y_sft.cpu().numpy().astype(np.int8))
-                sft_p.append(lp_sft.argmax(-1).cpu().numpy().astype(np.int8))
+                y_sft = None if self.fused_shift else shift_pair_labels(batch.sentiment, batch.lengths, self.config.shift_win)
+                nll, cm = self._shift_terms(sft, y_sft)
+                sft_nll += float(nll)
+                sft_cm += cm.cpu().numpy()
                 ye, ys = batch.emotion.cpu(), batch.sentiment.cpu()
                 s = 0
                 for j, L in zip(idx, batch.lengths):
@@ -678,7 +721,7 @@ class Trainer:
                 bar.update(1)
         finally:
             bar.close()
-        return recs, sft_nll, sft_y, sft_p
+        return recs, sft_nll, sft_cm
 
     def _eval_device(self, dataset, shard: List[List[int]], desc: str):
         """:meth:`_eval_loader` on device-resident batches: outputs stay on the device until
@@ -688,43 +731,38 @@ class Trainer:
         lp_emo_l: List[torch.Tensor] = []
         lp_sen_l: List[torch.Tensor] = []
         nll_l: List[torch.Tensor] = []
-        sftp_l: List[torch.Tensor] = []
+        cm_l: List[torch.Tensor] = []
         bar = _tqdm(self.progress, total=len(plan), desc=desc, leave=False, unit="batch")
         try:
             for batch in plan:
                 with self.autocast():
-                    emo, sen, sft, _ = self._eval_net(*batch.model_inputs(), pack_index=batch.pack_index)
+                    emo, sen, sft = self._forward(self._eval_net, batch.model_inputs(), batch.sentiment, batch.pack_index)
                 lp_emo_l.append(F.log_softmax(emo.float(), -1))
                 lp_sen_l.append(F.log_softmax(sen.float(), -1))
-                lp_sft = F.log_softmax(sft.float(), -1)
-                nll_l.append(F.nll_loss(lp_sft, batch.shift_labels, reduction="sum"))
-                sftp_l.append(lp_sft.argmax(-1))
+                nll, cm = self._shift_terms(sft, batch.shift_labels)
+                nll_l.append(nll)
+                cm_l.append(cm)
                 bar.update(1)
         finally:
             bar.close()
         recs: List[Tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         if not lp_emo_l:
-            return recs, 0.0, [], []
+            return recs, 0.0, np.zeros((2, 2), np.int64)
         store = plan.store
         lp_emo = torch.cat(lp_emo_l).cpu().numpy()
         lp_sen = torch.cat(lp_sen_l).cpu().numpy()
         sft_nll = 0.0
         for v in torch.stack(nll_l).tolist():   # the loader path's sum: float(batch sum), in batch order
             sft_nll += v
-        sft_p_all = torch.cat(sftp_l).cpu().numpy().astype(np.int8)
-        sft_y: List[np.ndarray] = []
-        sft_p: List[np.ndarray] = []
-        s = p = 0
+        sft_cm = torch.stack(cm_l).sum(0).cpu().numpy().astype(np.int64)
+        s = 0
         for e in plan.entries:
             ye, ys = store.emotion_np[e.rows], store.sentiment_np[e.rows]
             b0 = s
             for j, L in zip(e.indices, e.lengths):
                 recs.append((int(j), lp_emo[s:s + L], ye[s - b0:s - b0 + L], lp_sen[s:s + L], ys[s - b0:s - b0 + L]))
                 s += L
-            sft_y.append(store.shift_labels_np[e.pairs])
-            sft_p.append(sft_p_all[p:p + e.P])
-            p += e.P
-        return recs, sft_nll, sft_y, sft_p
+        return recs, sft_nll, sft_cm
 
     def _eval_output(self, dataset, gathered: List[Mapping[str, Any]], epoch: int) -> EvalOutput:
         """Whole-split metrics from every rank's gathered records."""
@@ -736,21 +774,21 @@ class Trainer:
         y_emo = np.concatenate([r[2] for r in all_recs]).astype(np.int64)
         lp_sen = np.concatenate([r[3] for r in all_recs]).astype(np.float32)
         y_sen = np.concatenate([r[4] for r in all_recs]).astype(np.int64)
-        sft_y_all = np.concatenate([g["sft_y"] for g in gathered])
-        sft_p_all = np.concatenate([g["sft_p"] for g in gathered])
+        sft_cm = sum(g["sft_cm"] for g in gathered)
         n = y_emo.size
         parts = {
             "emo": torch.tensor(float(-lp_emo[np.arange(n), y_emo].astype(np.float64).sum() / n)),
             "sen": torch.tensor(float(-lp_sen[np.arange(n), y_sen].astype(np.float64).sum() / n)),
-            "sft": torch.tensor(sum(g["sft_nll"] for g in gathered) / max(sft_y_all.size, 1)),
+            "sft": torch.tensor(sum(g["sft_nll"] for g in gathered) / max(int(sft_cm.sum()), 1)),
         }
         total = combine_parts(self.loss_fn, {k: v.to(self.device) for k, v in parts.items()}, epoch)
         m: Dict[str, float] = {"loss": float(total), "loss_emo": float(parts["emo"]), "loss_sen": float(parts["sen"]),
                                "loss_sft": float(parts["sft"])}
-        for task, (y, p) in {"emo": (y_emo, lp_emo.argmax(-1)), "sen": (y_sen, lp_sen.argmax(-1)),
-                             "sft": (sft_y_all, sft_p_all)}.items():
+        for task, (y, p) in {"emo": (y_emo, lp_emo.argmax(-1)), "sen": (y_sen, lp_sen.argmax(-1))}.items():
             r = M.acc_f1(y, p)
             m[f"{task}_acc"], m[f"{task}_f1"] = r["acc"], r["f1"]
+        r = M.acc_f1_from_confusion(sft_cm)
+        m["sft_acc"], m["sft_f1"] = r["acc"], r["f1"]
         m["dialogues"] = len(all_recs)
         m["utterances"] = int(n)
         ids = [dataset[r[0]].id for r in all_recs]
