@@ -38,7 +38,7 @@ from graphsmile.ops import dense as gdense
 
 ORIGINAL_EDGE_CAPACITY = 500_000
 OUR_BACKENDS = ("cpu", "cuda", "triton", "reference")
-BASELINES = ("dense", "scatter", "floor")
+BASELINES = ("dense", "scatter", "floor", "unfused")  # unfused: the shift_loss section's [P, 2] path
 
 
 class EdgeCapacityExceeded(RuntimeError):
@@ -188,6 +188,22 @@ def estimate_stack_bytes(provider: str, lens: Sequence[int], M: int, dim: int, l
         span = (win_p + win_f + 1) if win_p >= 0 and win_f >= 0 else max(lens)
         return act + layers * span * n * dim * itemsize
     return act
+
+
+def estimate_shift_loss_bytes(provider: str, lens: Sequence[int], dim: int, shift_win: int, itemsize: int) -> int:
+    """Rough peak of the shift head + loss forward + backward (bench/ops.py ``shift_loss``). Ours
+    (fused): O(N) only; ``unfused``: the ``[P, 2]`` logits, their fp32 log-probabilities and
+    gradients, the int64 labels and predictions; ``dense``: that plus the ``[P, 2D]`` embeddings."""
+    P = gops.num_shift_pairs(list(lens), shift_win)
+    nodes = 4 * sum(lens) * dim * itemsize
+    if provider in OUR_BACKENDS and provider != "reference":
+        return nodes + 64 * sum(lens)
+    per_pair = 4 * 2 * itemsize + 3 * 2 * 4 + 2 * 8
+    if provider == "reference":
+        return P * (per_pair + 16) + nodes
+    if provider == "dense":
+        return 3 * P * 2 * dim * itemsize + P * per_pair
+    return P * per_pair + nodes
 
 
 def estimate_shift_bytes(provider: str, lens: Sequence[int], dim: int, shift_win: int, itemsize: int) -> int:

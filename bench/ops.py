@@ -16,6 +16,10 @@ Sections (``--sections``):
   (PyG-style), ``floor`` (no propagation).
 - ``shift``: ``shift_pair_logits`` forward + backward per backend vs the original's ``[P, 2D]``
   pair embeddings (``dense``).
+- ``shift_loss``: the shift head and its loss (mean NLL and the confusion counts the metrics
+  need), forward + backward: ``shift_pair_nll`` per backend (fused, O(N) memory) vs
+  ``unfused`` (``shift_pair_logits`` on our fastest backend, then log_softmax, NLL and argmax:
+  the ``[P, 2]`` path) and the original (``dense``).
 - ``propagate``: one propagation layer alone -- ``window_spmm`` with the normalisation
   precomputed, forward + backward with gradients to ``x``, the per-edge weights and the
   normalisation (as inside a layer of the stack) -- per backend and ``scatter``, with the
@@ -26,8 +30,9 @@ Presets (``--preset``, several may be given; explicit options override a preset'
 
 - ``gpu-bandwidth`` (issue #8 target 1): ``propagate`` at D 256 and 512, fp32 and bf16, on 16
   dialogues of 3,200 (102,400 nodes) and one dialogue of 60,000 (120,000 nodes), our GPU backends;
-- ``gpu-shift`` (target 2): ``shift`` with ``shift_win = -1``, one ``propagate`` layer and a
-  one-layer ``stack`` at D = 512, all on one dialogue of 20,000 utterances;
+- ``gpu-shift`` (target 2): ``shift`` and ``shift_loss`` with ``shift_win = -1``, one
+  ``propagate`` layer and a one-layer ``stack`` at D = 512, all on one dialogue of 20,000
+  utterances;
 - ``gpu-targets``: both (gpu-shift first). ``--quick`` scales a preset down to a CPU-sized smoke run.
 
 Every measurement runs in a fresh subprocess (``--isolate subprocess``, the default) with a
@@ -60,7 +65,7 @@ import torch  # noqa: E402
 import baselines  # noqa: E402
 import graphsmile.ops as gops  # noqa: E402
 
-SECTIONS = ("stack", "shift", "propagate")
+SECTIONS = ("stack", "shift", "shift_loss", "propagate")
 M = 2  # modalities per graph module (GraphSmile's tv, ta, va)
 SCRIPT = Path(__file__).resolve()
 
@@ -82,6 +87,8 @@ def section_providers(section: str, device: str) -> List[str]:
         return ours + ["dense", "scatter", "floor"]
     if section == "shift":
         return ours + ["dense"]
+    if section == "shift_loss":
+        return ours + ["unfused", "dense"]
     return ours + ["scatter"]
 
 
@@ -112,11 +119,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     },
     "gpu-shift": {
         "help": "issue #8 target 2: shift_pair_logits (shift_win -1) vs one propagate layer (and a 1-layer stack), D 512, 1x20000",
-        "full": dict(sections=["propagate", "stack", "shift"], dim=[512], dtype=["float32"], lengths=[], batch=16, single=20000,
-                     shift_win=-1, layers=1, reps=5, budget_s=60.0),
-        "quick": dict(sections=["propagate", "stack", "shift"], dim=[32], dtype=["float32"], lengths=[], batch=2, single=120,
-                      shift_win=-1, layers=1, reps=2, budget_s=30.0),
-        "providers": {"shift": ["ours", "dense"], "propagate": ["ours"], "stack": ["ours", "floor"]},
+        "full": dict(sections=["propagate", "stack", "shift_loss", "shift"], dim=[512], dtype=["float32"], lengths=[], batch=16,
+                     single=20000, shift_win=-1, layers=1, reps=5, budget_s=60.0),
+        "quick": dict(sections=["propagate", "stack", "shift_loss", "shift"], dim=[32], dtype=["float32"], lengths=[], batch=2,
+                      single=120, shift_win=-1, layers=1, reps=2, budget_s=30.0),
+        "providers": {"shift": ["ours", "dense"], "shift_loss": ["ours", "unfused"], "propagate": ["ours"],
+                      "stack": ["ours", "floor"]},
     },
 }
 PRESET_GROUPS = {"gpu-targets": ["gpu-shift", "gpu-bandwidth"]}  # the short one first
@@ -150,6 +158,10 @@ def _randn(g: torch.Generator, shape, dev, dt) -> torch.Tensor:
 
 def _rand(g: torch.Generator, shape, dev, dt) -> torch.Tensor:
     return torch.rand(shape, generator=g, device=g.device).to(device=dev, dtype=dt)
+
+
+def _identity(x):
+    return x
 
 
 def _zero_grads(tensors) -> None:
@@ -322,6 +334,42 @@ def setup_shift(spec, dev, dt):
                 grads=lambda: [u.grad, weight.grad, bias.grad], extra={"P": P})
 
 
+def setup_shift_loss(spec, dev, dt):
+    """The shift head and its loss as a training step needs them: the mean NLL (back-propagated)
+    and the ``[2, 2]`` confusion counts (for the metrics). Ours: ``shift_pair_nll``; ``unfused``:
+    ``shift_pair_logits`` on our fastest backend, log_softmax, NLL, argmax and a bincount (the
+    ``[P, 2]`` path, labels precomputed untimed as the trainer does); ``dense``: the original's
+    pair embeddings, then the same loss."""
+    lens, D, sw = spec["lengths"], spec["dim"], spec["shift_win"]
+    N = sum(lens)
+    P = gops.num_shift_pairs(lens, sw)
+    g = _gen(spec["seed"] + 3, dev)
+    u = _randn(g, (N, D), dev, dt).requires_grad_()
+    weight = ((_rand(g, (2, 2 * D), dev, torch.float32) * 2 - 1) / (2 * D) ** 0.5).to(dt).requires_grad_()
+    bias = (_rand(g, (2,), dev, torch.float32) * 0.1).to(dt).requires_grad_()
+    sentiment = (_rand(g, (N,), dev, torch.float32) * 3).long().clamp_(max=2)
+    provider = spec["provider"]
+    if provider == "unfused":
+        backend = fast_backends(dev)[0]
+        labels = gops.shift_pair_labels(sentiment, lens, sw)
+
+        def forward():
+            z = gops.shift_pair_logits(u, u, lens, sw, weight, bias, backend=backend)
+            zf = z.float() if z.dtype != torch.float64 else z
+            loss = torch.nn.functional.nll_loss(torch.nn.functional.log_softmax(zf, -1), labels)
+            confusion = torch.bincount(2 * labels + zf.detach().argmax(-1), minlength=4).reshape(2, 2)
+            return loss, confusion
+    else:
+        def forward():
+            return gops.shift_pair_nll(u, u, lens, sw, weight, bias, sentiment, backend=provider)
+
+    def backward(out):
+        out[0].backward()
+
+    return dict(forward=forward, backward=backward, params=[u, weight, bias], output=lambda out: out[0],
+                grads=lambda: [u.grad, weight.grad, bias.grad], extra={"P": P})
+
+
 def setup_propagate(spec, dev, dt):
     """One propagation layer as inside the stack: ``y = window_spmm(x, w, s)`` with the
     per-edge weights ``w`` (``E`` entries) and the normalisation ``s`` (one per node) as leaves,
@@ -358,7 +406,7 @@ def setup_propagate(spec, dev, dt):
                 extra={"E": E, "nodes": n})
 
 
-SETUPS = {"stack": setup_stack, "shift": setup_shift, "propagate": setup_propagate}
+SETUPS = {"stack": setup_stack, "shift": setup_shift, "shift_loss": setup_shift_loss, "propagate": setup_propagate}
 
 
 def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -391,14 +439,14 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
         r = step()
         out = holder.pop("out")
         if fingerprint[0] is None:  # the first warm-up: fingerprint of the outputs and gradients
-            fingerprint[0] = _fingerprint([out] + s["grads"]())
+            fingerprint[0] = _fingerprint([s.get("output", _identity)(out)] + s["grads"]())
             if on_gpu:  # average sub-millisecond steps over several iterations
                 holder["inner"] = max(1, min(200, int(2e-3 / max(r["total"], 1e-7))))
         del out
         return r
 
     times, mem, primary, method = common.measure_with_memory(step_or_first, dev, spec, prewarm=prewarm)
-    if on_gpu and spec.get("kernel_times") and spec["section"] in ("propagate", "shift"):
+    if on_gpu and spec.get("kernel_times") and spec["section"] in ("propagate", "shift", "shift_loss"):
         try:  # device time without launch gaps: what the kernels themselves achieve
             notes["kernel_s"] = kernel_times(s["forward"], s["backward"], lambda: _zero_grads(s["params"]))
         except Exception as exc:
@@ -447,6 +495,7 @@ def correctness_check(section: str, providers: List[str], args) -> Dict[str, Dic
             s = SETUPS[section](dict(spec_base, provider=p), args.device, dt)
             out = s["forward"]()
             s["backward"](out)
+            out = s.get("output", _identity)(out)
             results[p] = [t.detach().double().cpu() if t is not None else None for t in [out] + s["grads"]()]
         except Exception as exc:
             errors[p] = f"{type(exc).__name__}: {exc}"[:300]
@@ -501,6 +550,8 @@ def guard(section: str, provider: str, case, args, avail: int) -> Optional[Dict[
         need = baselines.estimate_stack_bytes(provider, lens, M, args.dim, args.layers, *args.win, isz)
     elif section == "shift":
         need = baselines.estimate_shift_bytes(provider, lens, args.dim, args.shift_win, isz)
+    elif section == "shift_loss":
+        need = baselines.estimate_shift_loss_bytes(provider, lens, args.dim, args.shift_win, isz)
     else:
         need = baselines.estimate_stack_bytes("scatter" if provider == "scatter" else provider, lens, M, args.dim, 1, *args.win, isz)
     if need > args.mem_safety * avail:
@@ -720,7 +771,7 @@ def shift_ratio(r: Dict[str, Any], recs: List[Dict[str, Any]], copy_bw: Optional
     ks, kp = r.get("kernel_s") or {}, prop.get("kernel_s") or {}
     if ks.get("fwd") and kp.get("fwd"):
         out["kernel_ratio"] = (ks["fwd"] + ks["bwd"]) / (kp["fwd"] + kp["bwd"])
-    if copy_bw and r.get("P"):
+    if copy_bw and r.get("P") and r.get("op") == "shift":
         isz = torch.empty((), dtype=common.parse_dtype(r["dtype"])).element_size()
         out["traffic_floor_s"] = 2 * r["P"] * 2 * isz / (copy_bw * 1e9)
         out["traffic_floor_ratio"] = out["traffic_floor_s"] / prop["time_s"]["median"]
@@ -733,10 +784,11 @@ def shift_targets(recs: List[Dict[str, Any]], copy_bw: Optional[float]) -> List[
     per provider and dtype."""
     out: List[Dict[str, Any]] = []
     for r in recs:
-        if r.get("op") != "shift" or r.get("shift_win") != -1 or not is_ours(r["provider"]):
+        if r.get("op") not in ("shift", "shift_loss") or r.get("shift_win") != -1 or not is_ours(r["provider"]):
             continue
         what = f"{r['provider']} {r['dtype']} {r['case']} shift_win -1 (P = {r.get('P', '?')}) vs propagate D={r['D']}"
-        line = {"target": "T2 shift vs one propagate layer", "case": what, "threshold": f"< {TARGET_SHIFT_RATIO:.0%}"}
+        target = "T2 shift vs one propagate layer" if r["op"] == "shift" else "T2 fused shift loss (shift_pair_nll) vs one propagate layer"
+        line = {"target": target, "case": what, "threshold": f"< {TARGET_SHIFT_RATIO:.0%}"}
         v = r.get("vs_propagate_layer") or shift_ratio(r, recs, copy_bw)
         if v is None:
             prop = [q["status"] for q in recs if q.get("op") == "propagate" and q["provider"] == r["provider"] and q["case"] == r["case"]]
@@ -958,7 +1010,7 @@ def run_plan(a, env0: Dict[str, Any], run_id: str, out_path: Path, memo, all_rec
                                     tol = 1e-3 if dtype in ("float32", "float64", "fp32") else 5e-2
                                     rec["fingerprint_check"] = {**fingerprint_check(fp, ref_fp[1], tol), "against": ref_fp[0]}
                             add_bandwidth(rec, env)
-                            if section == "shift" and rec["shift_win"] == -1:
+                            if section in ("shift", "shift_loss") and rec["shift_win"] == -1:
                                 v = shift_ratio(rec, all_recs, env.get("copy_bw_gbps"))
                                 if v is not None:
                                     rec["vs_propagate_layer"] = v

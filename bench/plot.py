@@ -24,14 +24,16 @@ import common  # noqa: E402
 from common import fmt_bytes, fmt_s  # noqa: E402
 
 OURS_ORDER = ("cuda", "cpu", "triton", "reference")
-PROVIDER_ORDER = OURS_ORDER + ("dense", "original", "scatter", "floor")
+PROVIDER_ORDER = OURS_ORDER + ("unfused", "dense", "original", "scatter", "floor")
 STYLE = {
     "cpu": ("tab:blue", "o"), "cuda": ("tab:blue", "o"), "triton": ("tab:cyan", "D"), "reference": ("tab:purple", "v"),
     "dense": ("tab:red", "s"), "original": ("tab:red", "s"), "scatter": ("tab:orange", "^"), "floor": ("tab:gray", "x"),
+    "unfused": ("tab:olive", "P"),
 }
 SECTION_TITLES = {
     "stack": "graph module stack, forward + backward",
     "shift": "shift-pair logits, forward + backward",
+    "shift_loss": "shift head + loss (mean NLL, confusion counts), forward + backward",
     "propagate": "one propagation layer (window_spmm), forward + backward (grads x, w, s)",
     "train_step": "GraphSmile training step (forward, backward, AdamW)",
 }

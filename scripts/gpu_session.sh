@@ -150,7 +150,7 @@ MODEL='$PY bench/model.py --device $GS_DEVICE --isolate none $QUICK --time-limit
 
 # --- what the CUDA kernels can show ---------------------------------------------------------------
 stage cuda 150 40 '$PYTEST $XDIST tests/test_cuda.py --junitxml=$OUT/logs/cuda.xml'
-stage ops_cuda 120 45 "$OPS --preset gpu-targets --providers $BE,floor,dense --reps 3"
+stage ops_cuda 120 45 "$OPS --preset gpu-targets --providers $BE,floor,dense,unfused --reps 3"
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
 stage ab_tc 60 30 "GRAPHSMILE_CUDA_TENSOR_CORES=0 $OPS --preset gpu-bandwidth --dtype bfloat16 --dim 512 --providers $BE --reps 3 --no-check"

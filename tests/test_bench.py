@@ -74,7 +74,8 @@ def test_ops_bench_smoke(tmp_path):
     assert "records appended" in stdout
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     backends = baselines.available_backends("cpu")
-    want = {"stack": backends + ["dense", "scatter", "floor"], "shift": backends + ["dense"], "propagate": backends + ["scatter"]}
+    want = {"stack": backends + ["dense", "scatter", "floor"], "shift": backends + ["dense"],
+            "shift_loss": backends + ["unfused", "dense"], "propagate": backends + ["scatter"]}
     assert len(recs) == 2 * sum(len(v) for v in want.values())
     for r in recs:
         for key in ("op", "provider", "case", "L", "B", "D", "dtype", "device", "device_name", "date", "git_commit", "torch", "threads", "status"):
@@ -102,7 +103,7 @@ def test_ops_bench_smoke(tmp_path):
     stdout = _run([str(BENCH / "plot.py"), "--results-dir", str(tmp_path)])
     md = (tmp_path / "README.md").read_text()
     assert "| case |" in md and "2x12" in md and "edge-capacity exceeded" in md and "SPEC 9 targets" in md
-    for section in ("stack", "shift", "propagate"):
+    for section in ("stack", "shift", "shift_loss", "propagate"):
         assert (tmp_path / f"ops_{section}.png").stat().st_size > 1000
 
 
@@ -155,13 +156,19 @@ def test_ops_gpu_presets_scaled_down(tmp_path):
     assert {r["provider"] for r in shift} == {ours, "dense"} and all(r["shift_win"] == -1 for r in shift)
     mine = [r for r in shift if r["provider"] == ours]
     assert all(r["vs_propagate_layer"]["ratio"] > 0 and "ratio_to_graph_layer" in r["vs_propagate_layer"] for r in mine)
+    fused = [r for r in recs if r["op"] == "shift_loss"]
+    assert {r["provider"] for r in fused} == {ours, "unfused"} and all(r["status"] == "ok" for r in fused)
+    assert all(r["check"]["ok"] is True for r in fused), [r["check"] for r in fused]
+    fused_mine = [r for r in fused if r["provider"] == ours]
+    assert all(r["vs_propagate_layer"]["ratio"] > 0 and r["P"] == 30 ** 2 for r in fused_mine)
     stack = [r for r in recs if r["op"] == "stack"]
     assert {r["provider"] for r in stack} == {ours, "floor"} and all(r["layers"] == 1 for r in stack)
     tail = stdout[stdout.index("=== targets"):]
     assert tail.count("T1 propagate bandwidth") == len(prop) and tail.count("T2 shift") == len(mine)
+    assert tail.count("T2 fused shift loss") == len(fused_mine)
     assert "n/a (not a GPU)" in tail
     targets = _jsonl(tmp_path / "ops_targets.jsonl")
-    assert len(targets) == len(prop) + len(mine) and all(t["run_id"] == recs[0]["run_id"] for t in targets)
+    assert len(targets) == len(prop) + len(mine) + len(fused_mine) and all(t["run_id"] == recs[0]["run_id"] for t in targets)
 
     stdout = _run([str(BENCH / "plot.py"), "--results-dir", str(tmp_path), "--no-png"])
     md = (tmp_path / "README.md").read_text()
