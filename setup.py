@@ -52,6 +52,10 @@ def extensions():
     # No -std flag: torch.utils.cpp_extension picks the standard the installed torch needs
     # (C++17 for torch <= 2.13, C++20 for 2.14+).
     cxx = list(opt)
+    if sys.platform != "win32":
+        # lets GCC if-convert floating-point selects, so the shift-loss row loop vectorises
+        # (csrc/cpu/shift_pair_cpu.cpp); we never unmask FP exceptions
+        cxx += ["-fno-trapping-math"]
     ldflags = []
     if torch.backends.openmp.is_available() and sys.platform != "darwin":
         # at::parallel_for expands to an OpenMP region inside our translation units.

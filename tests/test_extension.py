@@ -59,3 +59,38 @@ def test_fallback_without_extension_warns_once_and_works():
     )
     assert proc.returncode == 0, proc.stderr
     assert "fallback ok" in proc.stdout
+
+
+def test_shift_loss_row_loop_vectorises(tmp_path):
+    """The fused shift loss's float32 rows are fast only if GCC vectorises their loop (branch-free
+    selects, -fno-trapping-math from setup.py): compile csrc/cpu/shift_pair_cpu.cpp with the
+    extension's flags and ask GCC whether it did, so an edit that breaks it fails here instead of
+    silently costing 4-8x."""
+    import shutil
+    import sysconfig
+
+    import pytest
+    from torch.utils.cpp_extension import include_paths
+
+    cxx = shutil.which("g++")
+    if cxx is None or sys.platform != "linux":
+        pytest.skip("needs g++ on Linux (the compiler and platform the check is written for)")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = os.path.join(repo, "csrc", "cpu", "shift_pair_cpu.cpp")
+    lines = open(src).read().splitlines()
+    marker = next(i for i, ln in enumerate(lines) if "GS-VECTORISED-LOOP" in ln)
+    loop_line = marker + 2  # 1-based number of the line after the marker
+    std = "-std=c++20" if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 14) else "-std=c++17"
+    cmd = [cxx, "-O3", std, "-fno-trapping-math", "-fPIC", "-fopenmp", "-fopt-info-vec-optimized", "-c", src,
+           "-o", str(tmp_path / "x.o"), "-I" + os.path.join(repo, "csrc"), "-I" + os.path.join(repo, "kernels"),
+           "-I" + sysconfig.get_paths()["include"]] + ["-I" + p for p in include_paths()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = [ln for ln in (proc.stdout + proc.stderr).splitlines() if f"shift_pair_cpu.cpp:{loop_line}:" in ln]
+    # x86-64: the default (SSE2) and the AVX2 clone of the function must both vectorise it
+    import platform
+
+    want = 2 if platform.machine() in ("x86_64", "AMD64") else 1
+    assert sum("loop vectorized" in ln for ln in report) >= want, (
+        f"GCC did not vectorise the row loop at shift_pair_cpu.cpp:{loop_line} ({want} clone(s) expected):\n"
+        + "\n".join(report))

@@ -243,3 +243,71 @@ def test_opcheck_and_compile():
     g2 = torch.autograd.grad(fn(f, W, bias), (f, W, bias))
     for x, y in zip(g1, g2):
         torch.testing.assert_close(x, y)
+
+
+# --- the CPU kernel's vectorised float32 rows (chunks of >= 64 columns) ---------------------
+
+
+@needs_ext
+@pytest.mark.parametrize("lens,sw", [([64], -1), ([65, 127], -1), ([130, 7, 200], -1), ([300], 150), ([90, 64], 70)])
+def test_cpu_float32_vector_rows_against_fp64(lens, sw):
+    """Chunks with 64-column vector steps and scalar tails: the polynomial exp/log1p of the
+    float32 rows must stay within float rounding of the fp64 result."""
+    u, v, W, b, sent = _params(sum(lens), D=8, scale=2.0)
+    exact = _fused("cpu", u, v, W, b, sent, lens, sw, "sum")
+    got = _fused("cpu", *(t.float() for t in (u, v, W, b)), sent, lens, sw, "sum")
+    base = _unfused(*(t.float() for t in (u, v, W, b)), sent, lens, sw, "sum")
+    for name, g, e, bl in zip(NAMES, got, exact, base):
+        if name == "confusion":
+            assert (g - e).abs().sum() <= 2 * max(1, int((bl - e).abs().sum()))
+            continue
+        err = (g.double() - e).abs().max().item()
+        err_base = (bl.double() - e).abs().max().item()
+        assert err <= 2 * err_base + 1e-6 * e.abs().max().item(), f"{name}: error {err:.3g} vs unfused {err_base:.3g}"
+
+
+@needs_ext
+def test_cpu_float32_vector_rows_nan_inf_and_extremes():
+    L = 150  # two vector steps and a tail
+    a = torch.randn(L, 2) * 40
+    b = torch.randn(L, 2) * 40
+    sent = torch.randint(0, 3, (L,))
+    lens = torch.tensor([L])
+    loss, conf, row_r, col_r = torch.ops.graphsmile.shift_pair_nll(a, b, sent, lens, -1, True)
+    ref_loss, ref_conf, ref_row, ref_col = torch.ops.graphsmile.shift_pair_nll(a.double(), b.double(), sent, lens, -1, True)
+    assert torch.equal(conf, ref_conf)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(row_r.double(), ref_row, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(col_r.double(), ref_col, rtol=1e-5, atol=1e-4)
+    # a NaN logit makes the loss and the residuals it touches NaN (never silently finite)
+    a_nan = a.clone()
+    a_nan[3, 1] = float("nan")
+    loss, _, row_r, col_r = torch.ops.graphsmile.shift_pair_nll(a_nan, b, sent, lens, -1, True)
+    assert torch.isnan(loss) and torch.isnan(row_r[3]) and torch.isnan(col_r).all()
+    assert torch.isfinite(row_r[torch.arange(L) != 3]).all()
+    # an infinite margin: loss inf (wrong class) or exactly 0 (right class), residual +-1 or 0
+    a_inf = torch.zeros(L, 2)
+    b_inf = torch.zeros(L, 2)
+    a_inf[:, 1] = float("inf")   # every pair predicts 1 with infinite confidence
+    same = torch.zeros(L, dtype=torch.long)  # y = 0 everywhere: every pair is wrong
+    loss, conf, row_r, _ = torch.ops.graphsmile.shift_pair_nll(a_inf, b_inf, same, lens, -1, True)
+    assert loss.item() == float("inf") and conf.tolist() == [[0, L * L], [0, 0]]
+    assert torch.equal(row_r, torch.full((L,), float(L)))
+    a_inf[:, 1] = float("-inf")  # every pair predicts 0: right, loss 0
+    loss, conf, row_r, _ = torch.ops.graphsmile.shift_pair_nll(a_inf, b_inf, same, lens, -1, True)
+    assert loss.item() == 0.0 and conf.tolist() == [[L * L, 0], [0, 0]] and torch.equal(row_r, torch.zeros(L))
+
+
+@needs_ext
+def test_cpu_sentiment_beyond_int32_takes_the_exact_path():
+    """The float32 rows compare sentiments as int32; values outside that range fall back to the
+    scalar rows, with the same pair labels."""
+    L = 130
+    a, b = torch.randn(L, 2), torch.randn(L, 2)
+    small = torch.randint(0, 3, (L,))
+    big = small + (1 << 40)   # the same classes, shifted past int32
+    r_small = torch.ops.graphsmile.shift_pair_nll(a, b, small, torch.tensor([L]), -1, True)
+    r_big = torch.ops.graphsmile.shift_pair_nll(a, b, big, torch.tensor([L]), -1, True)
+    assert torch.equal(r_small[1], r_big[1])
+    for x, y in zip(r_small, r_big):
+        torch.testing.assert_close(x.double(), y.double(), rtol=1e-5, atol=1e-4)
