@@ -779,6 +779,7 @@ def cmd_evaluate(args) -> int:
                 "metrics": ev.metrics,
                 "classification_report": M.report_dict(ev.emo_labels, ev.emo_preds, cls),
                 "confusion_matrix": M.confusion(ev.emo_labels, ev.emo_preds, len(cls)),
+                "shift_confusion_matrix": ev.sft_confusion,
                 "_report": M.report(ev.emo_labels, ev.emo_preds, cls),
             }
         if ctx.is_main:

@@ -124,7 +124,12 @@ def test_train_outputs(run_dir):
     assert res["selection"].startswith("best validation weighted F1")
     assert res["summary"]["test_emo_f1"]["n"] == 1
     assert res["class_names"][:2] == ["happy", "sad"] and len(res["confusion_matrix"]["test"]) == 6
-    assert "happy" in (run_dir / "classification_report.txt").read_text()
+    report = (run_dir / "classification_report.txt").read_text()
+    assert "happy" in report and "sentiment shift" in report
+    # the shift task's [2, 2] pair counts (from the fused loss): rows label, columns prediction
+    sft = np.array(res["shift_confusion_matrix"]["test"])
+    assert sft.shape == (2, 2) and (sft >= 0).all()
+    assert 100 * np.trace(sft) / sft.sum() == pytest.approx(res["test"]["sft_acc"], abs=1e-9)
     assert (run_dir / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -136,6 +141,7 @@ def test_evaluate_matches_training(run_dir, data_dir, capsys):
     for k in ("emo_acc", "emo_f1", "sen_acc", "sen_f1", "sft_acc", "sft_f1"):
         assert m[k] == pytest.approx(res["test"][k], abs=1e-9), k
     assert np.array(ev["splits"]["test"]["confusion_matrix"]).sum() == m["utterances"]
+    assert ev["splits"]["test"]["shift_confusion_matrix"] == res["shift_confusion_matrix"]["test"]
     assert run("evaluate", "--checkpoint", run_dir / "last.pt", "--data", data_dir / "tiny.pkl", "--split", "all") == 0
     out = capsys.readouterr().out
     assert "train: loss" in out and "valid: loss" in out and "test: loss" in out and "frustrated" in out

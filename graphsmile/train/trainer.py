@@ -220,6 +220,8 @@ class EvalOutput:
         ids, lengths: the dialogues in dataset order.
         emo_labels, sen_labels: int64 ``[N]``, packed in dataset order.
         emo_probs: float32 ``[N, n_emotions]``; sen_probs: float32 ``[N, 3]``.
+        sft_confusion: int64 ``[2, 2]`` sentiment-shift pair counts, rows = label (0: same
+            sentiment, 1: shift), columns = prediction; summed over all pairs of the split.
     """
 
     metrics: Dict[str, float]
@@ -229,6 +231,7 @@ class EvalOutput:
     emo_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     sen_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sen_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
+    sft_confusion: np.ndarray = field(default_factory=lambda: np.zeros((2, 2), np.int64))
 
     @property
     def emo_preds(self) -> np.ndarray:
@@ -793,7 +796,8 @@ class Trainer:
         m["utterances"] = int(n)
         ids = [dataset[r[0]].id for r in all_recs]
         return EvalOutput(metrics=m, ids=ids, lengths=[len(r[2]) for r in all_recs], emo_labels=y_emo,
-                          emo_probs=np.exp(lp_emo), sen_labels=y_sen, sen_probs=np.exp(lp_sen))
+                          emo_probs=np.exp(lp_emo), sen_labels=y_sen, sen_probs=np.exp(lp_sen),
+                          sft_confusion=np.asarray(sft_cm, dtype=np.int64))
 
     # --- one epoch, selection -----------------------------------------------------------------
 
@@ -913,6 +917,7 @@ class Trainer:
                     "confusion": M.confusion(ev.emo_labels, ev.emo_preds, len(names)),
                     "sentiment_report": M.report(ev.sen_labels, ev.sen_preds, list(self.splits.sentiment_names)),
                     "sentiment_confusion": M.confusion(ev.sen_labels, ev.sen_preds, 3),
+                    "shift_confusion": ev.sft_confusion,
                 }
         finally:
             self.model.load_state_dict(current)
@@ -1010,6 +1015,7 @@ def finalize(trainer: Trainer, out_dir, *, train_meta: Optional[Mapping[str, Any
         "classification_report_dict": {s: final[s]["report_dict"] for s in final},
         "confusion_matrix": {s: final[s]["confusion"] for s in final},
         "sentiment_confusion_matrix": {s: final[s]["sentiment_confusion"] for s in final},
+        "shift_confusion_matrix": {s: final[s]["shift_confusion"] for s in final},
         "history": trainer.history,
         "train_time_s": sum(r.get("time_s", 0.0) for r in trainer.history),
     }
@@ -1029,7 +1035,9 @@ def finalize(trainer: Trainer, out_dir, *, train_meta: Optional[Mapping[str, Any
                 text.append(f"== {split} (selected epoch {res['best_epoch']}): emotion ==\n{final[split]['report']}\n"
                             f"confusion matrix (rows true, columns predicted):\n"
                             f"{confusion_text(final[split]['confusion'], names)}\n\n"
-                            f"== {split}: sentiment ==\n{final[split]['sentiment_report']}\n")
+                            f"== {split}: sentiment ==\n{final[split]['sentiment_report']}\n"
+                            f"== {split}: sentiment shift (utterance pairs; rows true, columns predicted) ==\n"
+                            f"{confusion_text(final[split]['shift_confusion'], ['same', 'shift'])}\n")
         (out / "classification_report.txt").write_text("\n".join(text), encoding="utf-8")
         try:
             plot_learning_curves(trainer.history, out / "learning_curves.png", res["best_epoch"], title)
