@@ -6,6 +6,7 @@
     python bench/model.py --lengths 50 110 250 --no-single
     python bench/model.py --iemocap            # + 16 dialogues with IEMOCAP-distributed lengths
     python bench/model.py --device cuda --isolate none --preset gpu-targets   # issue #8 target 3
+    python bench/model.py --lengths --single 20000 --shift-win -1 --providers cpu   # whole-dialogue shift pairs
 
 Model: ``GraphSmile(GraphSmileConfig.preset("IEMOCAP"))`` -- hidden 512, three graph modules of
 7 layers, win (17, 17), shift_win 19, dropout 0.2, loss ``emo_sen_sft`` with lambd (1, 1, 0.7),
@@ -27,6 +28,10 @@ Providers:
 
 A batch with more edges than the original's 500,000 is recorded as "edge-capacity exceeded" for
 ``original`` and ``dense``. Results: ``bench/results/model.jsonl``.
+
+Shift loss: our backends use the trainer's default, the fused ``shift_pair_nll`` (no ``[P, 2]``
+logits); ``--shift-loss logits`` gives them the ``[P, 2]`` path the original uses (for A/B).
+``--shift-win`` overrides the preset's 19 (``-1``: pairs over whole dialogues, P = L^2 each).
 
 Cases: ``B`` dialogues of each ``L`` (``--lengths``), one dialogue of ``--single`` utterances, and
 with ``--iemocap`` a real-shaped batch ``BxIEMOCAP``: ``B`` dialogue lengths drawn (seeded, without
@@ -119,17 +124,19 @@ def _original_graph_forward(self, features, lengths):
     return tuple(out.chunk(M, dim=0))
 
 
-def preset():
+def preset(shift_win: Optional[int] = None):
     from graphsmile.config import GraphSmileConfig
 
-    return GraphSmileConfig.preset("IEMOCAP")
+    cfg = GraphSmileConfig.preset("IEMOCAP")
+    return cfg if shift_win is None else cfg.replace(shift_win=shift_win)
 
 
-def build_model(provider: str, lens: List[int], seed: int, device: str, dtype: torch.dtype, capacity: int):
+def build_model(provider: str, lens: List[int], seed: int, device: str, dtype: torch.dtype, capacity: int,
+                shift_win: Optional[int] = None):
     from graphsmile.model import GraphSmile
 
     backend = "dense" if provider in PROVIDERS_EXTRA else provider
-    cfg = preset()
+    cfg = preset(shift_win)
     # the original's 500,000 per-edge weights for original/dense; ours: as many as the batch needs
     cap = capacity if provider in PROVIDERS_EXTRA else max(capacity, gops.num_edges(lens, 2, cfg.win_p, cfg.win_f))
     cfg = cfg.replace(backend=backend, edge_capacity=cap)
@@ -141,8 +148,10 @@ def build_model(provider: str, lens: List[int], seed: int, device: str, dtype: t
     return model.to(device=device, dtype=dtype), cfg
 
 
-def make_batch(lens: List[int], cfg, seed: int, device: str, dtype: torch.dtype):
-    """A synthetic IEMOCAP-shaped padded batch and its packed labels."""
+def make_batch(lens: List[int], cfg, seed: int, device: str, dtype: torch.dtype, shift_labels: bool = True):
+    """A synthetic IEMOCAP-shaped padded batch and its packed labels (the ``[P]`` shift-pair
+    labels only with ``shift_labels``: the fused loss needs none, and at ``shift_win = -1`` they
+    are quadratic in the lengths)."""
     g = torch.Generator().manual_seed(seed + 11)
     T, B = max(lens), len(lens)
     Dt, Dv, Da = cfg.feature_dims
@@ -158,20 +167,22 @@ def make_batch(lens: List[int], cfg, seed: int, device: str, dtype: torch.dtype)
     N = sum(lens)
     emotion = torch.randint(0, cfg.num_emotions, (N,), generator=g)
     sentiment = torch.tensor(SENTIMENT_OF_EMOTION[: cfg.num_emotions] + [0] * max(0, cfg.num_emotions - 6))[emotion]
-    shift = gops.shift_pair_labels(sentiment, lens, cfg.shift_win)
+    shift = gops.shift_pair_labels(sentiment, lens, cfg.shift_win).to(device) if shift_labels else None
     inputs = (text, text, text, text, visual, audio, mask.to(device), qmask)
-    return inputs, emotion.to(device), sentiment.to(device), shift.to(device)
+    return inputs, emotion.to(device), sentiment.to(device), shift
 
 
-def estimate_model_bytes(provider: str, lens: List[int], itemsize: int = 4) -> int:
+def estimate_model_bytes(provider: str, lens: List[int], itemsize: int = 4, shift_win: int = 19, fused_shift: bool = False) -> int:
     """Rough peak of one training step (guard only): inputs and their BatchNorm/projection
-    activations, three graph modules of 7 layers at H=512, the shift head, and for the dense
-    providers their [2N, 2N] matrices (original: ~12 per module; dense: ~6 per layer)."""
+    activations, three graph modules of 7 layers at H=512, the shift head (its ``[P, 2]``
+    logits path unless ``fused_shift``), and for the dense providers their [2N, 2N] matrices
+    (original: ~12 per module; dense: ~6 per layer)."""
     N, T, B, H, K = sum(lens), max(lens), len(lens), 512, 7
     inputs = T * B * (1024 + 342 + 1582) * itemsize * 2 + N * (1024 + 342 + 1582) * itemsize * 3
     graphs = 3 * (3.5 * K + 4) * 2 * N * H * itemsize
-    P = gops.num_shift_pairs(lens, 19)
-    est = inputs + graphs + 12 * N * H * itemsize + 10 * P * 4 * itemsize + 400e6  # + parameters and AdamW state
+    P = gops.num_shift_pairs(lens, shift_win)
+    shift = 0 if fused_shift else 10 * P * 4 * itemsize
+    est = inputs + graphs + 12 * N * H * itemsize + shift + 400e6  # + parameters and AdamW state
     n = 2 * N
     if provider == "original":
         est += 3 * 12 * n * n * itemsize + 3 * P * 2 * H * itemsize
@@ -190,20 +201,20 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
     dev = spec["device"]
     dt = common.parse_dtype(spec["dtype"])
     lens = spec["lengths"]
-    model, cfg = build_model(spec["provider"], lens, spec["seed"], dev, dt, spec["dense_capacity"])
+    model, cfg = build_model(spec["provider"], lens, spec["seed"], dev, dt, spec["dense_capacity"], spec.get("shift_win"))
     model.train()
-    inputs, emotion, sentiment, shift = make_batch(lens, cfg, spec["seed"], dev, dt)
+    # ours: the trainer's default shift loss (config.shift_loss="fused": head + NLL in one op,
+    # no [P, 2] logits); original and dense: the [P, 2] logits, then log_softmax and NLL
+    fused_shift = spec["provider"] not in PROVIDERS_EXTRA and spec.get("shift_loss", "fused") == "fused"
+    inputs, emotion, sentiment, shift = make_batch(lens, cfg, spec["seed"], dev, dt, shift_labels=not fused_shift)
     loss_fn = MultiTaskLoss.from_config(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.l2, amsgrad=True)
     holder: Dict[str, Any] = {}
-    # ours: the trainer's default shift loss (config.shift_loss="fused": head + NLL in one op,
-    # no [P, 2] logits); original and dense: the [P, 2] logits, then log_softmax and NLL
-    fused_shift = spec["provider"] not in PROVIDERS_EXTRA
 
     def make_step(batch):
         inp, emo_y, sen_y, sft_y, lns = batch
-        n_pairs = sft_y.numel()
+        n_pairs = gops.num_shift_pairs(lns, cfg.shift_win)
 
         def step() -> Dict[str, float]:
             opt.zero_grad(set_to_none=True)
@@ -236,7 +247,7 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
         # the measurement, so the peak is that of a steady-state step
         torch.manual_seed(spec["seed"] + 5)
         tiny = [3, 2]
-        ti, te, ts, tsh = make_batch(tiny, cfg, spec["seed"] + 1, dev, dt)
+        ti, te, ts, tsh = make_batch(tiny, cfg, spec["seed"] + 1, dev, dt, shift_labels=not fused_shift)
         st = make_step((ti, te, ts, tsh, tiny))
         st()
         st()
@@ -299,7 +310,7 @@ def correctness_check(providers: List[str], args) -> Dict[str, Dict[str, Any]]:
     errors: Dict[str, str] = {}
     for p in (["reference"] if "reference" not in providers else []) + providers:
         try:
-            model, cfg = build_model(p, lens, args.seed, args.device, dt, args.dense_capacity)
+            model, cfg = build_model(p, lens, args.seed, args.device, dt, args.dense_capacity, args.shift_win)
             model.eval()
             inputs, emotion, sentiment, shift = make_batch(lens, cfg, args.seed, args.device, dt)
             emo, sen, sft, fused = model(*inputs, lengths=lens)
@@ -356,6 +367,9 @@ def parse_args(argv=None):
     ap.add_argument("--time-limit-s", type=float, default=None,
                     help="no new measurement starts after this many seconds from the start (recorded as skipped); the "
                     "target verdicts are still printed")
+    ap.add_argument("--shift-win", type=int, default=None, help="override the preset's shift_win 19 (-1: whole dialogues)")
+    ap.add_argument("--shift-loss", choices=("fused", "logits"), default="fused",
+                    help="our backends' shift loss: fused (default, as the trainer) or logits (the [P, 2] path)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON-lines file (default bench/results/model.jsonl, or quick/model.jsonl)")
     args = ap.parse_args(argv)
@@ -472,7 +486,7 @@ def main(argv=None) -> int:
     run_id = common.new_run_id()
     cases = build_cases(args)
     out_path = Path(args.out)
-    cfg0 = preset()
+    cfg0 = preset(args.shift_win)
     print(f"GraphSmile training-step benchmark (IEMOCAP preset), run {run_id}: {env['device_name']} ({args.device}, "
           f"{env['threads']} threads), torch {env['torch']}, {args.dtype}, git {str(env['git_commit'])[:10]}")
     print(f"  cases {[c['label'] for c in cases]}, providers {args.providers}, reps={args.reps}, budget {args.budget_s:.0f} s, "
@@ -501,7 +515,7 @@ def main(argv=None) -> int:
         for provider in args.providers:
             base = dict(bench="model", run_id=run_id, quick=args.quick, bench_preset=args.preset, op="train_step", provider=provider,
                         case=case["label"], B=case["B"], L=case["L"], N=sum(lens), hidden_dim=cfg0.hidden_dim, graph_layers=list(cfg0.heter_n_layers),
-                        preset="IEMOCAP", isolate=args.isolate, **env)
+                        preset="IEMOCAP", shift_win=cfg0.shift_win, isolate=args.isolate, **env)
             if case.get("varied"):
                 base.update(lengths=lens, lengths_varied=True, L_max=max(lens))
             res = None
@@ -513,7 +527,8 @@ def main(argv=None) -> int:
             elif provider in PROVIDERS_EXTRA and E > args.dense_capacity:
                 res = {"status": "edge-capacity exceeded", "reason": f"E = {E} edges > the original's per-edge capacity {args.dense_capacity}", "E": E}
             else:
-                need = estimate_model_bytes(provider, lens, isz)
+                fused = provider not in PROVIDERS_EXTRA and args.shift_loss == "fused"
+                need = estimate_model_bytes(provider, lens, isz, cfg0.shift_win, fused)
                 avail = common.mem_available_bytes(args.device)
                 if need > args.mem_safety * avail:
                     res = {"status": "skipped", "reason": f"skipped: would need ~{common.fmt_bytes(need)}, {common.fmt_bytes(avail)} available",
@@ -521,7 +536,8 @@ def main(argv=None) -> int:
             if res is None:
                 spec = dict(provider=provider, lengths=lens, device=args.device, dtype=args.dtype, reps=args.reps, warmup=args.warmup,
                             budget_s=args.budget_s, seed=args.seed, threads=args.threads or torch.get_num_threads(),
-                            dense_capacity=args.dense_capacity, isolated=args.isolate == "subprocess")
+                            dense_capacity=args.dense_capacity, isolated=args.isolate == "subprocess",
+                            shift_win=args.shift_win, shift_loss=args.shift_loss)
                 t0 = time.time()
                 print(f"  [train step {case['label']}] {provider} ...", end="", flush=True)
                 if args.isolate == "subprocess":

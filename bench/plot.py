@@ -55,8 +55,11 @@ SPEC9_L1000 = (7.5, 2.5e9)
 
 
 def _config_key(r: Dict[str, Any]) -> Tuple:
+    shift_win = r.get("shift_win")
+    if shift_win is None and r.get("bench") == "model":
+        shift_win = 19  # model records before 2026-11-27 carry no shift_win: all used the preset's 19
     return (r.get("bench"), r.get("device_name"), r.get("dtype"), r.get("D"), r.get("layers"), r.get("win_p"),
-            r.get("win_f"), r.get("shift_win"), r.get("preset"), r.get("threads"))
+            r.get("win_f"), shift_win, r.get("preset"), r.get("threads"))
 
 
 def select(records: List[Dict[str, Any]], run_id: Optional[str], device_name: Optional[str]) -> List[Dict[str, Any]]:
