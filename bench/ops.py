@@ -312,14 +312,21 @@ def setup_stack(spec, dev, dt):
     return dict(forward=forward, backward=backward, params=params, grads=grads, extra={"E": E, "nodes": n})
 
 
-def setup_shift(spec, dev, dt):
-    lens, D, sw = spec["lengths"], spec["dim"], spec["shift_win"]
-    N = sum(lens)
-    P = gops.num_shift_pairs(lens, sw)
-    g = _gen(spec["seed"] + 2, dev)
-    u = _randn(g, (N, D), dev, dt).requires_grad_()
+def _shift_head_inputs(spec, dev, dt, seed_offset: int):
+    """The shift sections' leaves: features ``u [N, D]`` (GraphSmile passes them as ``u`` and
+    ``v``), the head's ``weight [2, 2D]`` (uniform, Linear-like scale) and ``bias [2]``; with
+    the generator for further draws and ``P``."""
+    lens, D = spec["lengths"], spec["dim"]
+    g = _gen(spec["seed"] + seed_offset, dev)
+    u = _randn(g, (sum(lens), D), dev, dt).requires_grad_()
     weight = ((_rand(g, (2, 2 * D), dev, torch.float32) * 2 - 1) / (2 * D) ** 0.5).to(dt).requires_grad_()
     bias = (_rand(g, (2,), dev, torch.float32) * 0.1).to(dt).requires_grad_()
+    return g, u, weight, bias, gops.num_shift_pairs(lens, spec["shift_win"])
+
+
+def setup_shift(spec, dev, dt):
+    lens, sw = spec["lengths"], spec["shift_win"]
+    g, u, weight, bias, P = _shift_head_inputs(spec, dev, dt, 2)
     gout = _randn(g, (P, 2), dev, dt)
     provider = spec["provider"]
 
@@ -340,14 +347,9 @@ def setup_shift_loss(spec, dev, dt):
     ``shift_pair_logits`` on our fastest backend, log_softmax, NLL, argmax and a bincount (the
     ``[P, 2]`` path, labels precomputed untimed as the trainer does); ``dense``: the original's
     pair embeddings, then the same loss."""
-    lens, D, sw = spec["lengths"], spec["dim"], spec["shift_win"]
-    N = sum(lens)
-    P = gops.num_shift_pairs(lens, sw)
-    g = _gen(spec["seed"] + 3, dev)
-    u = _randn(g, (N, D), dev, dt).requires_grad_()
-    weight = ((_rand(g, (2, 2 * D), dev, torch.float32) * 2 - 1) / (2 * D) ** 0.5).to(dt).requires_grad_()
-    bias = (_rand(g, (2,), dev, torch.float32) * 0.1).to(dt).requires_grad_()
-    sentiment = (_rand(g, (N,), dev, torch.float32) * 3).long().clamp_(max=2)
+    lens, sw = spec["lengths"], spec["shift_win"]
+    g, u, weight, bias, P = _shift_head_inputs(spec, dev, dt, 3)
+    sentiment = (_rand(g, (u.shape[0],), dev, torch.float32) * 3).long().clamp_(max=2)
     provider = spec["provider"]
     if provider == "unfused":
         backend = fast_backends(dev)[0]
@@ -355,10 +357,8 @@ def setup_shift_loss(spec, dev, dt):
 
         def forward():
             z = gops.shift_pair_logits(u, u, lens, sw, weight, bias, backend=backend)
-            zf = z.float() if z.dtype != torch.float64 else z
-            loss = torch.nn.functional.nll_loss(torch.nn.functional.log_softmax(zf, -1), labels)
-            confusion = torch.bincount(2 * labels + zf.detach().argmax(-1), minlength=4).reshape(2, 2)
-            return loss, confusion
+            total, confusion = gops.reference.nll_from_logits(z, labels)   # the trainer's "logits" mode
+            return total / P, confusion
     else:
         def forward():
             return gops.shift_pair_nll(u, u, lens, sw, weight, bias, sentiment, backend=provider)

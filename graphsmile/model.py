@@ -286,15 +286,19 @@ class SenShiftFeat(nn.Module):
         self.backend = backend
         self.shift_output_layer = nn.Sequential(nn.Linear(2 * hidden_dim, 2))
 
-    def forward(self, u: torch.Tensor, v: Optional[torch.Tensor], lengths: Lengths) -> torch.Tensor:
-        """``u, v``: ``[N, H]`` (``v=None``: ``u``). Returns ``[P, 2]``."""
-        v = u if v is None else v
+    def _head(self, u: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The head's weight and bias in ``u``'s dtype (mixed precision)."""
         lin = self.shift_output_layer[0]
         weight, bias = lin.weight, lin.bias
-        if weight.dtype != u.dtype:  # mixed precision
+        if weight.dtype != u.dtype:
             weight = weight.to(u.dtype)
             bias = bias.to(u.dtype) if bias is not None else None
-        return ops.shift_pair_logits(u, v, lengths, self.shift_win, weight, bias, self.backend)
+        return weight, bias
+
+    def forward(self, u: torch.Tensor, v: Optional[torch.Tensor], lengths: Lengths) -> torch.Tensor:
+        """``u, v``: ``[N, H]`` (``v=None``: ``u``). Returns ``[P, 2]``."""
+        weight, bias = self._head(u)
+        return ops.shift_pair_logits(u, u if v is None else v, lengths, self.shift_win, weight, bias, self.backend)
 
     def nll(self, u: torch.Tensor, v: Optional[torch.Tensor], lengths: Lengths, sentiment: torch.Tensor,
             reduction: str = "sum") -> Tuple[torch.Tensor, torch.Tensor]:
@@ -302,13 +306,9 @@ class SenShiftFeat(nn.Module):
         confusion [2, 2])`` over the pairs with labels ``sentiment_i != sentiment_j``, without
         the ``[P, 2]`` logits. ``loss`` is the NLL summed over pairs (``reduction="sum"``) or
         their mean; float32 (float64 for float64 features)."""
-        v = u if v is None else v
-        lin = self.shift_output_layer[0]
-        weight, bias = lin.weight, lin.bias
-        if weight.dtype != u.dtype:  # mixed precision
-            weight = weight.to(u.dtype)
-            bias = bias.to(u.dtype) if bias is not None else None
-        return ops.shift_pair_nll(u, v, lengths, self.shift_win, weight, bias, sentiment, reduction, self.backend)
+        weight, bias = self._head(u)
+        return ops.shift_pair_nll(u, u if v is None else v, lengths, self.shift_win, weight, bias, sentiment, reduction,
+                                  self.backend)
 
 
 # --- the model ----------------------------------------------------------------------------

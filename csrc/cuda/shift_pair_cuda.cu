@@ -38,6 +38,13 @@ DeviceShiftMeta upload_shift_meta(const ShiftMeta& meta, int64_t shift_win, int6
   return d;
 }
 
+// How many kColSeg-row segments the column kernels need: those of the batch's largest chunk.
+int64_t column_segments(const ShiftMeta& meta, int64_t shift_win) {
+  int64_t max_chunk = 0;
+  for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, shift_win), L));
+  return ceil_div(max_chunk, gpu::kColSeg);
+}
+
 void check_pair_inputs(const at::Tensor& a, const char* an, const ShiftMeta& meta) {
   check_float_tensor(a, an);
   check_cuda(a, an);
@@ -92,10 +99,7 @@ std::tuple<at::Tensor, at::Tensor> shift_pair_sum_backward_cuda(const at::Tensor
   if ((!mask[0] && !mask[1]) || C == 0) return {ga, gb};
   DeviceShiftMeta dm = upload_shift_meta(meta, shift_win, C, grad.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  // Largest chunk of the batch: how many kColSeg-row segments the column sums need.
-  int64_t max_chunk = 0;
-  for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, shift_win), L));
-  const int64_t nseg = ceil_div(max_chunk, gpu::kColSeg);
+  const int64_t nseg = column_segments(meta, shift_win);
   at::Tensor partial;
   if (mask[1] && nseg > 1) partial = at::empty({nseg * N * C}, grad.options().dtype(cuda_host::acc_dtype(grad.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "shift_pair_sum_backward_cuda", [&] {
@@ -142,9 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shift_pair_nll_cuda(
     // C = 1: the column partials / combine kernel address one value per utterance.
     DeviceShiftMeta dm = upload_shift_meta(meta, shift_win, /*C=*/1, a.device());
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    int64_t max_chunk = 0;
-    for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, shift_win), L));
-    const int64_t nseg = ceil_div(max_chunk, gpu::kColSeg);
+    const int64_t nseg = column_segments(meta, shift_win);
     at::Tensor partial;
     if (with_grad && nseg > 1) partial = at::empty({nseg * N}, acc_opts);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "shift_pair_nll_cuda", [&] {

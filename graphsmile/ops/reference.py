@@ -110,10 +110,18 @@ def shift_pair_nll(a, b, sentiment, lengths: Sequence[int], shift_win: int):
     is the yardstick of the fused kernels, not a substitute for them on long dialogues.
     """
     idx = shift_pair_index(lengths, shift_win, device=a.device)
-    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    z = (a.index_select(0, idx[0]) + b.index_select(0, idx[1])).to(acc)
+    z = a.index_select(0, idx[0]) + b.index_select(0, idx[1])
     y = (sentiment.index_select(0, idx[0]) != sentiment.index_select(0, idx[1])).long()
-    loss = torch.nn.functional.cross_entropy(z, y, reduction="sum")
-    pred = (z[:, 1] > z[:, 0]).long()
-    confusion = torch.bincount(2 * y + pred, minlength=4).reshape(2, 2)
+    return nll_from_logits(z, y)
+
+
+def nll_from_logits(z, labels):
+    """``(sum over pairs of -log_softmax(z)[label], confusion [2, 2] int64)`` of ``[P, 2]`` shift
+    logits and their ``[P]`` labels: the loss in float32 (float64 for float64 logits), the
+    confusion indexed ``[label, argmax z]`` (a tie predicts 0). The ``[P, 2]`` path of the
+    shift loss, shared by the reference, the dense backend and the trainer's ``"logits"`` mode."""
+    z = z.to(torch.float64 if z.dtype == torch.float64 else torch.float32)
+    loss = torch.nn.functional.cross_entropy(z, labels, reduction="sum")
+    with torch.no_grad():
+        confusion = torch.bincount(2 * labels + (z[:, 1] > z[:, 0]).long(), minlength=4).reshape(2, 2)
     return loss, confusion

@@ -45,6 +45,13 @@ def _check_head(u, weight, bias, num_classes=None):
             raise ValueError(f"{name} is {t.dtype} on {t.device} but u is {u.dtype} on {u.device}; they must match")
 
 
+def _head_parts(u, v, weight, bias):
+    """The linear head split over the pair: ``a = W_u u + bias``, ``b = W_v v`` (``[N, C]``
+    each), so that ``W [u_i ; v_j] + bias = a_i + b_j``."""
+    D = u.shape[1]
+    return torch.nn.functional.linear(u, weight[:, :D], bias), torch.nn.functional.linear(v, weight[:, D:])
+
+
 def shift_pair_logits(
     u: torch.Tensor,
     v: torch.Tensor,
@@ -69,13 +76,11 @@ def shift_pair_logits(
     lens = lengths_to_list(lengths)
     check_shift_win(shift_win)
     _check_uv(u, v, lens)
-    D = u.shape[1]
     _check_head(u, weight, bias)
     be = _backend.resolve(backend, u.device)
     if be == "dense":
         return dense.shift_pair_logits(u, v, lens, shift_win, weight, bias)
-    a = torch.nn.functional.linear(u, weight[:, :D], bias)  # [N, C]
-    b = torch.nn.functional.linear(v, weight[:, D:])  # [N, C]
+    a, b = _head_parts(u, v, weight, bias)
     if be in ("cpu", "cuda"):
         return torch.ops.graphsmile.shift_pair_sum(a, b, torch.tensor(lens, dtype=torch.long), num_shift_pairs(lens, shift_win), shift_win)
     if be == "triton":
@@ -181,15 +186,9 @@ def shift_pair_nll(
     be = _backend.resolve(backend, u.device)
     if be == "dense":
         z = dense.shift_pair_logits(u, v, lens, shift_win, weight, bias)
-        acc = torch.float64 if z.dtype == torch.float64 else torch.float32
-        y = shift_pair_labels(sentiment, lens, shift_win)
-        z = z.to(acc)
-        total = torch.nn.functional.cross_entropy(z, y, reduction="sum")
-        confusion = torch.bincount(2 * y + (z[:, 1] > z[:, 0]).long(), minlength=4).reshape(2, 2)
+        total, confusion = reference.nll_from_logits(z, shift_pair_labels(sentiment, lens, shift_win))
     else:
-        D = u.shape[1]
-        a = torch.nn.functional.linear(u, weight[:, :D], bias)  # [N, 2]
-        b = torch.nn.functional.linear(v, weight[:, D:])  # [N, 2]
+        a, b = _head_parts(u, v, weight, bias)  # [N, 2] each
         if be in ("cpu", "cuda"):
             with_grad = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
             total, confusion, _, _ = torch.ops.graphsmile.shift_pair_nll(

@@ -92,7 +92,8 @@ from ..data import BucketBatchSampler, DatasetSplits, collate_dialogues
 from ..data.collate import DeviceDialogues, DevicePlan, shift_pair_counts_np
 from ..losses import MultiTaskLoss, nll_loss
 from ..model import GraphSmile
-from ..ops import shift_pair_labels
+from ..ops import num_shift_pairs, shift_pair_labels
+from ..ops.reference import nll_from_logits
 from . import metrics as M
 from .checkpoint import (
     CHECKPOINT_KIND,
@@ -449,13 +450,7 @@ class Trainer:
         """``(NLL summed over the batch's pairs, confusion [2, 2] int64)``, both on the device:
         the fused output as it is, or computed from the ``[P, 2]`` logits and the pair
         ``labels`` (log_softmax in float32 or wider, argmax for the predictions)."""
-        if self.fused_shift:
-            return sft
-        z = sft.float() if sft.dtype in (torch.float16, torch.bfloat16) else sft
-        nll = F.nll_loss(F.log_softmax(z, -1), labels, reduction="sum")
-        with torch.no_grad():
-            cm = torch.bincount(2 * labels + z.argmax(-1), minlength=4).view(2, 2)
-        return nll, cm
+        return sft if self.fused_shift else nll_from_logits(sft, labels)
 
     def loss(self, emo: torch.Tensor, sen: torch.Tensor, sft_sum: torch.Tensor, y_emo: torch.Tensor,
              y_sen: torch.Tensor, num_pairs: int, epoch: int,
@@ -510,7 +505,7 @@ class Trainer:
             emo, sen, sft = self._forward(self._train_net, batch.model_inputs(), batch.sentiment)
         y_sft = None if self.fused_shift else shift_pair_labels(batch.sentiment, batch.lengths, self.config.shift_win)
         sft_sum, sft_cm = self._shift_terms(sft, y_sft)
-        num_pairs = sum(shift_pair_counts(batch.lengths, self.config.shift_win))
+        num_pairs = num_shift_pairs(batch.lengths, self.config.shift_win)
         total, parts = self.loss(emo, sen, sft_sum, batch.emotion, batch.sentiment, num_pairs, epoch)
         if not torch.isfinite(total):
             raise FloatingPointError(f"non-finite training loss {total.item()} at epoch {epoch + 1} "
