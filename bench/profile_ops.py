@@ -1,6 +1,7 @@
 """A small driver for profilers (Nsight Compute, torch.profiler): runs window_norm, window_spmm
-forward and backward (gradients to x, the per-edge weights and the norm) and shift_pair_logits
-a few times on one large batch, so a profiler sees each kernel on a size that fills the GPU.
+forward and backward (gradients to x, the per-edge weights and the norm), shift_pair_logits and
+the fused shift loss shift_pair_nll (forward and backward) a few times on one large batch, so a
+profiler sees each kernel on a size that fills the GPU.
 
     python bench/profile_ops.py --device cuda --backend cuda --dim 512 --dtype bfloat16
     ncu --clock-control none -k regex:window_spmm -c 4 --section SpeedOfLight \\
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
     u = torch.randn(sum(lens), D, generator=g).to(dev, dt).requires_grad_()
     sw = (torch.randn(2, 2 * D, generator=g) / (2 * D) ** 0.5).to(dev, dt).requires_grad_()
     sb = torch.zeros(2, device=dev, dtype=dt, requires_grad=True)
+    sentiment = torch.randint(0, 3, (lens[0],), generator=g).to(dev)
     print(f"{be} on {dev}: {len(lens)} dialogues, {n} nodes, D={D}, E={E}, {args.dtype}")
 
     def step():
@@ -60,6 +62,10 @@ def main(argv=None) -> int:
         # one dialogue's worth of shift pairs (the shift op is O(L^2) with shift_win = -1)
         logits = gops.shift_pair_logits(u[: lens[0]], u[: lens[0]], lens[:1], args.shift_win, sw, sb, backend=be)
         logits.sum().backward()
+        # the fused shift loss on the same pairs, as the trainer runs it (kernels shift_pair_nll_*)
+        loss, _ = gops.shift_pair_nll(u[: lens[0]], u[: lens[0]], lens[:1], args.shift_win, sw, sb, sentiment,
+                                      backend=be)
+        loss.backward()
 
     step()  # compile / autotune / allocate outside the profiled region
     common.sync(dev)

@@ -27,6 +27,8 @@ GS_NLL_HD float nll_exp(float x) { return expf(x); }
 GS_NLL_HD double nll_exp(double x) { return exp(x); }
 GS_NLL_HD float nll_log1p(float x) { return log1pf(x); }
 GS_NLL_HD double nll_log1p(double x) { return log1p(x); }
+GS_NLL_HD float nll_abs(float x) { return fabsf(x); }
+GS_NLL_HD double nll_abs(double x) { return fabs(x); }
 
 // Loss of one pair from its two (already rounded) logits; writes the residual r and the
 // prediction. acc_t: float (for fp16 / bf16 / fp32 inputs) or double.
@@ -34,7 +36,7 @@ template <typename acc_t>
 GS_NLL_HD acc_t shift_nll_term(acc_t z0, acc_t z1, bool y, acc_t* resid, bool* pred) {
   const acc_t d = z1 - z0;
   const acc_t x = y ? -d : d;
-  const acc_t e = nll_exp(x < acc_t(0) ? x : -x);  // exp(-|x|), in (0, 1]; NaN stays NaN
+  const acc_t e = nll_exp(-nll_abs(x));  // exp(-|x|), in (0, 1]; NaN stays NaN (-|x|: a free operand modifier on GPUs)
   const acc_t inv = acc_t(1) / (acc_t(1) + e);
   const acc_t sig_x = x >= acc_t(0) ? inv : e * inv;  // sigmoid(x) without overflow
   *resid = y ? -sig_x : sig_x;

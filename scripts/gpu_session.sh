@@ -22,6 +22,9 @@
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path)
 #   ab_tc        bf16 bandwidth again with GRAPHSMILE_CUDA_TENSOR_CORES=0: the FFMA forward beside
 #                the tensor-core one (records carry cuda_tensor_cores)
+#   ab_nll       the fused shift loss (1x20000, shift_win -1, fp32 + bf16) with the two-pass kernels
+#                and with the tiled kernel's fast intrinsics, beside ops_cuda's auto (tiled) run
+#                (records carry cuda_shift_nll, cuda_fast_math)
 #   triton       pytest tests/test_triton.py
 #   ops_triton   bench/ops.py --preset gpu-targets, triton
 #   model_triton bench/model.py --preset gpu-targets, triton
@@ -43,7 +46,7 @@ export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda model_cuda epoch ab_tc triton ops_triton model_triton stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda model_cuda epoch ab_tc ab_nll triton ops_triton model_triton stack profile suite}"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -136,7 +139,7 @@ print("extension OK")
 EOF
 '
 NEED_EXT=0
-for s in cuda ops_cuda model_cuda epoch ab_tc triton ops_triton model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
+for s in cuda ops_cuda model_cuda epoch ab_tc ab_nll triton ops_triton model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
@@ -154,6 +157,8 @@ stage ops_cuda 120 45 "$OPS --preset gpu-targets --providers $BE,floor,dense,unf
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
 stage ab_tc 60 30 "GRAPHSMILE_CUDA_TENSOR_CORES=0 $OPS --preset gpu-bandwidth --dtype bfloat16 --dim 512 --providers $BE --reps 3 --no-check"
+NLL_AB="$OPS --preset gpu-shift --sections shift_loss --dtype float32 bfloat16 --providers $BE --reps 3 --no-check"
+stage ab_nll 60 25 "GRAPHSMILE_CUDA_SHIFT_NLL=two_pass $NLL_AB; GRAPHSMILE_CUDA_SHIFT_NLL=tiled GRAPHSMILE_CUDA_FAST_MATH=1 $NLL_AB"
 # --- the Triton backend -------------------------------------------------------------------------
 stage triton 150 40 '$PYTEST $XDIST tests/test_triton.py --junitxml=$OUT/logs/triton.xml'
 stage ops_triton 120 45 "$OPS --preset gpu-targets --providers triton,floor --reps 3"
@@ -173,6 +178,9 @@ if [ \$GS_DEVICE = cuda ]; then
     ncu --clock-control none -k regex:window_spmm -c 3 --section SpeedOfLight --section MemoryWorkloadAnalysis \
       \$PY bench/profile_ops.py --backend cuda --iters 1 > \$OUT/profile/ncu_window_spmm.txt 2>&1
     tail -80 \$OUT/profile/ncu_window_spmm.txt
+    ncu --clock-control none -k regex:shift_pair_nll -c 2 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+      \$PY bench/profile_ops.py --backend cuda --iters 1 > \$OUT/profile/ncu_shift_pair_nll.txt 2>&1
+    tail -40 \$OUT/profile/ncu_shift_pair_nll.txt
   fi
 fi"
 stage suite 240 60 '$PYTEST $XDIST tests --ignore=tests/test_cuda.py --ignore=tests/test_triton.py'

@@ -414,12 +414,19 @@ def _check_nll(ours, theirs, exact, dtype):
             _assert_lowp(name, o, t, e, dtype)
 
 
+# The launcher's two kernel choices (GRAPHSMILE_CUDA_SHIFT_NLL, read on every call): "auto" picks
+# one per batch, so the tests force each in turn.
+NLL_KERNELS = ("two_pass", "tiled")
+
+
 @needs_gpu
+@pytest.mark.parametrize("kernel", NLL_KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: DT_IDS[d])
 @pytest.mark.parametrize("case", NLL_CASES, ids=_nid)
-def test_shift_pair_nll(case, dtype):
+def test_shift_pair_nll(case, dtype, kernel, monkeypatch):
     """The loss, confusion and every gradient (u, v, weight, bias) of backend="cuda" against
-    the reference backend (which builds the [P, 2] logits)."""
+    the reference backend (which builds the [P, 2] logits), with either kernel."""
+    monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", kernel)
     lens, sw = case
     reduction = "sum" if NLL_CASES.index(case) % 2 else "mean"
     u, v, W, b, s = _nll_inputs(sum(lens))
@@ -459,10 +466,12 @@ def test_shift_pair_nll_op_matches_cpu_kernel(dtype):
 
 
 @needs_gpu
+@pytest.mark.parametrize("kernel", NLL_KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=lambda d: DT_IDS[d])
-def test_shift_pair_nll_deterministic(dtype):
+def test_shift_pair_nll_deterministic(dtype, kernel, monkeypatch):
     """The same bits on every run, and an utterance's residual sums do not depend on the other
     dialogues of the batch."""
+    monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", kernel)
     lens, sw = [700, 3, 260], -1
     N = sum(lens)
     a = torch.randn(N, 2, device=CUDA).to(dtype)
@@ -491,10 +500,57 @@ def test_shift_pair_nll_long_dialogue():
 
 
 @needs_gpu
-def test_shift_pair_nll_20000_utterance_dialogue():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=lambda d: DT_IDS[d])
+def test_shift_pair_nll_kernels_agree(dtype, monkeypatch):
+    """two_pass, tiled and tiled with GRAPHSMILE_CUDA_FAST_MATH=1 on one batch (a 3,000-utterance
+    chunk: the tiled kernel's larger squares, several row and column tiles per block): the same
+    confusion bits as the CPU kernel on the same inputs (the predictions come from the logits
+    rounded to the dtype, never from the approximations) and loss and residual sums within fp32's
+    bar of it; fast math adds about 1e-7 per pair, far below that bar."""
+    lens, sw = [3000, 37, 1, 300], -1
+    N = sum(lens)
+    a = (3 * torch.randn(N, 2, device=CUDA)).to(dtype)
+    b = (3 * torch.randn(N, 2, device=CUDA)).to(dtype)
+    s = torch.randint(0, 3, (N,), device=CUDA)
+    L = torch.tensor(lens)
+    op = torch.ops.graphsmile.shift_pair_nll
+    want = op(a.cpu(), b.cpu(), s.cpu(), L, sw, True)
+    got = {}
+    for kernel, fast in (("two_pass", "0"), ("tiled", "0"), ("tiled", "1")):
+        monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", kernel)
+        monkeypatch.setenv("GRAPHSMILE_CUDA_FAST_MATH", fast)
+        got[kernel, fast] = op(a, b, s, L, sw, True)
+    for key, (loss, conf, row_r, col_r) in got.items():
+        assert torch.equal(conf.cpu(), want[1]), f"{key}: confusion {conf.tolist()} != {want[1].tolist()}"
+        for name, o, e in zip(("loss", "row_r", "col_r"), (loss, row_r, col_r), (want[0], want[2], want[3])):
+            _assert_fp32(f"{key} {name}", o.cpu(), e)
+    monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", "auto")
+    monkeypatch.setenv("GRAPHSMILE_CUDA_FAST_MATH", "0")
+    auto = op(a, b, s, L, sw, True)  # the tiled kernel: 64 x 64 tiles pad this batch's pairs by far less than 2x
+    assert all(torch.equal(x, y) for x, y in zip(auto, got["tiled", "0"]))
+
+
+@needs_gpu
+def test_shift_pair_nll_kernel_choice_errors(monkeypatch):
+    a = torch.randn(7, 2, device=CUDA)
+    s = torch.randint(0, 3, (7,), device=CUDA)
+    op = torch.ops.graphsmile.shift_pair_nll
+    monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", "fast")
+    with pytest.raises(ValueError, match="GRAPHSMILE_CUDA_SHIFT_NLL must be auto, tiled or two_pass, got 'fast'"):
+        op(a, a, s, torch.tensor([4, 3]), -1, True)
+    monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", "tiled")
+    monkeypatch.setenv("GRAPHSMILE_CUDA_FAST_MATH", "yes")
+    with pytest.raises(ValueError, match="GRAPHSMILE_CUDA_FAST_MATH must be 0 or 1, got 'yes'"):
+        op(a, a, s, torch.tensor([4, 3]), -1, True)
+
+
+@needs_gpu
+@pytest.mark.parametrize("kernel", NLL_KERNELS)
+def test_shift_pair_nll_20000_utterance_dialogue(kernel, monkeypatch):
     """One 20,000-utterance dialogue with shift_win = -1: 4e8 pairs, whose [P, 2] logits alone
-    would take 3.2 GB in fp32. The op's memory stays O(N); fp32 on the GPU against the fp64 CPU
-    kernel."""
+    would take 3.2 GB in fp32. The op's temp memory stays small (two-pass: O(N); tiled: about
+    N + P / S slots, S = 512 on an H100, about 19 MB); fp32 on the GPU against the fp64 CPU kernel."""
+    monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", kernel)
     lens, sw = [20000], -1
     N = sum(lens)
     a = 3 * torch.randn(N, 2, device=CUDA)

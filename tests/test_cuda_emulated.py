@@ -350,10 +350,11 @@ def test_shift_pair_kernels(emu, case):
 
 # --- the fused shift loss -----------------------------------------------------------------------
 
-# (lengths, shift_win, dtype) of shift_pair_nll. Rows kernel: warps of 8 utterances per block;
-# columns kernel: segments of kColSeg = 256 chunk rows, so the chunks of 300 / 270 take the
-# partial + combine path, next to one-segment chunks of the same batch; lengths 1 give one-pair
-# chunks, shift_win 4 / 100 / 3 leave a short last chunk.
+# (lengths, shift_win, dtype) of shift_pair_nll, each run by both kernels. Two-pass: rows kernel
+# warps of 8 utterances per block; columns kernel segments of kColSeg = 256 chunk rows, so the
+# chunks of 300 / 270 take the partial + combine path, next to one-segment chunks of the same
+# batch. Tiled (64 x 64 squares at these sizes): chunks of 300 / 270 / 260 have 5 bands, the last
+# one short. Lengths 1 give one-pair chunks, shift_win 4 / 100 / 3 / 200 leave a short last chunk.
 NLL_CASES = [
     ([37, 1, 18, 5], 4, F64),
     ([37, 1, 18, 5], -1, F64),
@@ -365,6 +366,7 @@ NLL_CASES = [
     ([37, 1, 18, 5], -1, BF16),
     ([270, 2, 1], -1, BF16),
     ([7, 2, 9], 3, BF16),
+    ([500, 3], 200, F32),  # tiled: a short last chunk (100) with fewer bands (2) than the others (4)
 ]
 
 
@@ -408,9 +410,30 @@ def _nll_per_row(dt, a, b, s, lens, sw):
             "row_r": zeros.index_add(0, idx[0], gz[:, 1]), "col_r": zeros.index_add(0, idx[1], gz[:, 1])}
 
 
-def _nll_jobs(dt, a, b, s, lens, sw):
+# The launcher's kernels (emu_main.cpp, job int "kernel"): the two-pass rows + columns kernels,
+# the tiled single-pass kernel, and the tiled kernel with kFast (whose intrinsics are the accurate
+# functions in the emulator: the logic is checked here, the approximations on a GPU).
+NLL_KERNELS = {"two_pass": 0, "tiled": 1, "tiled_fast": 2}
+
+
+def _nll_jobs(dt, a, b, s, lens, sw, kernel="two_pass", min_bands=None):
     arrays = dict(lengths=torch.tensor(lens), a=a.to(dt), b=b.to(dt), sentiment=s)
-    return [(f"nll_g{g}", "shift_pair_nll", dt, dict(shift_win=sw, with_grad=g), arrays) for g in (1, 0)]
+    ints = dict(kernel=NLL_KERNELS[kernel])
+    if min_bands is not None:
+        ints["min_bands"] = min_bands
+    return [(f"nll_g{g}", "shift_pair_nll", dt, dict(shift_win=sw, with_grad=g, **ints), arrays) for g in (1, 0)]
+
+
+def _tiled_spans(lens, sw, min_bands=32):
+    """The tiled kernel's square side of every dialogue, as kernels/shift_pair.cuh's nll_span:
+    64, doubled while the chunk keeps at least min_bands bands of the doubled side, at most 1024."""
+    spans = []
+    for L in lens:
+        w, S = (L if sw < 0 else min(sw, L)), 64
+        while S < 1024 and w >= 2 * S * min_bands:
+            S *= 2
+        spans.append(S)
+    return spans
 
 
 def _check_nll(out, dt, a, b, s, lens, sw, tag):
@@ -425,7 +448,7 @@ def _check_nll(out, dt, a, b, s, lens, sw, tag):
     nograd = _split_policies(out["nll_g0"])
     N = sum(lens)
     for k, v in got.items():
-        assert v.dtype == (torch.int64 if k in ("confusion", "counts") else acc), (tag, k, v.dtype)
+        assert v.dtype == (torch.int64 if k in ("confusion", "counts", "spans") else acc), (tag, k, v.dtype)
     assert got["row_r"].numel() == N and got["col_r"].numel() == N
     assert nograd["row_r"].numel() == 0 and nograd["col_r"].numel() == 0, f"{tag}: with_grad=0 gives [0] residuals"
     for k in ("loss", "confusion", "row_loss", "counts"):
@@ -446,19 +469,48 @@ def _check_nll(out, dt, a, b, s, lens, sw, tag):
         _compare(f"{tag} {k} (reference d/d{ref})", got[k], exact[ref], theirs[ref], dt)
 
 
+@pytest.mark.parametrize("kernel", ["two_pass", "tiled"])
 @pytest.mark.parametrize("case", NLL_CASES, ids=_nid)
-def test_shift_pair_nll_kernels(emu, case):
+def test_shift_pair_nll_kernels(emu, case, kernel):
     lens, sw, dt = case
     a, b, s = _nll_inputs(lens, seed=3000 + NLL_CASES.index(case))
-    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw))
-    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll {_nid(case)}")
+    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw, kernel))
+    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll {kernel} {_nid(case)}")
+    if kernel == "tiled":  # the launcher's kNllMinBands = 32: 64 x 64 squares at these sizes
+        assert _split_policies(out["nll_g1"])["spans"].tolist() == _tiled_spans(lens, sw) == [64] * len(lens)
+
+
+# (lengths, shift_win, min_bands): larger squares (the launcher takes them from chunks of 4,096 on,
+# too slow to emulate; min_bands lowered instead), where one block walks several row tiles (its
+# column partials added in row-tile order) and several column tiles, with short last bands, a
+# short last chunk with fewer bands than the others, and dialogues of different sides in one batch.
+NLL_SPAN_CASES = [
+    ([300], -1, 2),  # S = 128: bands 128, 128, 44
+    ([300, 3, 1], -1, 1),  # S = 256, 64, 64
+    ([500, 17, 1], 200, 1),  # S = 128: chunks 200 (bands 128, 72), 200, 100 (one band)
+    ([700, 70], -1, 1),  # S = 512 (8 x 8 tiles in a square), 64
+    ([256, 255], -1, 2),  # the rule's boundary: w = 2 x 64 x min_bands doubles (128), one less does not
+]
 
 
 @pytest.mark.parametrize("dt", [F64, F32, BF16], ids=lambda d: DT_IDS[d])
-def test_shift_pair_nll_ties_and_large_logits(emu, dt):
+@pytest.mark.parametrize("case", NLL_SPAN_CASES, ids=lambda c: f"{'-'.join(map(str, c[0]))}-w{c[1]}-m{c[2]}")
+def test_shift_pair_nll_tiled_squares(emu, case, dt):
+    lens, sw, min_bands = case
+    a, b, s = _nll_inputs(lens, seed=4000 + NLL_SPAN_CASES.index(case))
+    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw, "tiled", min_bands=min_bands))
+    spans = _split_policies(out["nll_g1"])["spans"].tolist()
+    assert spans == _tiled_spans(lens, sw, min_bands) and max(spans) > 64, spans
+    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll tiled S={spans} {DT_IDS[dt]}")
+
+
+@pytest.mark.parametrize("kernel", list(NLL_KERNELS))
+@pytest.mark.parametrize("dt", [F64, F32, BF16], ids=lambda d: DT_IDS[d])
+def test_shift_pair_nll_ties_and_large_logits(emu, dt, kernel):
     """Ties z_0 == z_1 (small-integer logits: prediction 0, as argmax) and logits up to about
-    +-400 (exp(-|x|) underflows; loss = x, residual +-1 or 0), with two sentiment classes."""
-    lens, sw = [20, 9, 33], -1
+    +-400 (exp(-|x|) underflows; loss = x, residual +-1 or 0), with two sentiment classes.
+    tiled_fast: kFast in float (the accurate path for float64)."""
+    lens, sw = [20, 9, 33, 70], -1
     gen = torch.Generator().manual_seed(11)
     N = sum(lens)
     a = torch.randint(-1, 2, (N, 2), generator=gen).double()
@@ -466,11 +518,29 @@ def test_shift_pair_nll_ties_and_large_logits(emu, dt):
     s = torch.randint(0, 2, (N,), generator=gen)
     rows = _nll_per_row(dt, a, b, s, lens, sw)
     assert rows["counts"][:, 0].sum() > 0 and rows["counts"][:, 2].sum() > 0  # ties predict 0 for both labels
-    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw))
-    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll ties {DT_IDS[dt]}")
+    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw, kernel))
+    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll {kernel} ties {DT_IDS[dt]}")
     a, b, s = _nll_inputs(lens, seed=12, scale=100.0, classes=2)
-    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw))
-    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll large {DT_IDS[dt]}")
+    out = _run(emu, _nll_jobs(dt, a, b, s, lens, sw, kernel))
+    _check_nll(out, dt, a, b, s, lens, sw, f"shift_pair_nll {kernel} large {DT_IDS[dt]}")
+
+
+@pytest.mark.parametrize("kernel", ["tiled", "tiled_fast"])
+def test_shift_pair_nll_tiled_nan_rows(emu, kernel):
+    """A NaN logit poisons exactly the loss and residual sums of the pairs it is in (its row and
+    its column), never the masked padding of a tile: the tiled kernel masks with selects, and
+    the fast term keeps NaN (no fmaxf / fminf, which would drop it)."""
+    lens, sw = [70, 5], -1
+    a, b, s = _nll_inputs(lens, seed=13)
+    a[3, 1] = float("nan")
+    out = _split_policies(_run(emu, _nll_jobs(F32, a, b, s, lens, sw, kernel))["nll_g1"])
+    bad_row = torch.zeros(sum(lens), dtype=torch.bool)
+    bad_row[3] = True
+    assert torch.isnan(out["row_loss"][bad_row]).all() and not torch.isnan(out["row_loss"][~bad_row]).any()
+    assert torch.isnan(out["row_r"][bad_row]).all() and not torch.isnan(out["row_r"][~bad_row]).any()
+    # every column of dialogue 0 pairs with row 3; dialogue 1's columns do not
+    assert torch.isnan(out["col_r"][:70]).all() and not torch.isnan(out["col_r"][70:]).any()
+    assert out["counts"].view(-1, 4).sum().item() == num_shift_pairs(lens, sw)
 
 
 # --- the emulator itself ------------------------------------------------------------------------

@@ -7,7 +7,11 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <string>
 #include <tuple>
+#include <type_traits>
+#include <vector>
 
 #include "cuda_utils.h"
 #include "../../kernels/shift_pair.cuh"
@@ -127,13 +131,64 @@ std::tuple<at::Tensor, at::Tensor> shift_pair_sum_backward_cuda(const at::Tensor
   return {ga, gb};
 }
 
-// The fused shift loss: the same checks, outputs and pair terms as shift_pair_nll_cpu. Temp
-// memory O(N) (row sums, per-row counts; column partials per kColSeg-row segment), no [P]
+// Which kernels compute the fused shift loss. GRAPHSMILE_CUDA_SHIFT_NLL (read on every call):
+// "auto" (or unset) takes the tiled single-pass kernel when its whole 64 x 64 tiles hold at most
+// twice the batch's pairs (the two-pass kernels evaluate every pair twice; short chunks pad the
+// tiles), "tiled" or "two_pass" force one (to compare them, as scripts/gpu_session.sh does).
+bool use_tiled_nll(const ShiftMeta& meta, int64_t shift_win) {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_SHIFT_NLL");
+  const std::string v = e == nullptr ? "" : e;
+  if (v == "tiled") return true;
+  if (v == "two_pass") return false;
+  TORCH_CHECK_VALUE(v.empty() || v == "auto", "graphsmile: the environment variable GRAPHSMILE_CUDA_SHIFT_NLL must be ",
+                    "auto, tiled or two_pass, got '", v, "'");
+  const int64_t B = static_cast<int64_t>(meta.length.size());
+  return gpu::nll_tile_slots(meta.length.data(), B, shift_win) <= 2 * meta.num_pairs;
+}
+
+// GRAPHSMILE_CUDA_FAST_MATH=1 (read on every call): the tiled kernel's float terms use __expf,
+// __fdividef and __logf (about 1e-7 absolute error per pair; see kernels/shift_pair.cuh).
+bool fast_math_nll() {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_FAST_MATH");
+  const std::string v = e == nullptr ? "0" : e;
+  TORCH_CHECK_VALUE(v == "0" || v == "1" || v.empty(), "graphsmile: the environment variable GRAPHSMILE_CUDA_FAST_MATH ",
+                    "must be 0 or 1, got '", v, "'");
+  return v == "1";
+}
+
+// The tiled kernel's plan on the device: the block and partial-slot bases of every dialogue.
+struct DeviceNllTiling {
+  at::Tensor buf;
+  gpu::NllTileArgs args;
+  int64_t blocks;
+};
+
+DeviceNllTiling upload_nll_tiling(const ShiftMeta& meta, int64_t shift_win, const at::Device& device) {
+  const int64_t B = static_cast<int64_t>(meta.length.size());
+  std::vector<int64_t> tile_base(B), part_base(B);
+  const gpu::NllTilingCounts n = gpu::nll_tiling(meta.length.data(), B, shift_win, gpu::kNllMinBands,
+                                                 tile_base.data(), part_base.data());
+  DeviceNllTiling d;
+  d.buf = cuda_host::upload_meta({&tile_base, &part_base}, device);
+  const int64_t* p = d.buf.data_ptr<int64_t>();
+  d.args.tile_base = p;
+  d.args.part_base = p + B;
+  d.args.min_bands = gpu::kNllMinBands;
+  d.args.parts = n.parts;
+  d.blocks = n.blocks;
+  return d;
+}
+
+// The fused shift loss: the same checks, outputs and pair terms as shift_pair_nll_cpu. No [P]
 // tensor; the loss and the confusion are torch's deterministic reductions of per-row values.
+// Temp memory: two-pass, O(N) (row sums, per-row counts; column partials per kColSeg-row
+// segment); tiled, at most about N + P / 64 partial slots (kernels/shift_pair.cuh) of 3 int32
+// counts and 1 (3 with_grad) acc_t.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shift_pair_nll_cuda(
     const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& sentiment_, const at::Tensor& lengths,
     int64_t shift_win, bool with_grad) {
   const ShiftMeta meta = check_nll_inputs(a_, b_, sentiment_, lengths, shift_win, c10::DeviceType::CUDA);
+  const bool tiled = use_tiled_nll(meta, shift_win), fast = fast_math_nll();
   c10::cuda::CUDAGuard guard(a_.device());
   const at::Tensor a = a_.contiguous(), b = b_.contiguous(), sentiment = sentiment_.contiguous();
   const int64_t N = meta.num_nodes;
@@ -146,14 +201,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shift_pair_nll_cuda(
     // C = 1: the column partials / combine kernel address one value per utterance.
     DeviceShiftMeta dm = upload_shift_meta(meta, shift_win, /*C=*/1, a.device());
     cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    const int64_t nseg = column_segments(meta, shift_win);
-    at::Tensor partial;
-    if (with_grad && nseg > 1) partial = at::empty({nseg * N}, acc_opts);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "shift_pair_nll_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* ap = a.data_ptr<scalar_t>();
       const scalar_t* bp = b.data_ptr<scalar_t>();
       const int64_t* sp = sentiment.data_ptr<int64_t>();
+      if (tiled) {
+        const DeviceNllTiling tl = upload_nll_tiling(meta, shift_win, a.device());
+        const int64_t Q = tl.args.parts;
+        at::Tensor part_loss = at::empty({Q}, acc_opts);
+        at::Tensor part_r = at::empty({with_grad ? Q : 0}, acc_opts);
+        at::Tensor part_col = at::empty({with_grad ? Q : 0}, acc_opts);
+        at::Tensor part_cnt = at::empty({3 * Q}, a.options().dtype(at::kInt));
+        acc_t* pr = with_grad ? part_r.data_ptr<acc_t>() : nullptr;
+        acc_t* pc = with_grad ? part_col.data_ptr<acc_t>() : nullptr;
+        const unsigned int blocks = cuda_host::grid_x(tl.blocks, "shift_pair_nll (tiled)");
+        auto launch = [&](auto with_grad_c, auto fast_c) {
+          gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, decltype(with_grad_c)::value, decltype(fast_c)::value>
+              <<<blocks, gpu::kNllThreads, 0, stream>>>(ap, bp, sp, part_loss.data_ptr<acc_t>(), pr,
+                                                         part_cnt.data_ptr<int32_t>(), pc, dm.args, tl.args);
+        };
+        using T = std::true_type;
+        using F = std::false_type;
+        if constexpr (std::is_same_v<acc_t, float>) {
+          if (fast) with_grad ? launch(T{}, T{}) : launch(F{}, T{});
+          else with_grad ? launch(T{}, F{}) : launch(F{}, F{});
+        } else {
+          with_grad ? launch(T{}, F{}) : launch(F{}, F{});  // double: no fast intrinsics
+        }
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const unsigned int cblocks = cuda_host::grid_x(ceil_div(N, gpu::kShiftThreads), "shift_pair_nll (combine)");
+        gpu::shift_pair_nll_combine_kernel<acc_t><<<cblocks, gpu::kShiftThreads, 0, stream>>>(
+            part_loss.data_ptr<acc_t>(), pr, part_cnt.data_ptr<int32_t>(), pc, row_loss.data_ptr<acc_t>(),
+            with_grad ? row_r.data_ptr<acc_t>() : nullptr, counts.data_ptr<int64_t>(),
+            with_grad ? col_r.data_ptr<acc_t>() : nullptr, dm.args, tl.args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+      const int64_t nseg = column_segments(meta, shift_win);
+      at::Tensor partial;
+      if (with_grad && nseg > 1) partial = at::empty({nseg * N}, acc_opts);
       const unsigned int blocks = cuda_host::grid_x(ceil_div(N, gpu::kShiftWarps), "shift_pair_nll");
       gpu::shift_pair_nll_rows_kernel<scalar_t, acc_t><<<blocks, gpu::kShiftWarps * 32, 0, stream>>>(
           ap, bp, sp, row_loss.data_ptr<acc_t>(), with_grad ? row_r.data_ptr<acc_t>() : nullptr,

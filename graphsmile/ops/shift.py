@@ -167,6 +167,12 @@ def shift_pair_nll(
     The ``cpu``, ``cuda`` and ``triton`` backends evaluate one exp, one log1p and one division
     per pair and compute the gradient in the same pass when it is needed (the loss is a sum, so
     its backward only scales it); ``reference`` and ``dense`` build the ``[P, 2]`` logits.
+    Temp memory: O(N) on the CPU and in CUDA's two-pass kernels; CUDA's tiled kernel keeps
+    per-square partial sums (at most about N + P / 64 slots of 24 bytes: 19 MB for P = 4e8) and
+    Triton per-32-row partial column sums (P / 32 values: 50 MB for P = 4e8). On CUDA,
+    ``GRAPHSMILE_CUDA_SHIFT_NLL`` (``auto`` / ``tiled`` / ``two_pass``) and
+    ``GRAPHSMILE_CUDA_FAST_MATH=1`` choose the kernels (README, "The graph ops"). Every backend is
+    deterministic; on CPU and CUDA an utterance's sums do not depend on the rest of the batch.
     """
     lens = lengths_to_list(lengths)
     check_shift_win(shift_win)

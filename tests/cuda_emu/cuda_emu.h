@@ -94,6 +94,11 @@ using std::exp;
 using std::log;
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+// The fast intrinsics (shift_pair_nll_tiled_kernel with kFast): the accurate functions here, so
+// the emulator checks the kernel's logic, not the approximations (those are tested on a GPU).
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
 
 // ---- built-in variables -------------------------------------------------------------------------
 inline uint3 threadIdx{0, 0, 0};

@@ -139,6 +139,11 @@ int64_t geti(const Job& j, const std::string& k) {
   return it->second;
 }
 
+int64_t geti(const Job& j, const std::string& k, int64_t fallback) {
+  auto it = j.ints.find(k);
+  return it == j.ints.end() ? fallback : it->second;
+}
+
 // A fresh heap copy of an input array (one allocation per array: out-of-bounds reads are seen by ASan).
 template <typename T>
 std::vector<T> geta(const Job& j, const std::string& k) {
@@ -444,24 +449,73 @@ void run_shift_pair_sum_backward(const Job& j, Outputs& out) {
   if (mask_b) put(out, "gb", gb);
 }
 
-// shift_pair_nll (csrc/cuda/shift_pair_cuda.cu, shift_pair_nll_cuda): the rows kernel, then with
-// with_grad the columns kernel (+ combine). The launcher's torch reductions (loss = sum of
-// row_loss, confusion = column sums of counts) are done here in index order: their bits are not
-// what is under test (torch's sum has its own order), their inputs are.
+// shift_pair_nll (csrc/cuda/shift_pair_cuda.cu, shift_pair_nll_cuda). Job int "kernel": 0 the
+// two-pass kernels (the rows kernel, then with with_grad the columns kernel + combine), 1 the
+// tiled kernel + its combine, 2 the same with kFast (float only; the intrinsics are the accurate
+// functions here). "min_bands" (default kNllMinBands, the launcher's) lets the tests reach the
+// larger squares on small chunks. The launcher's torch reductions (loss = sum
+// of row_loss, confusion = column sums of counts) are done here in index order: their bits are
+// not what is under test (torch's sum has its own order), their inputs are.
 template <typename scalar_t, typename acc_t>
 void run_shift_pair_nll(const Job& j, Outputs& out) {
   ShiftMetaEmu meta = shift_meta(j, /*C=*/1);  // as the launcher: one value per utterance
   const std::vector<scalar_t> a = geta<scalar_t>(j, "a"), b = geta<scalar_t>(j, "b");
   const std::vector<int64_t> sent = geta<int64_t>(j, "sentiment");
-  const int64_t N = meta.N, sw = meta.args.shift_win;
+  const int64_t N = meta.N, sw = meta.args.shift_win, B = meta.args.B;
   if (static_cast<int64_t>(a.size()) != 2 * N || b.size() != a.size()) die("a, b must be [N, 2]");
   if (static_cast<int64_t>(sent.size()) != N) die("sentiment must be [N]");
   const bool with_grad = geti(j, "with_grad") != 0;
+  const int64_t kernel = geti(j, "kernel", 0);
+  if (kernel < 0 || kernel > 2) die("kernel must be 0, 1 or 2");
   std::vector<acc_t> row_r(static_cast<size_t>(with_grad ? N : 0), poison<acc_t>());
   std::vector<acc_t> col_r(static_cast<size_t>(with_grad ? N : 0), poison<acc_t>());
   std::vector<acc_t> row_loss(static_cast<size_t>(N), poison<acc_t>());
   std::vector<int64_t> counts(static_cast<size_t>(4 * N), poison<int64_t>());
-  if (N > 0) {
+  std::vector<int64_t> spans;  // the square side of every dialogue (tiled)
+  if (N > 0 && kernel != 0) {
+    const int64_t min_bands = geti(j, "min_bands", gpu::kNllMinBands);
+    for (int64_t L : meta.length) spans.push_back(gpu::nll_span(std::min(shift_chunk(L, sw), L), min_bands));
+    std::vector<int64_t> tile_base(static_cast<size_t>(B)), part_base(static_cast<size_t>(B));
+    const gpu::NllTilingCounts n = gpu::nll_tiling(meta.length.data(), B, sw, min_bands, tile_base.data(),
+                                                   part_base.data());
+    gpu::NllTileArgs ta{tile_base.data(), part_base.data(), min_bands, n.parts};
+    const size_t Q = static_cast<size_t>(n.parts);
+    std::vector<acc_t> part_loss(Q, poison<acc_t>()), part_r(with_grad ? Q : 0, poison<acc_t>()),
+        part_col(with_grad ? Q : 0, poison<acc_t>());
+    std::vector<int32_t> part_cnt(3 * Q, int32_t(-0x3a5a5a5a));  // poison: an unwritten count is seen
+    acc_t* pr = with_grad ? part_r.data() : nullptr;
+    acc_t* pc = with_grad ? part_col.data() : nullptr;
+    cuda_emu::launch("shift_pair_nll_tiled_kernel", dim3(grid_x(n.blocks)), dim3(gpu::kNllThreads), [&] {
+      if constexpr (std::is_same_v<acc_t, float>) {
+        if (kernel == 2) {
+          if (with_grad)
+            gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, true, true>(a.data(), b.data(), sent.data(),
+                                                                         part_loss.data(), pr, part_cnt.data(), pc,
+                                                                         meta.args, ta);
+          else
+            gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, false, true>(a.data(), b.data(), sent.data(),
+                                                                          part_loss.data(), pr, part_cnt.data(), pc,
+                                                                          meta.args, ta);
+          return;
+        }
+      }
+      if (with_grad)
+        gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, true, false>(a.data(), b.data(), sent.data(),
+                                                                      part_loss.data(), pr, part_cnt.data(), pc,
+                                                                      meta.args, ta);
+      else
+        gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, false, false>(a.data(), b.data(), sent.data(),
+                                                                       part_loss.data(), pr, part_cnt.data(), pc,
+                                                                       meta.args, ta);
+    });
+    cuda_emu::launch("shift_pair_nll_combine_kernel", dim3(grid_x(ceil_div(N, gpu::kShiftThreads))),
+                     dim3(gpu::kShiftThreads), [&] {
+                       gpu::shift_pair_nll_combine_kernel<acc_t>(part_loss.data(), pr, part_cnt.data(), pc,
+                                                                 row_loss.data(), with_grad ? row_r.data() : nullptr,
+                                                                 counts.data(), with_grad ? col_r.data() : nullptr,
+                                                                 meta.args, ta);
+                     });
+  } else if (N > 0) {
     int64_t max_chunk = 0;
     for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, sw), L));
     const int64_t nseg = ceil_div(max_chunk, gpu::kColSeg);
@@ -498,6 +552,7 @@ void run_shift_pair_nll(const Job& j, Outputs& out) {
   put(out, "counts", counts);
   put(out, "row_r", row_r);
   put(out, "col_r", col_r);
+  put(out, "spans", spans);
 }
 
 // ---- dispatch ---------------------------------------------------------------------------------------
