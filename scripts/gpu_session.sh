@@ -11,13 +11,16 @@
 #       scripts/collect_gpu_results.sh <files_at>   # results -> bench/results/, logs -> bench/results/gpu/
 #
 # Stages, in priority order, each with its own time limit, all under one deadline
-# (GS_DEADLINE_S, default 560 s, so the call ends inside the tool's 600 s). What needs Triton's
-# compiler (slow the first time) comes after what the CUDA kernels can show:
+# (GS_DEADLINE_S, default 560 s, so the call ends inside the tool's 600 s). First what closes
+# issues #3 and #4 (each backend's tests on the GPU and its bench/ops.py records), then the
+# figures of #8; the stage limits add up to more than the deadline, so the tail may be skipped:
 #   env          nvidia-smi, versions, measured device copy bandwidth
 #   ext          the prebuilt extension when its torch version and source hash match, else a
 #                build here (sm_90, all cores); then a smoke check against the reference
 #   cuda         pytest tests/test_cuda.py
 #   ops_cuda     bench/ops.py --preset gpu-targets (T1 bandwidth fp32+bf16 D 256/512, T2 shift), cuda
+#   triton       pytest tests/test_triton.py (Triton's compiler: slow the first time)
+#   ops_triton   bench/ops.py --preset gpu-targets, triton
 #   model_cuda   bench/model.py --preset gpu-targets (T3: IEMOCAP batch, 16x1000, 1x20000), cuda + original
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path)
 #   ab_tc        bf16 bandwidth again with GRAPHSMILE_CUDA_TENSOR_CORES=0: the FFMA forward beside
@@ -25,8 +28,6 @@
 #   ab_nll       the fused shift loss (1x20000, shift_win -1, fp32 + bf16) with the two-pass kernels
 #                and with the tiled kernel's fast intrinsics, beside ops_cuda's auto (tiled) run
 #                (records carry cuda_shift_nll, cuda_fast_math)
-#   triton       pytest tests/test_triton.py
-#   ops_triton   bench/ops.py --preset gpu-targets, triton
 #   model_triton bench/model.py --preset gpu-targets, triton
 #   stack        bench/ops.py stack + shift sections at L 50 110 250 1000 (cuda, triton, dense, scatter, floor)
 #   profile      torch.profiler kernel tables (cuda, triton) + Nsight Compute of window_spmm
@@ -46,7 +47,7 @@ export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda model_cuda epoch ab_tc ab_nll triton ops_triton model_triton stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda triton ops_triton model_cuda epoch ab_tc ab_nll model_triton stack profile suite}"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -139,7 +140,7 @@ print("extension OK")
 EOF
 '
 NEED_EXT=0
-for s in cuda ops_cuda model_cuda epoch ab_tc ab_nll triton ops_triton model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
+for s in cuda ops_cuda triton ops_triton model_cuda epoch ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
@@ -151,17 +152,17 @@ OPS='$PY bench/ops.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $
 BE=cuda; [ "$GS_DEVICE" = cuda ] || BE=cpu
 MODEL='$PY bench/model.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $((LIMIT - 25)) --out $OUT/results/model.jsonl'
 
-# --- what the CUDA kernels can show ---------------------------------------------------------------
+# --- issues #3 and #4: each GPU backend's tests and bench/ops.py records ---------------------------
 stage cuda 150 40 '$PYTEST $XDIST tests/test_cuda.py --junitxml=$OUT/logs/cuda.xml'
 stage ops_cuda 120 45 "$OPS --preset gpu-targets --providers $BE,floor,dense,unfused --reps 3"
+stage triton 150 40 '$PYTEST $XDIST tests/test_triton.py --junitxml=$OUT/logs/triton.xml'
+stage ops_triton 120 45 "$OPS --preset gpu-targets --providers triton,floor --reps 3"
+# --- issue #8: the model, the epoch, the A/B comparisons ------------------------------------------
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
 stage ab_tc 60 30 "GRAPHSMILE_CUDA_TENSOR_CORES=0 $OPS --preset gpu-bandwidth --dtype bfloat16 --dim 512 --providers $BE --reps 3 --no-check"
 NLL_AB="$OPS --preset gpu-shift --sections shift_loss --dtype float32 bfloat16 --providers $BE --reps 3 --no-check"
 stage ab_nll 60 25 "GRAPHSMILE_CUDA_SHIFT_NLL=two_pass $NLL_AB; GRAPHSMILE_CUDA_SHIFT_NLL=tiled GRAPHSMILE_CUDA_FAST_MATH=1 $NLL_AB"
-# --- the Triton backend -------------------------------------------------------------------------
-stage triton 150 40 '$PYTEST $XDIST tests/test_triton.py --junitxml=$OUT/logs/triton.xml'
-stage ops_triton 120 45 "$OPS --preset gpu-targets --providers triton,floor --reps 3"
 stage model_triton 80 40 "$MODEL --preset gpu-targets --providers triton --reps 3"
 # --- the rest -----------------------------------------------------------------------------------
 STACK_LENGTHS="50 110 250 1000"; [ -n "$QUICK" ] && STACK_LENGTHS="20 50"
