@@ -123,6 +123,8 @@ def env_info(device: str, dtype: str) -> Dict[str, Any]:
         info["gpu_peak_bw_gbps"] = gpu_peak_bandwidth_gbps(info["device_name"])
         # which 16-bit forward kernel the CUDA backend runs (csrc/cuda/window_propagate_cuda.cu)
         info["cuda_tensor_cores"] = os.environ.get("GRAPHSMILE_CUDA_TENSOR_CORES", "1") != "0"
+        # feature tiles per block of the tensor-core forward (its coefficients staged once for them)
+        info["cuda_tc_dtiles"] = os.environ.get("GRAPHSMILE_CUDA_TC_DTILES") or "4"
         # which fused shift-loss kernels (csrc/cuda/shift_pair_cuda.cu): auto, tiled or two_pass,
         # and whether the tiled kernel's fast intrinsics are on
         info["cuda_shift_nll"] = os.environ.get("GRAPHSMILE_CUDA_SHIFT_NLL") or "auto"

@@ -370,9 +370,17 @@ __global__ void __launch_bounds__(kSpmmThreads)
 // and rounded to the storage type, as plain torch in that precision would. The whole chunk is
 // multiplied (zero-padded past the band): the FFMA kernel's per-thread k-range trimming would
 // not pay on tensor cores. Needs sm_80 (bf16 fragments); the launcher checks the device.
+// Feature tiles: a block computes d_tiles consecutive 64-feature tiles (grid.y = ceil(D / (64 *
+// d_tiles))), one after the other. The coefficients of a chunk do not depend on the features, so
+// when the band's chunks over all other modalities fit kTcCfSlots tiles (windows 17/17: 3 chunks
+// per modality), they are staged once, for the first feature tile, and reused by the others:
+// d_tiles times less coefficient work (int64 edge ids, gathers of w and s), which GPU_NOTES
+// predicts to be most of this kernel's instructions. Longer bands restage them per tile.
 constexpr int kTcLdA = kChunk + 8;    // cf row stride, elements (multiple of 8: wmma's ldm rule)
 constexpr int kTcLdB = kTileD + 8;    // xs row stride
 constexpr int kTcLdC = kTileD + 4;    // fp32 epilogue tile row stride (multiple of 4)
+constexpr int kTcDTiles = 4;          // the launcher's default d_tiles (GRAPHSMILE_CUDA_TC_DTILES)
+constexpr int kTcCfSlots = 6;         // coefficient tiles kept: 6 x 32 x 40 x 2 B = 15 KB
 static_assert(kTileRows == 32 && kChunk == 32 && kTileD == 64 && kSpmmThreads == 128,
               "the tensor-core tiling assumes 32 x 64 block tiles, 32-row chunks and 4 warps");
 
@@ -380,15 +388,15 @@ template <typename scalar_t, typename tc_t>
 __global__ void __launch_bounds__(kSpmmThreads)
     window_spmm_forward_tc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
                                   const scalar_t* __restrict__ s, scalar_t* __restrict__ y, WindowArgs a,
-                                  int64_t D) {
+                                  int64_t D, int64_t d_tiles) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   using namespace nvcuda;
   using acc_t = float;
   // wmma loads and stores need 32-byte aligned pointers: every fragment offset below is a
   // multiple of 32 bytes given these strides (16 * kTcLdA * 2, 16 * kTcLdB * 2, 16 * kTcLdC * 4).
-  __shared__ __align__(32) uint16_t cf[kTileRows * kTcLdA];  // A: [r][k], bits of scalar_t
-  __shared__ __align__(32) uint16_t xs[kChunk * kTcLdB];     // B: [k][d], bits of scalar_t
-  __shared__ __align__(32) float out[kTileRows * kTcLdC];    // the accumulators, for the epilogue
+  __shared__ __align__(32) uint16_t cf[kTcCfSlots * kTileRows * kTcLdA];  // A tiles: [slot][r][k], bits of scalar_t
+  __shared__ __align__(32) uint16_t xs[kChunk * kTcLdB];                 // B: [k][d], bits of scalar_t
+  __shared__ __align__(32) float out[kTileRows * kTcLdC];                // the accumulators, for the epilogue
   __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
 
   const int tid = threadIdx.x;
@@ -396,52 +404,61 @@ __global__ void __launch_bounds__(kSpmmThreads)
   const int64_t tiles = (N + kTileRows - 1) / kTileRows;
   const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
   const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
-  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
   const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
   load_windows<kTileRows, acc_t, scalar_t>(a, t0, nrows, tid, r_lo, r_hi, r_eb, r_band);
   __syncthreads();
   const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
+  const int64_t band_chunks = (a.M - 1) * ((band_hi - band_lo + kChunk - 1) / kChunk);
+  const bool cached = d_tiles > 1 && band_chunks <= kTcCfSlots;  // uniform per block
   const int warp = tid >> 5;
   const int wr = (warp >> 1) * 16, wc = (warp & 1) * 32;  // this warp's rows and features
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
-  wmma::fill_fragment(acc0, 0.0f);
-  wmma::fill_fragment(acc1, 0.0f);
 
-  for (int64_t n = 0; n < a.M; ++n) {
-    if (n == m) continue;
-    const int64_t p = modal_pair_index(m, n, a.M);
-    const scalar_t* __restrict__ xn = x + n * N * D;
-    const scalar_t* __restrict__ sn = s + n * N;
-    for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
-      const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
-      __syncthreads();  // the previous chunk's products are done with xs / cf
-      stage_tile<kChunk, kTileD, kSpmmThreads>(xn, u0, clen, d0, D, tid, [&](int k, int dd, const scalar_t* v) {
-        xs[k * kTcLdB + dd] = v != nullptr ? bits16(*v) : uint16_t(0);  // 0: +0.0 in fp16 and bf16
-      });
-      stage_row_coefs<acc_t>(a, w, sn, r_lo, r_hi, r_eb, r_band, p, t0, u0, clen, tid,
-                             [&](int r, int k, acc_t c) { cf[r * kTcLdA + k] = bits16(static_cast<scalar_t>(c)); });
-      __syncthreads();
+  for (int64_t dt = 0; dt < d_tiles; ++dt) {
+    const int64_t d0 = (static_cast<int64_t>(blockIdx.y) * d_tiles + dt) * kTileD;
+    if (d0 >= D) break;  // uniform per block
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc0, acc1;
+    wmma::fill_fragment(acc0, 0.0f);
+    wmma::fill_fragment(acc1, 0.0f);
+    int slot = 0;  // the chunk's coefficient tile (cached: one per chunk; else tile 0, restaged)
+    for (int64_t n = 0; n < a.M; ++n) {
+      if (n == m) continue;
+      const int64_t p = modal_pair_index(m, n, a.M);
+      const scalar_t* __restrict__ xn = x + n * N * D;
+      const scalar_t* __restrict__ sn = s + n * N;
+      for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk, ++slot) {
+        const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
+        uint16_t* __restrict__ cft = cf + (cached ? slot : 0) * kTileRows * kTcLdA;
+        __syncthreads();  // the previous chunk's products are done with xs (and an uncached cf)
+        stage_tile<kChunk, kTileD, kSpmmThreads>(xn, u0, clen, d0, D, tid, [&](int k, int dd, const scalar_t* v) {
+          xs[k * kTcLdB + dd] = v != nullptr ? bits16(*v) : uint16_t(0);  // 0: +0.0 in fp16 and bf16
+        });
+        if (!cached || dt == 0)
+          stage_row_coefs<acc_t>(a, w, sn, r_lo, r_hi, r_eb, r_band, p, t0, u0, clen, tid,
+                                 [&](int r, int k, acc_t c) { cft[r * kTcLdA + k] = bits16(static_cast<scalar_t>(c)); });
+        __syncthreads();
 #pragma unroll
-      for (int k = 0; k < kChunk; k += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, tc_t, wmma::row_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, tc_t, wmma::row_major> fb0, fb1;
-        wmma::load_matrix_sync(fa, reinterpret_cast<const tc_t*>(cf + wr * kTcLdA + k), kTcLdA);
-        wmma::load_matrix_sync(fb0, reinterpret_cast<const tc_t*>(xs + k * kTcLdB + wc), kTcLdB);
-        wmma::load_matrix_sync(fb1, reinterpret_cast<const tc_t*>(xs + k * kTcLdB + wc + 16), kTcLdB);
-        wmma::mma_sync(acc0, fa, fb0, acc0);
-        wmma::mma_sync(acc1, fa, fb1, acc1);
+        for (int k = 0; k < kChunk; k += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, tc_t, wmma::row_major> fa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, tc_t, wmma::row_major> fb0, fb1;
+          wmma::load_matrix_sync(fa, reinterpret_cast<const tc_t*>(cft + wr * kTcLdA + k), kTcLdA);
+          wmma::load_matrix_sync(fb0, reinterpret_cast<const tc_t*>(xs + k * kTcLdB + wc), kTcLdB);
+          wmma::load_matrix_sync(fb1, reinterpret_cast<const tc_t*>(xs + k * kTcLdB + wc + 16), kTcLdB);
+          wmma::mma_sync(acc0, fa, fb0, acc0);
+          wmma::mma_sync(acc1, fa, fb1, acc1);
+        }
       }
     }
-  }
-  wmma::store_matrix_sync(out + wr * kTcLdC + wc, acc0, kTcLdC, wmma::mem_row_major);
-  wmma::store_matrix_sync(out + wr * kTcLdC + wc + 16, acc1, kTcLdC, wmma::mem_row_major);
-  __syncthreads();
-  for (int idx = tid; idx < kTileRows * kTileD; idx += kSpmmThreads) {
-    const int r = idx / kTileD, dd = idx % kTileD;  // consecutive threads: consecutive features
-    const int64_t d = d0 + dd;
-    if (r >= nrows || d >= D) continue;
-    const int64_t row = m * N + t0 + r;
-    y[row * D + d] = static_cast<scalar_t>(to_acc<acc_t>(s[row]) * out[r * kTcLdC + dd]);
+    wmma::store_matrix_sync(out + wr * kTcLdC + wc, acc0, kTcLdC, wmma::mem_row_major);
+    wmma::store_matrix_sync(out + wr * kTcLdC + wc + 16, acc1, kTcLdC, wmma::mem_row_major);
+    __syncthreads();
+    for (int idx = tid; idx < kTileRows * kTileD; idx += kSpmmThreads) {
+      const int r = idx / kTileD, dd = idx % kTileD;  // consecutive threads: consecutive features
+      const int64_t d = d0 + dd;
+      if (r >= nrows || d >= D) continue;
+      const int64_t row = m * N + t0 + r;
+      y[row * D + d] = static_cast<scalar_t>(to_acc<acc_t>(s[row]) * out[r * kTcLdC + dd]);
+    }
+    __syncthreads();  // out is rewritten by the next feature tile (redundant while every block has a chunk to stage: M >= 2, windows never empty; kept so this loop does not rely on it)
   }
 #else
   __trap();  // built for an architecture without bf16 tensor cores: the launcher never gets here

@@ -23,8 +23,10 @@
 #   ops_triton   bench/ops.py --preset gpu-targets, triton
 #   model_cuda   bench/model.py --preset gpu-targets (T3: IEMOCAP batch, 16x1000, 1x20000), cuda + original
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path)
-#   ab_tc        bf16 bandwidth again with GRAPHSMILE_CUDA_TENSOR_CORES=0: the FFMA forward beside
-#                the tensor-core one (records carry cuda_tensor_cores)
+#   ab_tc        bf16 bandwidth again with GRAPHSMILE_CUDA_TENSOR_CORES=0 (the FFMA kernels) and with
+#                GRAPHSMILE_CUDA_TC_DTILES=1 (the tensor-core forward restaging its coefficients for
+#                every feature tile), beside ops_cuda's defaults (records carry cuda_tensor_cores,
+#                cuda_tc_dtiles)
 #   ab_nll       the fused shift loss (1x20000, shift_win -1, fp32 + bf16) with the two-pass kernels
 #                and with the tiled kernel's fast intrinsics, beside ops_cuda's auto (tiled) run
 #                (records carry cuda_shift_nll, cuda_fast_math)
@@ -160,7 +162,8 @@ stage ops_triton 120 45 "$OPS --preset gpu-targets --providers triton,floor --re
 # --- issue #8: the model, the epoch, the A/B comparisons ------------------------------------------
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
-stage ab_tc 60 30 "GRAPHSMILE_CUDA_TENSOR_CORES=0 $OPS --preset gpu-bandwidth --dtype bfloat16 --dim 512 --providers $BE --reps 3 --no-check"
+TC_AB="$OPS --preset gpu-bandwidth --dtype bfloat16 --dim 512 --providers $BE --reps 3 --no-check"
+stage ab_tc 80 30 "GRAPHSMILE_CUDA_TENSOR_CORES=0 $TC_AB; GRAPHSMILE_CUDA_TC_DTILES=1 $TC_AB"
 NLL_AB="$OPS --preset gpu-shift --sections shift_loss --dtype float32 bfloat16 --providers $BE --reps 3 --no-check"
 stage ab_nll 60 25 "GRAPHSMILE_CUDA_SHIFT_NLL=two_pass $NLL_AB; GRAPHSMILE_CUDA_SHIFT_NLL=tiled GRAPHSMILE_CUDA_FAST_MATH=1 $NLL_AB"
 stage model_triton 80 40 "$MODEL --preset gpu-targets --providers triton --reps 3"

@@ -795,6 +795,26 @@ torch.save([y.detach().cpu(), xx.grad.cpu(), ww.grad.cpu()], sys.argv[2])
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: DT_IDS[d])
+def test_tensor_core_forward_feature_tiles(dtype, monkeypatch):
+    """GRAPHSMILE_CUDA_TC_DTILES (read on every call): 1, 3 and the default 4 feature tiles per
+    block of the tensor-core forward give the same bits (cached and restaged coefficients alike:
+    windows 17/17 fit the cache, unbounded windows over 300 rows do not); a bad value is an error
+    naming the variable."""
+    for lens, M, wp, wf, D in (([37, 1, 18, 5, 70], 3, 17, 17, 300), ([300, 20], 2, -1, -1, 200)):
+        x, w, _, _ = _window_inputs(lens, M, wp, wf, D, "per_edge")
+        x, w = x.to(dtype), w.to(dtype)
+        ys = {}
+        for d_tiles in ("", "1", "3"):
+            monkeypatch.setenv("GRAPHSMILE_CUDA_TC_DTILES", d_tiles)
+            ys[d_tiles] = ops.window_propagate(x, w, lens, M, wp, wf, "per_edge", backend="cuda")
+        assert torch.equal(ys["1"], ys[""]) and torch.equal(ys["3"], ys[""]), (lens, M, wp, wf, D)
+    monkeypatch.setenv("GRAPHSMILE_CUDA_TC_DTILES", "0")
+    with pytest.raises(ValueError, match="GRAPHSMILE_CUDA_TC_DTILES must be an integer from 1 to 64, got '0'"):
+        ops.window_propagate(x, w, lens, M, wp, wf, "per_edge", backend="cuda")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: DT_IDS[d])
 def test_ffma_kernels_with_tensor_cores_off(tmp_path, dtype):
     """fp16/bf16 run on tensor cores by default (sm_80+); GRAPHSMILE_CUDA_TENSOR_CORES=0 (read
     once per process, hence the subprocess) gives the FFMA kernels. Both must meet the same

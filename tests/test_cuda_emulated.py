@@ -227,14 +227,17 @@ def test_window_kernels(emu, case):
             assert torch.all(got["gw"][E:] == 0), f"{job}: entries past E must be 0"
 
 
+BF16_WINDOW_CASES = [([37, 1, 18, 5], 2, 17, 17, 70), ([70, 40], 3, -1, 3, 16), ([33], 2, 0, 0, 64),
+                     ([100], 2, 17, 17, 130)]
+
+
 @pytest.mark.parametrize("tensor_cores", ["1", "0"])
 def test_window_spmm_bf16_kernels(emu, monkeypatch, tensor_cores):
     """Both 16-bit kernel sets of window_spmm forward and backward: tensor cores (the launchers'
     default on sm_80+: the forward and backward pass A) and FFMA (GRAPHSMILE_CUDA_TENSOR_CORES=0),
     against torch's own error in bf16."""
     monkeypatch.setenv("GRAPHSMILE_CUDA_TENSOR_CORES", tensor_cores)
-    for k, (lens, M, wp, wf, D) in enumerate([([37, 1, 18, 5], 2, 17, 17, 70), ([70, 40], 3, -1, 3, 16),
-                                              ([33], 2, 0, 0, 64), ([100], 2, 17, 17, 130)]):
+    for k, (lens, M, wp, wf, D) in enumerate(BF16_WINDOW_CASES):
         x, w, g, gs = _window_inputs(lens, M, wp, wf, D, "per_edge", seed=7000 + k)
         s = reference.window_norm(w, lens, M, wp, wf, 0)
         L = torch.tensor(lens, dtype=torch.long)
@@ -250,6 +253,35 @@ def test_window_spmm_bf16_kernels(emu, monkeypatch, tensor_cores):
         got = _split_policies(out["bwd"])
         for name in ("gx", "gw", "gs"):
             _compare(f"window_spmm_backward {name} {tag}", got[name], exact[name], theirs[name], BF16)
+
+
+def test_window_spmm_tc_forward_feature_tiles(emu, monkeypatch):
+    """The tensor-core forward with 4 feature tiles per block (the launcher's default), 1 (the
+    coefficients restaged for every tile) and 3 (GRAPHSMILE_CUDA_TC_DTILES): the same bits (a
+    chunk's coefficients and products do not depend on the tiling), within bf16's bar of the
+    reference. Where the band's chunks over all other modalities fit the kernel's 6 coefficient
+    tiles (windows 17/17 and -1/3: 3 chunks per modality at M = 3) they are staged once and
+    reused; the windows 40/40 band at M = 3 (4 chunks each, 8 in all) restages them; D = 300 needs
+    two blocks along the features, the second with one tile. Forward only: the feature tiles are
+    the forward's."""
+    monkeypatch.setenv("GRAPHSMILE_CUDA_TENSOR_CORES", "1")
+    cases = BF16_WINDOW_CASES + [([40, 30], 3, 17, 17, 300), ([100], 3, 40, 40, 70)]
+    for k, (lens, M, wp, wf, D) in enumerate(cases):
+        x, w, g, gs = _window_inputs(lens, M, wp, wf, D, "per_edge", seed=7100 + k)
+        s = reference.window_norm(w, lens, M, wp, wf, 0)
+        arrays = dict(lengths=torch.tensor(lens, dtype=torch.long), w=w.to(BF16), s=s.to(BF16), x=x.to(BF16))
+        ys = {}
+        variants = ("4", "1", "3") if D > 3 * 64 else ("4", "1")  # up to 3 feature tiles, 3 is 4's launch
+        for d_tiles in variants:
+            monkeypatch.setenv("GRAPHSMILE_CUDA_TC_DTILES", d_tiles)
+            out = _run(emu, [("spmm", "window_spmm", BF16, dict(M=M, wp=wp, wf=wf, mode=0, D=D), arrays)])
+            ys[d_tiles] = _split_policies(out["spmm"])["y"]
+        tag = f"{lens} M={M} win {wp},{wf} D={D}"
+        for d_tiles in variants[1:]:
+            assert torch.equal(_bits(ys[d_tiles]), _bits(ys["4"])), f"window_spmm tc {tag}: d_tiles {d_tiles} != 4"
+        exact = _window_reference(F64, x, w, g, gs, s, lens, M, wp, wf, "per_edge")
+        theirs = _window_reference(BF16, x, w, g, gs, s, lens, M, wp, wf, "per_edge")
+        _compare(f"window_spmm tc {tag}", ys["4"], exact["y"], theirs["y"], BF16)
 
 
 def test_window_zero_and_negative_degrees(emu):

@@ -54,6 +54,19 @@ bool tensor_cores_for(const at::Tensor& x) {
   return enabled && at::cuda::getDeviceProperties(x.get_device())->major >= 8;
 }
 
+// Feature tiles per block of the tensor-core forward (window_spmm_forward_tc_kernel: the band's
+// coefficients staged once for all of them): gpu::kTcDTiles, or GRAPHSMILE_CUDA_TC_DTILES (read on
+// every call; 1 restages them for every tile, as before, to compare).
+int64_t tc_feature_tiles() {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_TC_DTILES");
+  if (e == nullptr || *e == '\0') return gpu::kTcDTiles;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  TORCH_CHECK_VALUE(*end == '\0' && v >= 1 && v <= 64, "graphsmile: the environment variable GRAPHSMILE_CUDA_TC_DTILES ",
+                    "must be an integer from 1 to 64, got '", e, "'");
+  return v;
+}
+
 template <typename T>
 struct TypeTag {
   using type = T;
@@ -171,8 +184,11 @@ at::Tensor window_spmm_cuda(const at::Tensor& x_, const at::Tensor& edge_weight,
   GS_CUDA_DISPATCH(x.scalar_type(), "window_spmm_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const bool launched = tc && with_tensor_core_type<scalar_t>([&](auto tag) {
-      gpu::window_spmm_forward_tc_kernel<scalar_t, typename decltype(tag)::type><<<grid, gpu::kSpmmThreads, 0, stream>>>(
-          x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D);
+      const int64_t d_tiles = tc_feature_tiles();
+      const dim3 tc_grid(grid.x, cuda_host::grid_y(ceil_div(D, gpu::kTileD * d_tiles), "window_spmm (feature tiles)"));
+      gpu::window_spmm_forward_tc_kernel<scalar_t, typename decltype(tag)::type><<<tc_grid, gpu::kSpmmThreads, 0, stream>>>(
+          x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D,
+          d_tiles);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     if (launched) return;

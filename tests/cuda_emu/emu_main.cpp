@@ -174,6 +174,15 @@ bool tensor_cores() {
   const char* e = std::getenv("GRAPHSMILE_CUDA_TENSOR_CORES");
   return !(e && std::strcmp(e, "0") == 0);
 }
+// As the forward launcher: feature tiles per block of the tensor-core forward,
+// GRAPHSMILE_CUDA_TC_DTILES or gpu::kTcDTiles.
+int64_t tc_feature_tiles() {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_TC_DTILES");
+  if (e == nullptr || *e == '\0') return gpu::kTcDTiles;
+  const long v = std::strtol(e, nullptr, 10);
+  if (v < 1 || v > 64) die("GRAPHSMILE_CUDA_TC_DTILES must be 1 to 64");
+  return v;
+}
 // The emulated storage types with a wmma fragment type (the launchers' TensorCoreType).
 template <typename scalar_t>
 constexpr bool kTensorCoreType = std::is_same<scalar_t, BF16>::value;
@@ -275,8 +284,11 @@ void run_window_spmm(const Job& j, Outputs& out) {
     const bool tc = kTensorCoreType<scalar_t> && tensor_cores();
     if constexpr (kTensorCoreType<scalar_t>) {
       if (tc) {
-        cuda_emu::launch("window_spmm_forward_tc_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
-          gpu::window_spmm_forward_tc_kernel<scalar_t, __nv_bfloat16>(x.data(), w.data(), s.data(), y.data(), meta.args, D);
+        const int64_t d_tiles = tc_feature_tiles();
+        const dim3 tc_grid(grid.x, grid_y(ceil_div(D, gpu::kTileD * d_tiles)));
+        cuda_emu::launch("window_spmm_forward_tc_kernel", tc_grid, dim3(gpu::kSpmmThreads), [&] {
+          gpu::window_spmm_forward_tc_kernel<scalar_t, __nv_bfloat16>(x.data(), w.data(), s.data(), y.data(), meta.args, D,
+                                                                      d_tiles);
         });
       }
     }
