@@ -264,10 +264,10 @@ __global__ void __launch_bounds__(kShiftThreads)
 // dialogue) is cut into ns = ceil(sz / S) row bands and ns column bands of S rows / columns;
 // block (rb, cb) owns the S x S square of pairs (rows of band rb, columns of band cb). The side
 // S = nll_span(w) of a dialogue depends only on its chunk length w (64 up to w = 4095, then
-// doubling while the chunk keeps at least min_bands = 32 bands, at most 1024): the sums of an
-// utterance have the same bits whatever else is in the batch and on whatever GPU. Inside a block, 16 x 16 threads
-// walk the square in 64 x 64 tiles, row tiles outer, column tiles inner; thread (ty, tx) owns
-// rows ty + 16 q and columns tx + 16 k (q, k < 4) of a tile, so each thread evaluates 16
+// doubling while the chunk keeps at least min_bands = 32 bands, at most 1024), so an utterance's
+// sums have the same bits whatever else is in the batch, on any GPU. Inside a block, 16 x 16
+// threads walk the square in 64 x 64 tiles, row tiles outer, column tiles inner; thread (ty, tx)
+// owns rows ty + 16 q and columns tx + 16 p (q, p < 4) of a tile, so each thread evaluates 16
 // independent pairs per tile from 4 a rows and 4 b rows held in registers.
 //   Row side: per row, a thread accumulates loss, residual and confusion counts over its columns
 //     of all the square's column tiles (the counts packed in one uint32, 8 bits per cell 2y + pred:

@@ -549,7 +549,8 @@ def test_shift_pair_nll_kernel_choice_errors(monkeypatch):
 def test_shift_pair_nll_20000_utterance_dialogue(kernel, monkeypatch):
     """One 20,000-utterance dialogue with shift_win = -1: 4e8 pairs, whose [P, 2] logits alone
     would take 3.2 GB in fp32. The op's temp memory stays small (two-pass: O(N); tiled: about
-    N + P / S slots, S = 512 on an H100, about 19 MB); fp32 on the GPU against the fp64 CPU kernel."""
+    N + P / S slots, S = 512 for a 20,000-utterance chunk: about 19 MB); fp32 on the GPU against
+    the fp64 CPU kernel."""
     monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", kernel)
     lens, sw = [20000], -1
     N = sum(lens)
@@ -801,7 +802,7 @@ def test_tensor_core_forward_feature_tiles(dtype, monkeypatch):
     windows 17/17 fit the cache, unbounded windows over 300 rows do not); a bad value is an error
     naming the variable."""
     for lens, M, wp, wf, D in (([37, 1, 18, 5, 70], 3, 17, 17, 300), ([300, 20], 2, -1, -1, 200)):
-        x, w, _, _ = _window_inputs(lens, M, wp, wf, D, "per_edge")
+        x, w, _ = _window_inputs(lens, M, wp, wf, D, "per_edge")
         x, w = x.to(dtype), w.to(dtype)
         ys = {}
         for d_tiles in ("", "1", "3"):

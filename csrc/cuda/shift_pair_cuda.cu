@@ -216,19 +216,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> shift_pair_nll_cuda(
         acc_t* pr = with_grad ? part_r.data_ptr<acc_t>() : nullptr;
         acc_t* pc = with_grad ? part_col.data_ptr<acc_t>() : nullptr;
         const unsigned int blocks = cuda_host::grid_x(tl.blocks, "shift_pair_nll (tiled)");
-        auto launch = [&](auto with_grad_c, auto fast_c) {
-          gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, decltype(with_grad_c)::value, decltype(fast_c)::value>
-              <<<blocks, gpu::kNllThreads, 0, stream>>>(ap, bp, sp, part_loss.data_ptr<acc_t>(), pr,
-                                                         part_cnt.data_ptr<int32_t>(), pc, dm.args, tl.args);
+        // with_grad and fast math as template flags (fast math: float only)
+        auto launch = [&](auto fast_c) {
+          auto go = [&](auto grad_c) {
+            gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, decltype(grad_c)::value, decltype(fast_c)::value>
+                <<<blocks, gpu::kNllThreads, 0, stream>>>(ap, bp, sp, part_loss.data_ptr<acc_t>(), pr,
+                                                           part_cnt.data_ptr<int32_t>(), pc, dm.args, tl.args);
+          };
+          with_grad ? go(std::true_type{}) : go(std::false_type{});
         };
-        using T = std::true_type;
-        using F = std::false_type;
-        if constexpr (std::is_same_v<acc_t, float>) {
-          if (fast) with_grad ? launch(T{}, T{}) : launch(F{}, T{});
-          else with_grad ? launch(T{}, F{}) : launch(F{}, F{});
-        } else {
-          with_grad ? launch(T{}, F{}) : launch(F{}, F{});  // double: no fast intrinsics
-        }
+        if constexpr (std::is_same_v<acc_t, float>) fast ? launch(std::true_type{}) : launch(std::false_type{});
+        else launch(std::false_type{});
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         const unsigned int cblocks = cuda_host::grid_x(ceil_div(N, gpu::kShiftThreads), "shift_pair_nll (combine)");
         gpu::shift_pair_nll_combine_kernel<acc_t><<<cblocks, gpu::kShiftThreads, 0, stream>>>(

@@ -497,28 +497,17 @@ void run_shift_pair_nll(const Job& j, Outputs& out) {
     std::vector<int32_t> part_cnt(3 * Q, int32_t(-0x3a5a5a5a));  // poison: an unwritten count is seen
     acc_t* pr = with_grad ? part_r.data() : nullptr;
     acc_t* pc = with_grad ? part_col.data() : nullptr;
+    // with_grad and kFast as template flags, as the launcher (kFast: float only)
+    auto launch = [&](auto fast_c) {
+      auto go = [&](auto grad_c) {
+        gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, decltype(grad_c)::value, decltype(fast_c)::value>(
+            a.data(), b.data(), sent.data(), part_loss.data(), pr, part_cnt.data(), pc, meta.args, ta);
+      };
+      with_grad ? go(std::true_type{}) : go(std::false_type{});
+    };
     cuda_emu::launch("shift_pair_nll_tiled_kernel", dim3(grid_x(n.blocks)), dim3(gpu::kNllThreads), [&] {
-      if constexpr (std::is_same_v<acc_t, float>) {
-        if (kernel == 2) {
-          if (with_grad)
-            gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, true, true>(a.data(), b.data(), sent.data(),
-                                                                         part_loss.data(), pr, part_cnt.data(), pc,
-                                                                         meta.args, ta);
-          else
-            gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, false, true>(a.data(), b.data(), sent.data(),
-                                                                          part_loss.data(), pr, part_cnt.data(), pc,
-                                                                          meta.args, ta);
-          return;
-        }
-      }
-      if (with_grad)
-        gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, true, false>(a.data(), b.data(), sent.data(),
-                                                                      part_loss.data(), pr, part_cnt.data(), pc,
-                                                                      meta.args, ta);
-      else
-        gpu::shift_pair_nll_tiled_kernel<scalar_t, acc_t, false, false>(a.data(), b.data(), sent.data(),
-                                                                       part_loss.data(), pr, part_cnt.data(), pc,
-                                                                       meta.args, ta);
+      if constexpr (std::is_same_v<acc_t, float>) kernel == 2 ? launch(std::true_type{}) : launch(std::false_type{});
+      else launch(std::false_type{});
     });
     cuda_emu::launch("shift_pair_nll_combine_kernel", dim3(grid_x(ceil_div(N, gpu::kShiftThreads))),
                      dim3(gpu::kShiftThreads), [&] {
