@@ -354,19 +354,13 @@ inline NllTilingCounts nll_tiling(const int64_t* length, int64_t B, int64_t shif
 
 // Pair slots the tiled kernel evaluates at square side kNllTile (whole 64 x 64 tiles, padding
 // included), against the P pairs: the launcher's "auto" takes the tiled kernel when at most
-// twice P (each pair evaluated once, against twice in the rows + columns kernels).
+// twice P (each pair evaluated once, against twice in the rows + columns kernels). The block
+// count of nll_tiling with squares that never grow past kNllTile, times a tile's pairs.
 inline int64_t nll_tile_slots(const int64_t* length, int64_t B, int64_t shift_win) {
-  int64_t slots = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t L = length[b], w = gs_min(shift_chunk(L, shift_win), L);
-    const int64_t full = L / w, rest = L % w, nt = (w + kNllTile - 1) / kNllTile, nr = (rest + kNllTile - 1) / kNllTile;
-    slots += (full * nt * nt + nr * nr) * kNllTile * kNllTile;
-  }
-  return slots;
+  constexpr int64_t kNeverGrow = int64_t(1) << 40;  // min_bands no chunk reaches
+  return nll_tiling(length, B, shift_win, kNeverGrow, nullptr, nullptr).blocks * kNllTile * kNllTile;
 }
 
-// One thread's 4 x 4 pairs of a tile: rows q (a0, a1, sr; valid vr), columns p (b0, b1, sc;
-// valid vc). Adds the loss, residuals and packed cell counts; kMasked: padding pairs add nothing.
 template <typename scalar_t, typename acc_t, bool kWithGrad, bool kFast, bool kMasked>
 __device__ __forceinline__ void nll_pairs_4x4(const acc_t (&a0)[kNllPer], const acc_t (&a1)[kNllPer],
                                               const int64_t (&sr)[kNllPer], const bool (&vr)[kNllPer],
@@ -401,6 +395,24 @@ __device__ __forceinline__ void nll_pairs_4x4(const acc_t (&a0)[kNllPer], const 
   }
 }
 
+// One thread's 4 rows (or columns) of a tile side: chunk indices first + 16 q (q < 4), valid
+// below end; an invalid one loads the stand-in `begin` (its pairs are masked). v0, v1: the two
+// logit halves (a or b), sent: the sentiments.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_tile_side(const scalar_t* __restrict__ src, const int64_t* __restrict__ sc,
+                                               int64_t first, int64_t begin, int64_t end, acc_t (&v0)[kNllPer],
+                                               acc_t (&v1)[kNllPer], int64_t (&sent)[kNllPer], bool (&valid)[kNllPer]) {
+#pragma unroll
+  for (int q = 0; q < kNllPer; ++q) {
+    const int64_t i = first + kNllSide * q;
+    valid[q] = i < end;
+    const int64_t ii = valid[q] ? i : begin;
+    v0[q] = to_acc<acc_t>(src[2 * ii]);
+    v1[q] = to_acc<acc_t>(src[2 * ii + 1]);
+    sent[q] = sc[ii];
+  }
+}
+
 template <typename scalar_t, typename acc_t, bool kWithGrad, bool kFast>
 __global__ void __launch_bounds__(kNllThreads)
     shift_pair_nll_tiled_kernel(const scalar_t* __restrict__ av, const scalar_t* __restrict__ bv,
@@ -431,14 +443,9 @@ __global__ void __launch_bounds__(kNllThreads)
     int64_t sr[kNllPer];
     bool vr[kNllPer];
     uint32_t cells[kNllPer];
+    load_tile_side<scalar_t, acc_t>(ac, sc, r0 + ty, r_begin, r_end, a0, a1, sr, vr);
 #pragma unroll
     for (int q = 0; q < kNllPer; ++q) {
-      const int64_t i = r0 + ty + kNllSide * q;
-      vr[q] = i < r_end;
-      const int64_t ii = vr[q] ? i : r_begin;  // a valid row stands in; its terms are masked
-      a0[q] = to_acc<acc_t>(ac[2 * ii]);
-      a1[q] = to_acc<acc_t>(ac[2 * ii + 1]);
-      sr[q] = sc[ii];
       lsum[q] = rsum[q] = acc_t(0);
       cells[q] = 0u;
     }
@@ -447,16 +454,9 @@ __global__ void __launch_bounds__(kNllThreads)
       acc_t b0[kNllPer], b1[kNllPer], csum[kNllPer];
       int64_t scol[kNllPer];
       bool vc[kNllPer];
+      load_tile_side<scalar_t, acc_t>(bc, sc, j0 + tx, j_begin, j_end, b0, b1, scol, vc);
 #pragma unroll
-      for (int p = 0; p < kNllPer; ++p) {
-        const int64_t j = j0 + tx + kNllSide * p;
-        vc[p] = j < j_end;
-        const int64_t jj = vc[p] ? j : j_begin;
-        b0[p] = to_acc<acc_t>(bc[2 * jj]);
-        b1[p] = to_acc<acc_t>(bc[2 * jj + 1]);
-        scol[p] = sc[jj];
-        csum[p] = acc_t(0);
-      }
+      for (int p = 0; p < kNllPer; ++p) csum[p] = acc_t(0);
       if (full_rows && j0 + kNllTile <= j_end)  // uniform per block: a whole tile, no selects
         nll_pairs_4x4<scalar_t, acc_t, kWithGrad, kFast, false>(a0, a1, sr, vr, b0, b1, scol, vc, lsum, rsum,
                                                                 cells, csum);

@@ -44,6 +44,8 @@
 #pragma once
 #include <stdint.h>
 
+#include <type_traits>
+
 #if defined(__CUDACC__)
 #include <mma.h>  // nvcuda::wmma (tests/cuda_emu/cuda_emu.h provides it for the CPU emulator)
 #endif
@@ -384,6 +386,26 @@ constexpr int kTcCfSlots = 6;         // coefficient tiles kept: 6 x 32 x 40 x 2
 static_assert(kTileRows == 32 && kChunk == 32 && kTileD == 64 && kSpmmThreads == 128,
               "the tensor-core tiling assumes 32 x 64 block tiles, 32-row chunks and 4 warps");
 
+// One warp's share of a chunk GEMM (the forward and backward pass A): acc0 / acc1 (16 rows x
+// 16 + 16 features) += A[16 rows x kChunk] @ B[kChunk x 32 features], in steps of 16 k. A's
+// element (r, k) is at a + r * kTcLdA + k (ALayout row_major) or a + k * kTcLdA + r (col_major),
+// B's (k, d) at b + k * kTcLdB + d; all 16-bit storage bits.
+template <typename tc_t, typename ALayout, typename Acc>
+__device__ __forceinline__ void warp_chunk_mma(Acc& acc0, Acc& acc1, const uint16_t* a, const uint16_t* b) {
+  using namespace nvcuda;
+  constexpr bool kRowMajor = std::is_same<ALayout, wmma::row_major>::value;
+#pragma unroll
+  for (int k = 0; k < kChunk; k += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, tc_t, ALayout> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, tc_t, wmma::row_major> fb0, fb1;
+    wmma::load_matrix_sync(fa, reinterpret_cast<const tc_t*>(a + (kRowMajor ? k : k * kTcLdA)), kTcLdA);
+    wmma::load_matrix_sync(fb0, reinterpret_cast<const tc_t*>(b + k * kTcLdB), kTcLdB);
+    wmma::load_matrix_sync(fb1, reinterpret_cast<const tc_t*>(b + k * kTcLdB + 16), kTcLdB);
+    wmma::mma_sync(acc0, fa, fb0, acc0);
+    wmma::mma_sync(acc1, fa, fb1, acc1);
+  }
+}
+
 template <typename scalar_t, typename tc_t>
 __global__ void __launch_bounds__(kSpmmThreads)
     window_spmm_forward_tc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
@@ -436,16 +458,7 @@ __global__ void __launch_bounds__(kSpmmThreads)
           stage_row_coefs<acc_t>(a, w, sn, r_lo, r_hi, r_eb, r_band, p, t0, u0, clen, tid,
                                  [&](int r, int k, acc_t c) { cft[r * kTcLdA + k] = bits16(static_cast<scalar_t>(c)); });
         __syncthreads();
-#pragma unroll
-        for (int k = 0; k < kChunk; k += 16) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, tc_t, wmma::row_major> fa;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, tc_t, wmma::row_major> fb0, fb1;
-          wmma::load_matrix_sync(fa, reinterpret_cast<const tc_t*>(cft + wr * kTcLdA + k), kTcLdA);
-          wmma::load_matrix_sync(fb0, reinterpret_cast<const tc_t*>(xs + k * kTcLdB + wc), kTcLdB);
-          wmma::load_matrix_sync(fb1, reinterpret_cast<const tc_t*>(xs + k * kTcLdB + wc + 16), kTcLdB);
-          wmma::mma_sync(acc0, fa, fb0, acc0);
-          wmma::mma_sync(acc1, fa, fb1, acc1);
-        }
+        warp_chunk_mma<tc_t, wmma::row_major>(acc0, acc1, cft + wr * kTcLdA, xs + wc);
       }
     }
     wmma::store_matrix_sync(out + wr * kTcLdC + wc, acc0, kTcLdC, wmma::mem_row_major);
@@ -611,17 +624,7 @@ __global__ void __launch_bounds__(kSpmmThreads)
       stage_col_coefs(a, w, s_lo, s_hi, s_eb, s_band, s_s, p, t0, c0, ncols, tid,
                       [&](int k, int r, acc_t c) { cf[k * kTcLdA + r] = bits16(static_cast<scalar_t>(c)); });
       __syncthreads();
-#pragma unroll
-      for (int k = 0; k < kChunk; k += 16) {
-        // A[r][k] = cf[k][r]: col-major with leading dimension kTcLdA
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, tc_t, wmma::col_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, tc_t, wmma::row_major> fb0, fb1;
-        wmma::load_matrix_sync(fa, reinterpret_cast<const tc_t*>(cf + k * kTcLdA + wr), kTcLdA);
-        wmma::load_matrix_sync(fb0, reinterpret_cast<const tc_t*>(gsrc + k * kTcLdB + wc), kTcLdB);
-        wmma::load_matrix_sync(fb1, reinterpret_cast<const tc_t*>(gsrc + k * kTcLdB + wc + 16), kTcLdB);
-        wmma::mma_sync(acc0, fa, fb0, acc0);
-        wmma::mma_sync(acc1, fa, fb1, acc1);
-      }
+      warp_chunk_mma<tc_t, wmma::col_major>(acc0, acc1, cf + wr, gsrc + wc);  // A[r][k] = cf[k][r]
     }
   }
   wmma::store_matrix_sync(out + wr * kTcLdC + wc, acc0, kTcLdC, wmma::mem_row_major);

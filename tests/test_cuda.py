@@ -385,6 +385,15 @@ def _nll_inputs(N, D=6, classes=3):
     return u, v, W, b, s
 
 
+def _nll_op_inputs(lens, scale, dtype=torch.float32, classes=3):
+    """The raw op's inputs: logit halves a, b [N, 2] (scale * N(0, 1), rounded to dtype),
+    sentiments [N] in [0, classes) on the GPU, and lengths as a CPU tensor."""
+    N = sum(lens)
+    a = (scale * torch.randn(N, 2, device=CUDA)).to(dtype)
+    b = (scale * torch.randn(N, 2, device=CUDA)).to(dtype)
+    return a, b, torch.randint(0, classes, (N,), device=CUDA), torch.tensor(lens)
+
+
 def _nll_run(backend, u, v, W, b, s, lens, sw, reduction="mean"):
     leaves = [t.detach().clone().requires_grad_() for t in (u, v, W, b)]
     loss, confusion = ops.shift_pair_nll(leaves[0], leaves[1], lens, sw, leaves[2], leaves[3], s,
@@ -444,10 +453,7 @@ def test_shift_pair_nll_op_matches_cpu_kernel(dtype):
     residual sums close; with_grad=False: [0] residuals and the same loss and confusion bits."""
     lens, sw = [37, 1, 18, 300, 5], -1
     N = sum(lens)
-    a = (2 * torch.randn(N, 2, device=CUDA)).to(dtype)
-    b = (2 * torch.randn(N, 2, device=CUDA)).to(dtype)
-    s = torch.randint(0, 3, (N,), device=CUDA)
-    L = torch.tensor(lens)
+    a, b, s, L = _nll_op_inputs(lens, 2.0, dtype)
     op = torch.ops.graphsmile.shift_pair_nll
     loss, conf, row_r, col_r = op(a, b, s, L, sw, True)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
@@ -473,10 +479,7 @@ def test_shift_pair_nll_deterministic(dtype, kernel, monkeypatch):
     dialogues of the batch."""
     monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", kernel)
     lens, sw = [700, 3, 260], -1
-    N = sum(lens)
-    a = torch.randn(N, 2, device=CUDA).to(dtype)
-    b = torch.randn(N, 2, device=CUDA).to(dtype)
-    s = torch.randint(0, 3, (N,), device=CUDA)
+    a, b, s, _ = _nll_op_inputs(lens, 1.0, dtype)
     op = torch.ops.graphsmile.shift_pair_nll
     runs = [op(a, b, s, torch.tensor(lens), sw, True) for _ in range(3)]
     for other in runs[1:]:
@@ -508,11 +511,7 @@ def test_shift_pair_nll_kernels_agree(dtype, monkeypatch):
     rounded to the dtype, never from the approximations) and loss and residual sums within fp32's
     bar of it; fast math adds about 1e-7 per pair, far below that bar."""
     lens, sw = [3000, 37, 1, 300], -1
-    N = sum(lens)
-    a = (3 * torch.randn(N, 2, device=CUDA)).to(dtype)
-    b = (3 * torch.randn(N, 2, device=CUDA)).to(dtype)
-    s = torch.randint(0, 3, (N,), device=CUDA)
-    L = torch.tensor(lens)
+    a, b, s, L = _nll_op_inputs(lens, 3.0, dtype)
     op = torch.ops.graphsmile.shift_pair_nll
     want = op(a.cpu(), b.cpu(), s.cpu(), L, sw, True)
     got = {}
@@ -554,10 +553,7 @@ def test_shift_pair_nll_20000_utterance_dialogue(kernel, monkeypatch):
     monkeypatch.setenv("GRAPHSMILE_CUDA_SHIFT_NLL", kernel)
     lens, sw = [20000], -1
     N = sum(lens)
-    a = 3 * torch.randn(N, 2, device=CUDA)
-    b = 3 * torch.randn(N, 2, device=CUDA)
-    s = torch.randint(0, 7, (N,), device=CUDA)
-    L = torch.tensor(lens)
+    a, b, s, L = _nll_op_inputs(lens, 3.0, classes=7)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()

@@ -382,6 +382,13 @@ struct ShiftMetaEmu {
   gpu::ShiftArgs args{};
 };
 
+// As the launcher's column_segments: the kColSeg-row segments of the batch's largest chunk.
+int64_t column_segments(const ShiftMetaEmu& meta, int64_t shift_win) {
+  int64_t max_chunk = 0;
+  for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, shift_win), L));
+  return ceil_div(max_chunk, gpu::kColSeg);
+}
+
 // C < 0: from the job's int C.
 ShiftMetaEmu shift_meta(const Job& j, int64_t C = -1) {
   ShiftMetaEmu m;
@@ -433,9 +440,7 @@ void run_shift_pair_sum_backward(const Job& j, Outputs& out) {
   if (mask_a) ga.assign(static_cast<size_t>(N * C), poison<scalar_t>());
   if (mask_b) gb.assign(static_cast<size_t>(N * C), poison<scalar_t>());
   if ((mask_a || mask_b) && C != 0) {
-    int64_t max_chunk = 0;
-    for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, sw), L));
-    const int64_t nseg = ceil_div(max_chunk, gpu::kColSeg);
+    const int64_t nseg = column_segments(meta, sw);
     std::vector<acc_t> partial;
     if (mask_b && nseg > 1) partial.assign(static_cast<size_t>(nseg * N * C), poison<acc_t>());
     if (mask_a) {
@@ -517,9 +522,7 @@ void run_shift_pair_nll(const Job& j, Outputs& out) {
                                                                  meta.args, ta);
                      });
   } else if (N > 0) {
-    int64_t max_chunk = 0;
-    for (int64_t L : meta.length) max_chunk = std::max(max_chunk, std::min(shift_chunk(L, sw), L));
-    const int64_t nseg = ceil_div(max_chunk, gpu::kColSeg);
+    const int64_t nseg = column_segments(meta, sw);
     std::vector<acc_t> partial;
     if (with_grad && nseg > 1) partial.assign(static_cast<size_t>(nseg * N), poison<acc_t>());
     const unsigned blocks = grid_x(ceil_div(N, gpu::kShiftWarps));
