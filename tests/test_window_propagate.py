@@ -144,6 +144,37 @@ def test_gradcheck_fp64(backend):
         )
 
 
+# (requires_grad of x, edge_weight, norm): every output_mask of window_spmm_backward. The C++
+# kernel runs its two passes per tile for the requested outputs only (grad_norm alone still needs
+# both), so each mask is its own code path.
+SPMM_MASKS = [(True, True, True), (True, False, False), (False, True, False), (False, False, True),
+              (True, False, True), (False, True, True), (True, True, False)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["per_edge", "relative"])
+@pytest.mark.parametrize("mask", SPMM_MASKS, ids=lambda m: "".join("xws"[i] if m[i] else "-" for i in range(3)))
+def test_window_spmm_every_output_mask(mask, mode, backend):
+    # D = 37: two full 16-lane chunks of the row dot product and a tail
+    for lens, M, wp, wf in (CASES[6], CASES[9], ([40, 17, 33], 3, 5, 7)):
+        if mode == "relative":
+            wp, wf = max(wp, 0), max(wf, 0)
+        x, w = _inputs(lens, M, wp, wf, mode, D=37)
+        s = ops.window_norm(w, lens, M, wp, wf, mode, backend="reference")
+        g = torch.randn(x.shape, dtype=x.dtype)
+
+        def run(be):
+            leaves = [t.detach().clone().requires_grad_(r) for t, r in zip((x, w, s), mask)]
+            y = ops.window_spmm(*leaves, lens, M, wp, wf, weight_mode=mode, backend=be)
+            y.backward(g)
+            assert all((t.grad is not None) == r for t, r in zip(leaves, mask))
+            return [y.detach()] + [t.grad for t, r in zip(leaves, mask) if r]
+
+        names = ["y"] + [n for n, r in zip(("grad_x", "grad_edge_weight", "grad_norm"), mask) if r]
+        for name, a, b in zip(names, run(backend), run("dense")):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"{lens} {mode} {name}: {m}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_degree_rows_and_negative_degrees(backend):
     """d_i == 0 gives s_i = 0 and zero gradient through the degree (the original's masked

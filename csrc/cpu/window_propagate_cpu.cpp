@@ -373,21 +373,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_gemm(
   const std::vector<Tile> tiles = make_tiles(meta, M);
   const int64_t T = static_cast<int64_t>(tiles.size());
 
-  // Pass A, over column tiles (modality n, utterances [k0, k1)): U = sum_m Ct_m @ G_m with
-  // Ct[k, t] = a_e s_t for the edges e = (t, k) of the transposed band.
-  //   grad_x_k = s_k U_k;  grad_s_k (as a column) = <x_k, U_k>.
-  if (need_gx || need_gs) {
-    scalar_t* gxd = need_gx ? gx.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, T, 1, [&](int64_t q0, int64_t q1) {
-      std::vector<scalar_t> coef, ubuf;
-      for (int64_t q = q0; q < q1; ++q) {
-        const Tile& tl = tiles[q];
-        const int64_t n = tl.m, k0 = tl.j0, k1 = tl.j1, R = k1 - k0;
-        const int64_t L = meta.length[tl.b], sb = meta.start[tl.b];
-        const int64_t c0 = n * N + sb + k0;
+  scalar_t* gxd = need_gx ? gx.data_ptr<scalar_t>() : nullptr;
+  scalar_t* gwd = need_gw ? gw.data_ptr<scalar_t>() : nullptr;
+  // One task per tile of R utterances of one dialogue in modality n runs both passes for those
+  // rows: pass A sees them as columns (their gradient), pass B as rows (their edges' weight
+  // gradients). The tile owns those rows of grad_x and grad_s and those edges: no atomics, one
+  // fork-join, and the same result for any thread count.
+  at::parallel_for(0, T, 1, [&](int64_t q0, int64_t q1) {
+    std::vector<scalar_t> coef, ubuf, dots;
+    for (int64_t q = q0; q < q1; ++q) {
+      const Tile& tl = tiles[q];
+      const int64_t L = meta.length[tl.b], sb = meta.start[tl.b], R = tl.j1 - tl.j0;
+      const int64_t r0 = tl.m * N + sb + tl.j0;  // the tile's first row
+
+      // Pass A, the tile as columns (modality n = tl.m, utterances [k0, k1)): U = sum_m Ct_m @ G_m
+      // with Ct[k, t] = a_e s_t for the edges e = (t, k) of the transposed band.
+      //   grad_x_k = s_k U_k;  grad_s_k (the column part) = <x_k, U_k>.
+      if (need_gx || need_gs) {
+        const int64_t n = tl.m, k0 = tl.j0, k1 = tl.j1;
         scalar_t* ud;
         if (need_gx) {
-          ud = gxd + c0 * D;
+          ud = gxd + r0 * D;
         } else {
           ubuf.resize(R * D);
           ud = ubuf.data();
@@ -413,63 +419,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_gemm(
           else uv.addmm_(cv, gv);
           first = false;
         }
-        if (need_gs) {
-          // <x_k, U_k> for the tile's rows, vectorised by ATen (a scalar reduction loop would
-          // not vectorise without -ffast-math and cost more than the tile's GEMM).
-          at::Tensor gs_tile = at::from_blob(gsd + c0, {R}, s.options());
-          at::sum_out(gs_tile, at::mul(blob(xd + c0 * D, R, D, opt), uv), {1});
-        }
         for (int64_t r = 0; r < R; ++r) {
           scalar_t* ur = ud + r * D;
+          if (need_gs) gsd[r0 + r] = cpu::lane_dot<scalar_t>(xd + (r0 + r) * D, ur, D);
           if (need_gx) {
-            const scalar_t sc = sd[c0 + r];
+            const scalar_t sc = sd[r0 + r];
             for (int64_t d = 0; d < D; ++d) ur[d] *= sc;
           }
         }
       }
-    });
-  }
 
-  // Pass B, over row tiles: Dots = G_tile @ X_band^T holds <g_i, x_j> for every edge (i, j).
-  //   grad_a_e = s_i s_j dot_e;  grad_s_i (as a row) = sum_e a_e s_j dot_e.
-  if (need_gw || need_gs) {
-    scalar_t* gwd = need_gw ? gw.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, T, 1, [&](int64_t q0, int64_t q1) {
-      std::vector<scalar_t> dots;
-      for (int64_t q = q0; q < q1; ++q) {
-        const Tile& tl = tiles[q];
-        const int64_t L = meta.length[tl.b], sb = meta.start[tl.b], R = tl.j1 - tl.j0;
-        const int64_t r0 = tl.m * N + sb + tl.j0;
+      // Pass B, the tile as rows: Dots^T = X_band @ G_tile^T holds <g_i, x_j> for every edge
+      // (i, j); BLAS runs this shape (a small output, a long inner dimension) about twice as
+      // fast as G_tile @ X_band^T with a transposed right operand.
+      //   grad_a_e = s_i s_j dot_e;  grad_s_i (the row part) = sum_e a_e s_j dot_e.
+      if (need_gw || need_gs) {
         at::Tensor gv = blob(gd + r0 * D, R, D, opt);
         for (int64_t n = 0; n < M; ++n) {
           if (n == tl.m) continue;
           const int64_t p = modal_pair_index(tl.m, n, M);
           const int64_t cb0 = window_lo(tl.j0, wp), cb1 = window_hi(tl.j1 - 1, L, wf), Wb = cb1 - cb0;
           const int64_t c0 = n * N + sb;
-          dots.resize(R * Wb);
-          at::Tensor dv = blob(dots.data(), R, Wb, opt);
-          at::mm_out(dv, gv, blob(xd + (c0 + cb0) * D, Wb, D, opt).t());
+          dots.resize(Wb * R);
+          at::Tensor dv = blob(dots.data(), Wb, R, opt);
+          at::mm_out(dv, blob(xd + (c0 + cb0) * D, Wb, D, opt), gv.t());
           for (int64_t j = tl.j0; j < tl.j1; ++j) {
             const int64_t lo = window_lo(j, wp), hi = window_hi(j, L, wf);
             const int64_t e0 = meta.edge_base[tl.b] + p * meta.band[tl.b] + window_row_start(j, L, wp, wf) - lo;
-            const scalar_t* drow = dots.data() + (j - tl.j0) * Wb - cb0;
+            const scalar_t* dcol = dots.data() + (j - tl.j0) - cb0 * R;  // dcol[k * R] = <g_j, x_k>
             const scalar_t si = sd[r0 + j - tl.j0];
             scalar_t row_part = 0;
             for (int64_t k = lo; k < hi; ++k) {
-              const scalar_t sj = sd[c0 + k];
-              if (need_gs) row_part += wd[weight_index(mode, e0 + k, p, k - j, wp, wf)] * sj * drow[k];
+              const scalar_t sj = sd[c0 + k], dot = dcol[k * R];
+              if (need_gs) row_part += wd[weight_index(mode, e0 + k, p, k - j, wp, wf)] * sj * dot;
               if (need_gw) {
-                if (mode == kRelative) per_edge[e0 + k] = si * sj * drow[k];
-                else gwd[e0 + k] = si * sj * drow[k];
+                if (mode == kRelative) per_edge[e0 + k] = si * sj * dot;
+                else gwd[e0 + k] = si * sj * dot;
               }
             }
             if (need_gs) gsd[r0 + j - tl.j0] += row_part;
           }
         }
       }
-    });
-    if (need_gw && mode == kRelative) reduce_relative(per_edge.data(), gwd, meta, M, wp, wf);
-  }
+    }
+  });
+  if (need_gw && mode == kRelative) reduce_relative(per_edge.data(), gwd, meta, M, wp, wf);
   return {gx, gw, gs};
 }
 
