@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "../window_common.h"
-#include "band_loops.h"
 
 namespace graphsmile {
 namespace {
@@ -134,149 +133,7 @@ at::Tensor window_norm_backward_kernel(const at::Tensor& gs_, const at::Tensor& 
   return gw;
 }
 
-template <typename scalar_t>
-at::Tensor window_spmm_kernel(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& s_,
-                              const WindowMeta& meta, int64_t M, int64_t wp, int64_t wf, int64_t mode) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const at::Tensor x = x_.contiguous(), w = w_.contiguous(), s = s_.contiguous();
-  const int64_t N = meta.num_nodes, D = x.size(1);
-  at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
-  if (y.numel() == 0) return y;
-  const scalar_t* xd = x.data_ptr<scalar_t>();
-  const scalar_t* wd = w.data_ptr<scalar_t>();
-  const scalar_t* sd = s.data_ptr<scalar_t>();
-  scalar_t* yd = y.data_ptr<scalar_t>();
-  const int64_t band_max = std::min<int64_t>(meta.max_len, (wp < 0 || wf < 0) ? meta.max_len : wp + wf + 1);
-  at::parallel_for(0, M * N, row_grain(band_max * (M - 1) * D), [&](int64_t r0, int64_t r1) {
-    std::vector<acc_t> acc(D), coef(band_max);
-    for (int64_t m = r0 / N; m <= (r1 - 1) / N; ++m) {
-      const int64_t t0 = std::max(r0, m * N) - m * N, t1 = std::min(r1, (m + 1) * N) - m * N;
-      for_each_utterance(meta, t0, t1, [&](int64_t b, int64_t j) {
-        const int64_t L = meta.length[b];
-        const int64_t lo = window_lo(j, wp), hi = window_hi(j, L, wf);
-        const int64_t r = m * N + meta.start[b] + j;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        for (int64_t n = 0; n < M; ++n) {
-          if (n == m) continue;
-          const int64_t p = modal_pair_index(m, n, M);
-          const int64_t e0 = meta.edge_base[b] + p * meta.band[b] + window_row_start(j, L, wp, wf) - lo;
-          const int64_t c0 = n * N + meta.start[b];
-          for (int64_t k = lo; k < hi; ++k)
-            coef[k - lo] = static_cast<acc_t>(wd[weight_index(mode, e0 + k, p, k - j, wp, wf)]) *
-                           static_cast<acc_t>(sd[c0 + k]);
-          cpu::band_axpy(acc.data(), xd + (c0 + lo) * D, D, coef.data(), hi - lo, D);
-        }
-        const acc_t si = static_cast<acc_t>(sd[r]);
-        scalar_t* yr = yd + r * D;
-        for (int64_t d = 0; d < D; ++d) yr[d] = static_cast<scalar_t>(si * acc[d]);
-      });
-    }
-  });
-  return y;
-}
-
-template <typename scalar_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_kernel(
-    const at::Tensor& g_, const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& s_,
-    const WindowMeta& meta, int64_t M, int64_t wp, int64_t wf, int64_t mode, std::array<bool, 3> mask) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const at::Tensor g = g_.contiguous(), x = x_.contiguous(), w = w_.contiguous(), s = s_.contiguous();
-  const int64_t N = meta.num_nodes, D = x.size(1);
-  const scalar_t* gd = g.data_ptr<scalar_t>();
-  const scalar_t* xd = x.data_ptr<scalar_t>();
-  const scalar_t* wd = w.data_ptr<scalar_t>();
-  const scalar_t* sd = s.data_ptr<scalar_t>();
-  const bool need_gx = mask[0], need_gw = mask[1], need_gs = mask[2];
-  at::Tensor gx, gw, gs;
-  if (need_gx) gx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  if (need_gw) gw = at::zeros_like(w, at::MemoryFormat::Contiguous);
-  // grad_s is accumulated in acc_t: column part (pass A) then row part (pass B).
-  std::vector<acc_t> gs_acc(need_gs ? M * N : 0, acc_t(0));
-  std::vector<acc_t> per_edge(need_gw && mode == kRelative ? meta.num_edges : 0);
-  const int64_t band_max = std::min<int64_t>(meta.max_len, (wp < 0 || wf < 0) ? meta.max_len : wp + wf + 1);
-  const int64_t grain = row_grain(band_max * (M - 1) * D);
-
-  // Pass A, over columns c (modality n, utterance k): u_c = sum_{e=(i,c)} a_e s_i g_i.
-  //   grad_x_c = s_c u_c;  grad_s_c (as a column) = <x_c, u_c>.
-  if (need_gx || need_gs) {
-    scalar_t* gxd = need_gx ? gx.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, M * N, grain, [&](int64_t r0, int64_t r1) {
-      std::vector<acc_t> acc(D), coef(band_max);
-      for (int64_t n = r0 / N; n <= (r1 - 1) / N; ++n) {
-        const int64_t t0 = std::max(r0, n * N) - n * N, t1 = std::min(r1, (n + 1) * N) - n * N;
-        for_each_utterance(meta, t0, t1, [&](int64_t b, int64_t k) {
-          const int64_t L = meta.length[b];
-          const int64_t c = n * N + meta.start[b] + k;
-          const int64_t tlo = window_row_lo(k, wf), thi = window_row_hi(k, L, wp);
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t m = 0; m < M; ++m) {
-            if (m == n) continue;
-            const int64_t p = modal_pair_index(m, n, M);
-            const int64_t base = meta.edge_base[b] + p * meta.band[b];
-            const int64_t r0m = m * N + meta.start[b];
-            for (int64_t t = tlo; t < thi; ++t) {
-              const int64_t e = base + window_row_start(t, L, wp, wf) + (k - window_lo(t, wp));
-              coef[t - tlo] = static_cast<acc_t>(wd[weight_index(mode, e, p, k - t, wp, wf)]) *
-                              static_cast<acc_t>(sd[r0m + t]);
-            }
-            cpu::band_axpy(acc.data(), gd + (r0m + tlo) * D, D, coef.data(), thi - tlo, D);
-          }
-          const acc_t sc = static_cast<acc_t>(sd[c]);
-          if (need_gx) {
-            scalar_t* gxr = gxd + c * D;
-            for (int64_t d = 0; d < D; ++d) gxr[d] = static_cast<scalar_t>(sc * acc[d]);
-          }
-          if (need_gs) gs_acc[c] = cpu::dot(xd + c * D, acc.data(), D);
-        });
-      }
-    });
-  }
-
-  // Pass B, over rows i: dot_e = <g_i, x_j> for each edge e = (i, j).
-  //   grad_a_e = s_i s_j dot_e;  grad_s_i (as a row) = sum_e a_e s_j dot_e.
-  if (need_gw || need_gs) {
-    scalar_t* gwd = need_gw ? gw.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, M * N, grain, [&](int64_t r0, int64_t r1) {
-      std::vector<acc_t> dots(band_max);
-      for (int64_t m = r0 / N; m <= (r1 - 1) / N; ++m) {
-        const int64_t t0 = std::max(r0, m * N) - m * N, t1 = std::min(r1, (m + 1) * N) - m * N;
-        for_each_utterance(meta, t0, t1, [&](int64_t b, int64_t j) {
-          const int64_t L = meta.length[b];
-          const int64_t lo = window_lo(j, wp), hi = window_hi(j, L, wf);
-          const int64_t r = m * N + meta.start[b] + j;
-          const acc_t si = static_cast<acc_t>(sd[r]);
-          acc_t row_part = 0;
-          for (int64_t n = 0; n < M; ++n) {
-            if (n == m) continue;
-            const int64_t p = modal_pair_index(m, n, M);
-            const int64_t e0 = meta.edge_base[b] + p * meta.band[b] + window_row_start(j, L, wp, wf) - lo;
-            const int64_t c0 = n * N + meta.start[b];
-            cpu::band_dots(gd + r * D, xd + (c0 + lo) * D, D, hi - lo, D, dots.data());
-            for (int64_t k = lo; k < hi; ++k) {
-              const acc_t dot = dots[k - lo];
-              const acc_t sj = static_cast<acc_t>(sd[c0 + k]);
-              if (need_gs) row_part += static_cast<acc_t>(wd[weight_index(mode, e0 + k, p, k - j, wp, wf)]) * sj * dot;
-              if (need_gw) {
-                if (mode == kRelative) per_edge[e0 + k] = si * sj * dot;
-                else gwd[e0 + k] = static_cast<scalar_t>(si * sj * dot);
-              }
-            }
-          }
-          if (need_gs) gs_acc[r] += row_part;
-        });
-      }
-    });
-    if (need_gw && mode == kRelative) reduce_relative(per_edge.data(), gwd, meta, M, wp, wf);
-  }
-  if (need_gs) {
-    gs = at::empty({M * N}, s.options());
-    scalar_t* gsd = gs.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < M * N; ++i) gsd[i] = static_cast<scalar_t>(gs_acc[i]);
-  }
-  return {gx, gw, gs};
-}
-
-// ---- fp32 / fp64: band tiles through BLAS ---------------------------------------------------
+// ---- band tiles through BLAS (fp32 and fp64; half and bfloat16 through fp32) -----------------
 //
 // A tile of R consecutive target rows of one dialogue needs only the contiguous band of source
 // rows [lo(j0), hi(j1 - 1)) of the other modality. Writing the tile's normalised weights as a
@@ -284,6 +141,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_kernel(
 // that runs at BLAS speed; with win 17/17 and R = 32 about half the block is zeros, which costs
 // less than the gathers of an edge-by-edge loop. Each tile owns its output rows: no atomics and
 // the same result for any thread count.
+// sum_d a[d] * b[d] with kDotLanes independent partial sums added pairwise at the end. A single
+// running sum cannot be vectorised without -ffast-math (the compiler may not reorder the
+// additions); independent lanes can, and the fixed order gives the same result on every run.
+constexpr int kDotLanes = 16;
+
+template <typename scalar_t>
+inline scalar_t lane_dot(const scalar_t* a, const scalar_t* b, int64_t D) {
+  scalar_t lane[kDotLanes] = {};
+  int64_t d = 0;
+  for (; d + kDotLanes <= D; d += kDotLanes)
+    for (int l = 0; l < kDotLanes; ++l) lane[l] += a[d + l] * b[d + l];
+  for (int l = 0; d < D; ++d, ++l) lane[l] += a[d] * b[d];
+  for (int width = kDotLanes / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) lane[l] += lane[l + width];
+  return lane[0];
+}
+
 struct Tile {
   int64_t m, b, j0, j1;  // modality, dialogue, rows [j0, j1) of that dialogue
 };
@@ -421,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_gemm(
         }
         for (int64_t r = 0; r < R; ++r) {
           scalar_t* ur = ud + r * D;
-          if (need_gs) gsd[r0 + r] = cpu::lane_dot<scalar_t>(xd + (r0 + r) * D, ur, D);
+          if (need_gs) gsd[r0 + r] = lane_dot(xd + (r0 + r) * D, ur, D);
           if (need_gx) {
             const scalar_t sc = sd[r0 + r];
             for (int64_t d = 0; d < D; ++d) ur[d] *= sc;
@@ -492,6 +366,11 @@ at::Tensor window_norm_backward_cpu(const at::Tensor& grad_norm, const at::Tenso
   return out.view(edge_weight.sizes());
 }
 
+// Half and bfloat16 run the fp32 kernels on fp32 copies of their inputs: BLAS speed with fp32
+// accumulation (an edge-by-edge loop converting as it goes was 4x (bf16) to 12x (fp16) slower
+// than fp32 at 16x50, D = 512), for transient fp32 copies of x (and grad_y) of twice their size.
+inline at::Tensor to_fp32(const at::Tensor& t) { return t.to(at::kFloat); }
+
 at::Tensor window_spmm_cpu(const at::Tensor& x, const at::Tensor& edge_weight, const at::Tensor& norm,
                            const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode) {
   WindowMeta meta = check_spmm_inputs(x, edge_weight, norm, lengths, M, wp, wf, mode, c10::DeviceType::CPU);
@@ -501,10 +380,10 @@ at::Tensor window_spmm_cpu(const at::Tensor& x, const at::Tensor& edge_weight, c
   } else if (x.scalar_type() == at::kDouble) {
     out = window_spmm_gemm<double>(x, edge_weight, norm, meta, M, wp, wf, mode);
   } else {
-    // half / bfloat16: fp32 accumulation in the edge loop (BLAS would round the band blocks)
-    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "window_spmm_cpu", [&] {
-      out = window_spmm_kernel<scalar_t>(x, edge_weight, norm, meta, M, wp, wf, mode);
-    });
+    // half / bfloat16: the fp32 kernel on fp32 copies, rounded once at the end (fp32
+    // accumulation, as a reduced-precision GEMM in BLAS would not give).
+    out = window_spmm_gemm<float>(to_fp32(x), to_fp32(edge_weight), to_fp32(norm), meta, M, wp, wf, mode)
+              .to(x.scalar_type());
   }
   return out;
 }
@@ -519,9 +398,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cpu(
   } else if (x.scalar_type() == at::kDouble) {
     out = window_spmm_backward_gemm<double>(grad_y, x, edge_weight, norm, meta, M, wp, wf, mode, mask);
   } else {
-    AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "window_spmm_backward_cpu", [&] {
-      out = window_spmm_backward_kernel<scalar_t>(grad_y, x, edge_weight, norm, meta, M, wp, wf, mode, mask);
-    });
+    auto [gx, gw, gs] = window_spmm_backward_gemm<float>(to_fp32(grad_y), to_fp32(x), to_fp32(edge_weight),
+                                                         to_fp32(norm), meta, M, wp, wf, mode, mask);
+    const auto back = [](const at::Tensor& t, const at::Tensor& like) {
+      return t.defined() ? t.to(like.scalar_type()) : t;
+    };
+    out = {back(gx, x), back(gw, edge_weight), back(gs, norm)};
   }
   if (std::get<1>(out).defined()) std::get<1>(out) = std::get<1>(out).view(edge_weight.sizes());
   return out;
