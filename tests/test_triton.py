@@ -217,6 +217,92 @@ def test_deterministic():
         assert torch.equal(u, v)
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["per_edge", "relative"])
+def test_half_precision_within_torch_error(dtype, mode):
+    """fp16/bf16 (fp32 accumulation) are at least as close to the fp64 truth as plain torch
+    (the reference backend) computing in that precision, up to a factor of 2. Under the
+    interpreter (whose bf16 tl.dot is wrong in Triton 3.6) the bf16 products are formed in fp32
+    (triton_kernels._mm, EMU_BF16), which is what a GPU's bf16 tl.dot computes."""
+    rng = random.Random(3)
+    if ON_GPU:
+        lens, D = [rng.randint(5, 60) for _ in range(12)], 256
+    else:
+        lens, D = [rng.randint(2, 20) for _ in range(3)], 40
+    M, wp, wf = 2, 5, 5
+    torch.manual_seed(0)
+    N = sum(lens)
+    x = torch.randn(M * N, D, dtype=torch.float64)
+    w = _weights(lens, M, wp, wf, mode)
+    g = torch.randn(M * N, D, dtype=torch.float64)
+    x, w, g = x.to(dtype).double(), w.to(dtype).double(), g.to(dtype).double()  # representable inputs
+    truth = _propagate("reference", x, w, lens, M, wp, wf, mode, g, dtype=torch.float64, device=DEVICE)
+    tri = _propagate("triton", x, w, lens, M, wp, wf, mode, g, dtype=dtype, device=DEVICE)
+    plain = _propagate("reference", x, w, lens, M, wp, wf, mode, g, dtype=dtype, device=DEVICE)
+    for name, t, a, b in zip(("y", "grad_x", "grad_w"), truth, tri, plain):
+        err_tri = float((a - t).abs().max())
+        err_plain = float((b - t).abs().max())
+        scale = float(t.abs().max())
+        assert err_tri <= 2 * err_plain + 1e-3 * scale, f"{name}: triton {err_tri:.3e} vs torch {err_plain:.3e}"
+
+
+@needs_triton
+def test_pinned_tiles_switch(monkeypatch):
+    """Tiles are pinned under torch.use_deterministic_algorithms(True) or
+    GRAPHSMILE_TRITON_AUTOTUNE=0; any other value of the variable is an error naming it."""
+    from graphsmile.ops import triton_ops as T
+
+    monkeypatch.delenv("GRAPHSMILE_TRITON_AUTOTUNE", raising=False)
+    assert not T.pinned_tiles()
+    monkeypatch.setenv("GRAPHSMILE_TRITON_AUTOTUNE", "0")
+    assert T.pinned_tiles()
+    monkeypatch.setenv("GRAPHSMILE_TRITON_AUTOTUNE", "1")
+    assert not T.pinned_tiles()
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        assert T.pinned_tiles()
+    finally:
+        torch.use_deterministic_algorithms(was)
+    monkeypatch.setenv("GRAPHSMILE_TRITON_AUTOTUNE", "off")
+    with pytest.raises(ValueError, match="GRAPHSMILE_TRITON_AUTOTUNE must be 0 or 1, got 'off'"):
+        T.pinned_tiles()
+
+
+@needs_triton
+@pytest.mark.skipif(ON_GPU, reason="replaces the autotuned kernels by a stand-in; the GPU case is "
+                    "test_gpu_pinned_tiles_same_bits_in_another_process")
+def test_pinned_tiles_bypass_the_autotuner(monkeypatch):
+    """With tiles pinned, the three window kernels run their PINNED tile and never the autotuned
+    kernel (here a stand-in that fails when launched), and give the reference result."""
+    from graphsmile.ops import triton_kernels as K
+
+    class NotToBeLaunched:
+        def __getitem__(self, grid):
+            raise AssertionError("the autotuned kernel was launched although tiles are pinned")
+
+    for name in ("spmm_fwd_tuned", "spmm_bwd_cols_tuned", "spmm_bwd_rows_tuned"):
+        monkeypatch.setattr(K, name, NotToBeLaunched())
+    # the interpreter's tile sizes, but one per kernel, so a mix-up of kernels shows
+    monkeypatch.setattr(K, "PINNED", {
+        "fwd": dict(BLOCK_R=16, BLOCK_K=16, BLOCK_D=16),
+        "cols": dict(BLOCK_R=32, BLOCK_K=16, BLOCK_D=2 * K.BD_MIN),
+        "rows": dict(BLOCK_R=16, BLOCK_K=16, BLOCK_D=32),
+    })
+    monkeypatch.setenv("GRAPHSMILE_TRITON_AUTOTUNE", "0")
+    lens, M, wp, wf, D = [9, 3, 12], 2, 2, -1, 40
+    for mode in ("per_edge", "relative"):
+        wf_mode = 3 if mode == "relative" else wf
+        N = sum(lens)
+        x = torch.randn(M * N, D, dtype=torch.float64)
+        w = _weights(lens, M, wp, wf_mode, mode)
+        g = torch.randn(M * N, D, dtype=torch.float64)
+        want = _propagate("reference", x, w, lens, M, wp, wf_mode, mode, g)
+        got = _propagate("triton", x, w, lens, M, wp, wf_mode, mode, g, dtype=torch.float32)
+        _assert_close(got, want, 2e-5, f"pinned tiles, {mode}")
+
+
 # --------------------------------------------------------------------------------------------
 # shift pairs
 
@@ -568,7 +654,7 @@ _COMPILE_CHECK = textwrap.dedent(
         ("fp64", True, False, (2, 17, 17, 0), (16, 16, 32, 4)),
     ):
         p = "*" + dt
-        c = dict(M=M, WP=WP, WF=WF, MODE=MODE, ACC64=acc64, NB=2)  # NB: the autotuning key's size class
+        c = dict(M=M, WP=WP, WF=WF, MODE=MODE, ACC64=acc64, EMU_BF16=False, NB=2)  # NB: the autotuning key's size class
         b = dict(BLOCK_R=tile[0], BLOCK_K=tile[1], BLOCK_D=tile[2])
         comp(K._spmm_fwd_kernel, dict(x_ptr=p, w_ptr=p, s_ptr=p, y_ptr=p, **meta, D="i32"), dict(c, IEEE=ieee, **b), tile[3])
         if dt == "fp64":
@@ -678,22 +764,35 @@ def test_gpu_fp64_path():
 
 
 @gpu_only
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("mode", ["per_edge", "relative"])
-def test_gpu_half_precision_within_torch_error(dtype, mode):
-    """fp16/bf16 (fp32 accumulation) are at least as close to the fp64 truth as plain torch
-    (the reference backend) computing in that precision, up to a factor of 2."""
-    lens, M, wp, wf, D = [random.Random(3).randint(5, 60) for _ in range(12)], 2, 5, 5, 256
-    x, w, g = _gpu_case(lens, M, wp, wf, mode, D, dtype)
-    x, w, g = x.to(dtype).double(), w.to(dtype).double(), g.to(dtype).double()  # representable inputs
-    truth = _propagate("reference", x, w, lens, M, wp, wf, mode, g, dtype=torch.float64, device="cuda")
-    tri = _propagate("triton", x, w, lens, M, wp, wf, mode, g, dtype=dtype, device="cuda")
-    plain = _propagate("reference", x, w, lens, M, wp, wf, mode, g, dtype=dtype, device="cuda")
-    for name, t, a, b in zip(("y", "grad_x", "grad_w"), truth, tri, plain):
-        err_tri = float((a - t).abs().max())
-        err_plain = float((b - t).abs().max())
-        scale = float(t.abs().max())
-        assert err_tri <= 2 * err_plain + 1e-3 * scale, f"{name}: triton {err_tri:.3e} vs torch {err_plain:.3e}"
+def test_gpu_pinned_tiles_same_bits_in_another_process():
+    """Pinned tiles (torch.use_deterministic_algorithms(True) here, GRAPHSMILE_TRITON_AUTOTUNE=0
+    in a fresh process) give the same bits in both: the tile fixes the order of every sum."""
+    code = textwrap.dedent("""
+        import sys, torch, graphsmile.ops as ops
+        torch.manual_seed(5)
+        lens, M = [40, 7, 90, 33], 2
+        N = sum(lens)
+        x = torch.randn(M * N, 96, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        w = (torch.rand(ops.num_edges(lens, M, 17, 17), device="cuda") + 0.25).to(torch.bfloat16).requires_grad_()
+        g = torch.randn(M * N, 96, device="cuda", dtype=torch.bfloat16)
+        y = ops.window_propagate(x, w, lens, M, 17, 17, backend="triton")
+        y.backward(g)
+        torch.save([t.detach().cpu() for t in (y, x.grad, w.grad)], sys.argv[1])
+    """)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        here, there = os.path.join(tmp, "here.pt"), os.path.join(tmp, "there.pt")
+        env = dict(os.environ, GRAPHSMILE_TRITON_AUTOTUNE="0")
+        subprocess.run([sys.executable, "-c", code, there], env=env, check=True, timeout=600)
+        was = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            exec(compile(code.replace("sys.argv[1]", repr(here)), "<pinned>", "exec"), {})
+        finally:
+            torch.use_deterministic_algorithms(was)
+        for name, a, b in zip(("y", "grad_x", "grad_w"), torch.load(here), torch.load(there)):
+            assert torch.equal(a, b), f"{name}: pinned tiles gave different bits in another process"
 
 
 @gpu_only

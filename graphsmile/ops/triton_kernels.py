@@ -14,7 +14,9 @@ kernels walk it in chunks of ``BLOCK_K`` columns, build the dense ``[BLOCK_R, BL
 the normalised adjacency in registers (zero outside the band and across dialogues) and multiply
 with ``tl.dot`` (fp32 accumulation). Nothing is accumulated with atomics: every output element
 is written by exactly one program, so results are deterministic and every kernel is idempotent
-(safe to re-run while autotuning).
+(safe to re-run while autotuning). The tile sizes set the order of the sums (chunk boundaries,
+``tl.dot``'s grouping, the column pass's per-tile partials), so bits are the same for one tile
+choice; ``PINNED`` fixes that choice across processes (``triton_ops.pinned_tiles``).
 
 fp64 inputs take a non-``tl.dot`` path (broadcast multiply + ``tl.sum``, fp64 accumulation) with
 small fixed tiles.
@@ -108,10 +110,14 @@ def _row_setup(t, rmask, dia_ptr, dtab_ptr, B, WP: tl.constexpr, WF: tl.constexp
 
 
 @triton.jit
-def _mm(a, b, ACC64: tl.constexpr, IEEE: tl.constexpr):
-    """a [P, Q] @ b [Q, R] with fp32 (fp64) accumulation."""
+def _mm(a, b, ACC64: tl.constexpr, IEEE: tl.constexpr, EMU_BF16: tl.constexpr):
+    """a [P, Q] @ b [Q, R] with fp32 (fp64) accumulation. EMU_BF16 (only set under the
+    interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.6): the bf16 operands widened to
+    fp32 first, which is exact, so the product is the one a GPU's bf16 ``tl.dot`` computes."""
     if ACC64:
         return tl.sum(a.to(tl.float64)[:, :, None] * b.to(tl.float64)[None, :, :], axis=1)
+    elif EMU_BF16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         if IEEE:
             return tl.dot(a, b, input_precision="ieee")
@@ -188,7 +194,7 @@ def _norm_bwd_kernel(gs_ptr, s_ptr, gw_ptr, rel_ptr, dia_ptr, dtab_ptr, N, B,
 @triton.jit
 def _spmm_fwd_kernel(x_ptr, w_ptr, s_ptr, y_ptr, dia_ptr, dtab_ptr, N, B, D,
                      M: tl.constexpr, WP: tl.constexpr, WF: tl.constexpr, MODE: tl.constexpr,
-                     ACC64: tl.constexpr, IEEE: tl.constexpr,
+                     ACC64: tl.constexpr, IEEE: tl.constexpr, EMU_BF16: tl.constexpr,
                      NB: tl.constexpr,  # node-count bucket: read by the autotuner's key only
                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
@@ -213,7 +219,7 @@ def _spmm_fwd_kernel(x_ptr, w_ptr, s_ptr, y_ptr, dia_ptr, dtab_ptr, N, B, D,
             coef = tl.where(valid, a * sc[None, :], 0.0)
             xt = tl.load(x_ptr + (n * N + c)[:, None] * D + dd[None, :],
                          mask=cmask[:, None] & dmask[None, :], other=0.0)
-            acc += _mm(coef.to(xt.dtype), xt, ACC64, IEEE)
+            acc += _mm(coef.to(xt.dtype), xt, ACC64, IEEE, EMU_BF16)
     si = tl.load(s_ptr + m * N + t, mask=rmask, other=0.0).to(ACC)
     y = si[:, None] * acc
     tl.store(y_ptr + (m * N + t)[:, None] * D + dd[None, :], y.to(y_ptr.dtype.element_ty),
@@ -229,7 +235,7 @@ def _spmm_fwd_kernel(x_ptr, w_ptr, s_ptr, y_ptr, dia_ptr, dtab_ptr, N, B, D,
 @triton.jit
 def _spmm_bwd_cols_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gx_ptr, gsp_ptr, dia_ptr, dtab_ptr, N, B, D, DT,
                           M: tl.constexpr, WP: tl.constexpr, WF: tl.constexpr, MODE: tl.constexpr,
-                          ACC64: tl.constexpr, IEEE: tl.constexpr, NEED_GX: tl.constexpr,
+                          ACC64: tl.constexpr, IEEE: tl.constexpr, EMU_BF16: tl.constexpr, NEED_GX: tl.constexpr,
                           BD_MIN: tl.constexpr,
                           NB: tl.constexpr,  # node-count bucket: read by the autotuner's key only
                           BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -268,7 +274,7 @@ def _spmm_bwd_cols_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gx_ptr, gsp_ptr, dia_ptr, 
             coef = tl.where(valid, a * sr[None, :], 0.0)
             gt = tl.load(g_ptr + (m * N + t)[:, None] * D + dd[None, :],
                          mask=tmask[:, None] & dmask[None, :], other=0.0)
-            acc += _mm(coef.to(gt.dtype), gt, ACC64, IEEE)
+            acc += _mm(coef.to(gt.dtype), gt, ACC64, IEEE, EMU_BF16)
     cm2 = cmask[:, None] & dmask[None, :]
     if NEED_GX:
         sc = tl.load(s_ptr + n * N + c, mask=cmask, other=0.0).to(ACC)
@@ -282,7 +288,7 @@ def _spmm_bwd_cols_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gx_ptr, gsp_ptr, dia_ptr, 
         if q == 0:
             val = part
         else:
-            val = part * 0.0
+            val = tl.zeros_like(part)  # not part * 0: that is NaN where part is inf
         tl.store(gsp_ptr + row.to(tl.int64) * (M * N) + n * N + c, val.to(gsp_ptr.dtype.element_ty),
                  mask=cmask & ((c * 0 + row) < DT))
 
@@ -294,7 +300,7 @@ def _spmm_bwd_cols_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gx_ptr, gsp_ptr, dia_ptr, 
 @triton.jit
 def _spmm_bwd_rows_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gw_ptr, rel_ptr, gsp_ptr, dia_ptr, dtab_ptr, N, B, D,
                           M: tl.constexpr, WP: tl.constexpr, WF: tl.constexpr, MODE: tl.constexpr,
-                          ACC64: tl.constexpr, IEEE: tl.constexpr, NEED_GW: tl.constexpr,
+                          ACC64: tl.constexpr, IEEE: tl.constexpr, EMU_BF16: tl.constexpr, NEED_GW: tl.constexpr,
                           NB: tl.constexpr,  # node-count bucket: read by the autotuner's key only
                           BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
@@ -320,7 +326,7 @@ def _spmm_bwd_rows_kernel(g_ptr, x_ptr, w_ptr, s_ptr, gw_ptr, rel_ptr, gsp_ptr, 
             dmask = dd < D
             gt = tl.load(g_ptr + grow[:, None] + dd[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
             xt = tl.load(x_ptr + xrow[:, None] + dd[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
-            dots += _mm(gt, tl.trans(xt), ACC64, IEEE)
+            dots += _mm(gt, tl.trans(xt), ACC64, IEEE, EMU_BF16)
         valid = rmask[:, None] & (c[None, :] >= clo[:, None]) & (c[None, :] < chi[:, None])
         widx = wbase[:, None] + c[None, :]
         a = tl.load(w_ptr + widx, mask=valid, other=0.0).to(ACC)
@@ -520,12 +526,26 @@ NLL_BLOCK_K = 4 if INTERPRET else 8
 NLL_WARPS = 4
 
 
-# (BLOCK_R, BLOCK_K, BLOCK_D, num_warps) per kernel: tiles that ptxas (sm_90, Triton 3.6)
-# compiles without register spills for fp32 (IEEE) and bf16 at win = 17.
+# (BLOCK_R, BLOCK_K, BLOCK_D, num_warps) per kernel, the candidates of the autotuner. On sm_90
+# (Triton 3.6, ptxas -v, win = 17) they take 150-255 registers a thread; in bf16 and tf32 none
+# spills, in fp32 at IEEE precision (FMA, no tensor cores) six do: fwd (16, 32, 128, 4) and
+# (32, 64, 128, 8), cols (64, 32, 128, 8), rows (64, 32, 64, 8) and (32, 64, 64, 8) (and fwd
+# (32, 32, 128, 4) in tf32). They stay candidates: timing, not spill counts, decides.
 _TILES = {
     "fwd": [(32, 32, 64, 4), (32, 32, 128, 4), (16, 32, 128, 4), (64, 32, 64, 8), (64, 32, 128, 8), (32, 64, 128, 8)],
     "cols": [(32, 32, 64, 4), (32, 32, 32, 4), (16, 32, 128, 4), (64, 32, 64, 8), (64, 32, 128, 8), (128, 32, 64, 8)],
     "rows": [(16, 32, 64, 4), (32, 32, 32, 4), (32, 32, 64, 8), (32, 32, 128, 8), (64, 32, 64, 8), (32, 64, 64, 8)],
+}
+
+
+# The tile each kernel runs when tiles are pinned (triton_ops.pinned_tiles(): under
+# torch.use_deterministic_algorithms(True) or GRAPHSMILE_TRITON_AUTOTUNE=0). The tile fixes the
+# order of every sum, so a pinned tile gives the same bits in every process; the autotuner picks
+# by timing, and two near-equal tiles can swap between processes.
+PINNED = {
+    "fwd": dict(BLOCK_R=32, BLOCK_K=32, BLOCK_D=64, num_warps=4),
+    "cols": dict(BLOCK_R=32, BLOCK_K=32, BLOCK_D=64, num_warps=4),
+    "rows": dict(BLOCK_R=16, BLOCK_K=32, BLOCK_D=64, num_warps=4),
 }
 
 
@@ -547,14 +567,21 @@ def _prune(configs, named_args, **kwargs):
 
 
 # NB (a bucket of the row count, triton_ops._size_bucket) is in the key so tiles tuned on a
-# small batch are not reused for a 100k-node one, without re-tuning for every batch size.
-_KEY = ["D", "M", "WP", "WF", "MODE", "NB"]
+# small batch are not reused for a 100k-node one, without re-tuning for every batch size. IEEE
+# is in it because fp32 at IEEE precision (FMA) and in tf32 (tensor cores) have different best
+# tiles. cache_results stores the timings in Triton's cache directory, so later processes on the
+# same machine and software take the same tiles (and so the same bits) without re-timing.
+_KEY = ["D", "M", "WP", "WF", "MODE", "NB", "IEEE"]
 
 if not INTERPRET:
     _prune_by = {"early_config_prune": _prune}
-    spmm_fwd_tuned = triton.autotune(_configs("fwd"), key=_KEY, prune_configs_by=_prune_by)(_spmm_fwd_kernel)
-    spmm_bwd_cols_tuned = triton.autotune(_configs("cols"), key=_KEY, prune_configs_by=_prune_by)(_spmm_bwd_cols_kernel)
-    spmm_bwd_rows_tuned = triton.autotune(_configs("rows"), key=_KEY, prune_configs_by=_prune_by)(_spmm_bwd_rows_kernel)
+
+    def _tuned(which, kernel):
+        return triton.autotune(_configs(which), key=_KEY, prune_configs_by=_prune_by, cache_results=True)(kernel)
+
+    spmm_fwd_tuned = _tuned("fwd", _spmm_fwd_kernel)
+    spmm_bwd_cols_tuned = _tuned("cols", _spmm_bwd_cols_kernel)
+    spmm_bwd_rows_tuned = _tuned("rows", _spmm_bwd_rows_kernel)
 else:  # keep the interpreter fast: one fixed configuration
     spmm_fwd_tuned = spmm_bwd_cols_tuned = spmm_bwd_rows_tuned = None
 

@@ -34,6 +34,7 @@ feature row may leak NaN into rows that share its column tile (``0 * inf`` insid
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import OrderedDict
 from typing import Sequence
 
@@ -239,14 +240,39 @@ def _size_bucket(rows) -> int:
     return 0 if rows < 8192 else (1 if rows < 65536 else 2)
 
 
-def _spmm_launch(tuned, fixed, x, grid_fn, args, consts):
-    """Autotuned kernel on a GPU for fp16/bf16/fp32; one fixed tile under the interpreter or for fp64."""
-    consts = dict(consts, NB=_size_bucket(x.shape[0]))
-    if tuned is not None and x.dtype != torch.float64:
-        _launch(tuned, lambda meta: grid_fn(meta["BLOCK_R"], meta["BLOCK_D"]), *args, **consts)
-    else:
+def pinned_tiles() -> bool:
+    """True when the window kernels run one fixed tile per kernel (``triton_kernels.PINNED``)
+    instead of the autotuner's choice: under ``torch.use_deterministic_algorithms(True)`` or with
+    the environment variable ``GRAPHSMILE_TRITON_AUTOTUNE=0``. Every tile gives a deterministic
+    result, but the tile sets the order of the sums, so only a pinned tile gives the same bits
+    across processes and machines (the autotuner times its candidates, and near-equal ones can
+    swap; its cached choice is reused on the same machine)."""
+    if torch.are_deterministic_algorithms_enabled():
+        return True
+    env = os.environ.get("GRAPHSMILE_TRITON_AUTOTUNE", "1").strip()
+    if env not in ("0", "1"):
+        raise ValueError(f"graphsmile: the environment variable GRAPHSMILE_TRITON_AUTOTUNE must be 0 or 1, got {env!r}")
+    return env == "0"
+
+
+def _spmm_launch(which, x, grid_fn, args, consts):
+    """The window kernel ``which`` ("fwd", "cols" or "rows"): autotuned on a GPU for
+    fp16/bf16/fp32 (or its pinned tile, see ``pinned_tiles``); one fixed tile under the
+    interpreter or for fp64."""
+    tuned, fixed = {
+        "fwd": (K.spmm_fwd_tuned, K.spmm_fwd_kernel),
+        "cols": (K.spmm_bwd_cols_tuned, K.spmm_bwd_cols_kernel),
+        "rows": (K.spmm_bwd_rows_tuned, K.spmm_bwd_rows_kernel),
+    }[which]
+    consts = dict(consts, NB=_size_bucket(x.shape[0]), EMU_BF16=K.INTERPRET and x.dtype == torch.bfloat16)
+    if tuned is None or x.dtype == torch.float64:
         blocks = K.FIXED64 if x.dtype == torch.float64 and not K.INTERPRET else K.FIXED
-        _launch(fixed, grid_fn(blocks["BLOCK_R"], blocks["BLOCK_D"]), *args, **consts, **blocks)
+    elif pinned_tiles():
+        blocks = K.PINNED[which]
+    else:
+        _launch(tuned, lambda meta: grid_fn(meta["BLOCK_R"], meta["BLOCK_D"]), *args, **consts)
+        return
+    _launch(fixed, grid_fn(blocks["BLOCK_R"], blocks["BLOCK_D"]), *args, **consts, **blocks)
 
 
 @_define("graphsmile_triton::window_spmm")
@@ -258,7 +284,7 @@ def _window_spmm_op(x: torch.Tensor, edge_weight: torch.Tensor, norm: torch.Tens
     if y.numel() == 0:
         return y
     _spmm_launch(
-        K.spmm_fwd_tuned, K.spmm_fwd_kernel, x,
+        "fwd", x,
         lambda r, d: (triton.cdiv(N, r), M, triton.cdiv(D, d)),
         (x, w, s, y, dia, dtab, N, B, D),
         dict(M=M, WP=win_p, WF=win_f, MODE=mode, ACC64=x.dtype == torch.float64, IEEE=_ieee(x.dtype)),
@@ -281,7 +307,7 @@ def _spmm_backward_cols_op(grad_y: torch.Tensor, x: torch.Tensor, edge_weight: t
     DT = triton.cdiv(D, bd_min)
     gsp = torch.empty(DT, M * N, dtype=acc, device=x.device)
     _spmm_launch(
-        K.spmm_bwd_cols_tuned, K.spmm_bwd_cols_kernel, x,
+        "cols", x,
         lambda r, d: (triton.cdiv(N, r), M, triton.cdiv(D, d)),
         (g, x, w, s, gx if need_grad_x else _dummy(x), gsp, dia, dtab, N, B, D, DT),
         dict(M=M, WP=win_p, WF=win_f, MODE=mode, ACC64=x.dtype == torch.float64, IEEE=_ieee(x.dtype),
@@ -304,7 +330,7 @@ def _spmm_backward_rows_op(grad_y: torch.Tensor, x: torch.Tensor, edge_weight: t
     gsp = torch.empty(M - 1, M * N, dtype=acc, device=x.device)
     if N > 0:
         _spmm_launch(
-            K.spmm_bwd_rows_tuned, K.spmm_bwd_rows_kernel, x,
+            "rows", x,
             lambda r, d: (triton.cdiv(N, r), P),
             (g, x, w, s, gw, rel, gsp, dia, dtab, N, B, D),
             dict(M=M, WP=win_p, WF=win_f, MODE=mode, ACC64=x.dtype == torch.float64, IEEE=_ieee(x.dtype),
