@@ -4,7 +4,8 @@ nvcc is found.
 Environment knobs:
   USE_CUDA=0                skip the CUDA sources even where they could be built
   GRAPHSMILE_FORCE_CUDA=1   build the CUDA sources on a machine without a GPU (CI, containers)
-  TORCH_CUDA_ARCH_LIST      target architectures (default on a GPU-less forced build: "8.0;9.0")
+  TORCH_CUDA_ARCH_LIST      target architectures (default on a GPU-less forced build: "8.0;9.0+PTX":
+                            sm_80 and sm_90 code, and PTX that newer GPUs compile at load)
   DEBUG=1                   -O0 -g
   MAX_JOBS                  parallel compile jobs (ninja)
 
@@ -67,7 +68,7 @@ def extensions():
     if use_cuda:
         cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
         nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         # torch's CUDA headers include cuBLAS/cuSPARSE headers; with pip-installed CUDA torch
         # they live in the nvidia-* wheels.

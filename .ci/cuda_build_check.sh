@@ -7,7 +7,7 @@
 #    of torch (${GRAPHSMILE_TORCH_VERSION:-2.14.1}), numpy, ninja, setuptools, wheel;
 # 2. copies the repository (without venvs, build outputs, compiled modules, .git) to a temp dir;
 # 3. builds and installs it there with GRAPHSMILE_FORCE_CUDA=1 and
-#    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0}, MAX_JOBS=${MAX_JOBS:-2};
+#    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}, MAX_JOBS=${MAX_JOBS:-2};
 # 4. checks that every csrc/cuda/*.cu produced an object file, lists compiler warnings from our
 #    sources (GRAPHSMILE_CUDA_WERROR=1 makes them fatal);
 # 5. imports graphsmile from outside the source tree and asserts that all seven
@@ -18,7 +18,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${GRAPHSMILE_CUDA_VENV:-$REPO/.venv-cuda}"
 TORCH_VERSION="${GRAPHSMILE_TORCH_VERSION:-2.14.1}"
-ARCHS="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+ARCHS="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
 JOBS="${MAX_JOBS:-2}"
 PYTHON="${PYTHON:-python3}"
 T0=$(date +%s)
@@ -93,6 +93,34 @@ if [ -n "$WARN" ]; then
   [ "${GRAPHSMILE_CUDA_WERROR:-0}" = 1 ] && fail "warnings (GRAPHSMILE_CUDA_WERROR=1)"
 else
   say "no compiler warnings in graphsmile sources"
+fi
+
+# --- 4b. the fat binary: machine code per architecture, PTX where "+PTX" asks for it ------------
+# (PTX lets GPUs newer than the list, e.g. sm_100, compile the kernels at load time.) cuobjdump
+# comes with the CUDA toolkit or with triton's wheel; without one this check is skipped, said so.
+SO=$(find "$WORK/src/build" -name "_C*.so" 2>/dev/null | head -1)
+CUOBJDUMP=$(command -v cuobjdump || true)
+[ -n "$CUOBJDUMP" ] || CUOBJDUMP=$(ls "${CUDA_HOME:-/usr/local/cuda}/bin/cuobjdump" 2>/dev/null || true)
+[ -n "$CUOBJDUMP" ] || CUOBJDUMP=$(ls "$VENV"/lib/python3*/site-packages/triton/backends/nvidia/bin/cuobjdump \
+  "$REPO"/.venv/lib/python3*/site-packages/triton/backends/nvidia/bin/cuobjdump 2>/dev/null | head -1 || true)
+if [ -z "$SO" ]; then
+  fail "no built _C*.so under $WORK/src/build"
+elif [ -z "$CUOBJDUMP" ]; then
+  say "cuobjdump not found: fat-binary contents not checked"
+else
+  LISTING=$("$CUOBJDUMP" --list-elf --list-ptx "$SO")
+  for cu in "${CU_FILES[@]}"; do
+    base=$(basename "${cu%.cu}")
+    IFS=';' read -ra ARCH_ITEMS <<< "$ARCHS"
+    for a in "${ARCH_ITEMS[@]}"; do
+      sm="sm_${a//[.+PTXptx]/}"
+      echo "$LISTING" | grep -q "${base}\.${sm}\.cubin" || fail "$base has no $sm machine code in $SO"
+      if [[ "$a" == *+PTX ]]; then
+        echo "$LISTING" | grep -q "${base}\.${sm}\.ptx" || fail "$base has no $sm PTX in $SO although $a asks for it"
+      fi
+    done
+  done
+  say "fat binary: $(echo "$LISTING" | awk '{print $NF}' | tr '\n' ' ')"
 fi
 
 # --- 5. import from outside the source tree, kernels registered -------------------------------

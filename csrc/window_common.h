@@ -126,8 +126,12 @@ inline void check_norm(const at::Tensor& norm, const WindowMeta& meta, int64_t n
 // The tensor must live on the device type this kernel runs on ("CPU" or "CUDA" kernel).
 inline void check_kernel_device(const at::Tensor& t, const char* name, c10::DeviceType kernel) {
   if (kernel == c10::DeviceType::CUDA) {
+    // The dispatcher picks the CUDA kernel when any tensor argument is on a GPU, `lengths`
+    // included, so say so: a CUDA `lengths` with CPU data lands here.
     TORCH_CHECK_VALUE(t.device().is_cuda(), "graphsmile: ", name, " is on ", t.device(),
-                      " but this is the CUDA kernel; move it to the GPU (", name, ".cuda()) or pick a CPU backend");
+                      " but this is the CUDA kernel (it runs when any tensor argument, lengths included, is on a "
+                      "GPU); move ", name, " to the GPU (", name, ".cuda()), or keep every argument, lengths too, on "
+                      "the CPU");
   } else {
     TORCH_CHECK_VALUE(t.device().type() == kernel, "graphsmile: ", name, " is on ", t.device(),
                       " but this is the CPU kernel; move it to the CPU or pick a GPU backend");

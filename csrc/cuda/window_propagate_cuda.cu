@@ -13,6 +13,8 @@
 #include <cuda_fp16.h>
 
 #include <array>
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
@@ -43,15 +45,41 @@ struct TensorCoreType<at::BFloat16> {
   using type = __nv_bfloat16;
 };
 
+// Whether the tensor-core kernels' code for the current device was compiled for sm_80 or newer.
+// The device's own capability is not enough: a build for "7.5+PTX" runs on an sm_90 GPU through
+// PTX compiled with __CUDA_ARCH__ = 750, where those kernels are a __trap() (see the #if in
+// kernels/window_propagate.cuh). ptxVersion is the virtual architecture the loaded code came from;
+// every tensor-core kernel is in this translation unit, so one kernel answers for all of them.
+bool tensor_core_code_loaded(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::array<std::atomic<int8_t>, kMaxDevices> known{};  // 0 unknown, 1 yes, -1 no
+  if (device < 0 || device >= kMaxDevices) return false;
+  int8_t v = known[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    cudaFuncAttributes attr;
+    const cudaError_t err = cudaFuncGetAttributes(&attr, gpu::window_spmm_forward_tc_kernel<at::Half, __half>);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();  // not a sticky error: clear it, the FFMA kernels run instead
+      v = -1;
+    } else {
+      v = attr.ptxVersion >= 80 ? 1 : -1;
+    }
+    known[device].store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+
 // fp16/bf16 band GEMMs on tensor cores (window_spmm_forward_tc_kernel and backward passes A and B,
-// window_spmm_cols_tc_kernel, window_spmm_rows_tc_kernel) on sm_80 and newer, unless
-// GRAPHSMILE_CUDA_TENSOR_CORES=0 (read once; the FFMA kernel then runs, e.g. to compare them).
+// window_spmm_cols_tc_kernel, window_spmm_rows_tc_kernel) on sm_80 and newer, when this build has
+// sm_80+ code for the device, unless GRAPHSMILE_CUDA_TENSOR_CORES=0 (read once; the FFMA kernel
+// then runs, e.g. to compare them). Called under the device guard of x's device.
 bool tensor_cores_for(const at::Tensor& x) {
   static const bool enabled = [] {
     const char* e = std::getenv("GRAPHSMILE_CUDA_TENSOR_CORES");
     return e == nullptr || std::strcmp(e, "0") != 0;
   }();
-  return enabled && at::cuda::getDeviceProperties(x.get_device())->major >= 8;
+  return enabled && at::cuda::getDeviceProperties(x.get_device())->major >= 8 &&
+         tensor_core_code_loaded(x.get_device());
 }
 
 // Feature tiles per block of the tensor-core forward (window_spmm_forward_tc_kernel: the band's
