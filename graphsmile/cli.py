@@ -25,6 +25,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -101,6 +102,34 @@ def _int_at_least(low: int, what: str):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _nonneg_int = _int_at_least(0, "an integer >= 0")
+# Seeds feed random, numpy (< 2**32) and torch; seed + K - 1 must stay below 2**32 for --seeds K.
+_SEED_MAX = 2**31 - 1
+
+
+def _seed(s: str) -> int:
+    """An argparse type: a seed, an integer from 0 to 2**31 - 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= _SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {_SEED_MAX}, got {s!r}")
+    return v
+
+
+def _finite_float(low: float, what: str):
+    """An argparse type: a finite float >= low, else the error "expected <what>, got '...'"."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            v = float("nan")
+        if not (math.isfinite(v) and v >= low):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        return v
+
+    return parse
 
 
 def _dims_arg(values: Optional[List[str]]):
@@ -296,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"without --data: keep the full preset instead of the demo settings {DEMO_SETTINGS}")
     _add_config_flags(p)
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--seed", type=_seed, help="random seed (default 0)")
     g.add_argument("--seeds", type=_positive_int, metavar="K", help="train K seeds (seed, seed+1, ...) and report mean ± std")
     g.add_argument("--device", metavar="DEV", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     g.add_argument("--amp", choices=["none", "bf16"], help="mixed precision: bf16 autocast (meant for CUDA); default none")
@@ -358,17 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "learnable planted signal (graphsmile.data.synthesize).")
     p.add_argument("--dataset", type=_dataset_choice, required=True, metavar="NAME", help=ds_help)
     p.add_argument("--out", required=True, metavar="FILE", help="output pickle")
-    p.add_argument("--seed", type=int, default=0, help="seed (same seed, same bytes)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed (same seed, same bytes)")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the real dialogue counts (default 1)")
     p.add_argument("--dims", type=_positive_int, nargs=3, metavar=("TEXT", "VISUAL", "AUDIO"),
                    help="feature widths (default: the real ones; others need --dims infer when training)")
     p.add_argument("--length", type=_positive_int, help="make every dialogue this long")
     p.add_argument("--min_len", type=_positive_int, help="shortest dialogue")
     p.add_argument("--max_len", type=_positive_int, help="longest dialogue")
-    p.add_argument("--mean_len", type=float, help="mean dialogue length")
+    p.add_argument("--mean_len", type=_finite_float(1.0, "a number >= 1"), help="mean dialogue length")
     p.add_argument("--n_dialogues", type=_positive_int, nargs="+", metavar="N",
                    help="dialogues per split: TRAIN TEST (MELD: TRAIN DEV TEST); overrides --scale")
-    p.add_argument("--signal", type=float, default=1.0, help="strength of the planted signal (0 = pure noise)")
+    p.add_argument("--signal", type=_finite_float(0.0, "a number >= 0"), default=1.0,
+                   help="strength of the planted signal (0 = pure noise)")
     p.add_argument("--meld_valid_vid", action="store_true", help="MELD: write the dev ids as the 14th element (the common file has None)")
     p.add_argument("--protocol", type=int, default=4, help="pickle protocol (2 for Python 2 readers)")
     p.add_argument("--py2_strings", action="store_true", help="Python 2 byte strings, as the real files (slow; small files)")
@@ -458,15 +488,12 @@ def _with_dims(config, dims):
 # --- train --------------------------------------------------------------------------------
 
 
-_RESUMABLE_CHANGES = ("epochs", "backend", "shift_loss")
-
-
 def cmd_train(args) -> int:
     from .config import GraphSmileConfig
     from .train.checkpoint import atomic_write_text
     from .train.distributed import init_distributed
     from .train.reports import to_jsonable
-    from .train.trainer import TrainOptions, run_markers, run_training
+    from .train.trainer import RESUMABLE_CONFIG_CHANGES, TrainOptions, run_markers, run_training
 
     explicit = _explicit_config(args)
     dims = _dims_arg(args.dims)
@@ -497,9 +524,9 @@ def cmd_train(args) -> int:
         for k, v in explicit.items():
             stored = getattr(config, k)
             if v != stored:
-                if k not in _RESUMABLE_CHANGES:
+                if k not in RESUMABLE_CONFIG_CHANGES:
                     raise CLIError(f"--resume: cannot change --{k} of a run ({k} = {stored!r} in {out}); "
-                                   f"only {', '.join('--' + c for c in _RESUMABLE_CHANGES)} may change")
+                                   f"only {', '.join('--' + c for c in RESUMABLE_CONFIG_CHANGES)} may change")
                 changed[k] = v
         for flag, key in (("seed", "seed"), ("seeds", "seeds"), ("valid_from", "valid_from"), ("amp", "amp"),
                           ("max_train_batches", "max_train_batches")):
@@ -587,6 +614,7 @@ def cmd_train(args) -> int:
             if stored and fp["sha1"] != stored:
                 raise CLIError(f"--resume: {opts.data} is not the data the run in {out} was trained on "
                                "(dialogue ids or lengths differ)")
+        run_desc: Dict[str, Any] = {}
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             from .train.trainer import data_fingerprint
@@ -609,7 +637,12 @@ def cmd_train(args) -> int:
             if opts.resume:
                 for k in ("created", "command"):
                     run_desc[k] = run.get(k, run_desc[k])
-            atomic_write_text(out / "run.json", json.dumps(to_jsonable(run_desc), indent=2) + "\n")
+            else:
+                stale = _remove_previous_run(out)   # only with --overwrite: run_markers refused otherwise
+                if stale:
+                    _say(f"--overwrite: removed the previous run's {', '.join(stale[:6])}"
+                         + (f" and {len(stale) - 6} more" if len(stale) > 6 else ""))
+                atomic_write_text(out / "run.json", json.dumps(to_jsonable(run_desc), indent=2) + "\n")
             if not opts.resume and (out / "log.txt").exists():
                 with open(out / "log.txt", "a", encoding="utf-8") as f:
                     f.write(f"--- new run {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
@@ -621,13 +654,20 @@ def cmd_train(args) -> int:
                  f"shift_win {config.shift_win}, drop {config.drop}, lr {config.lr:g}, l2 {config.l2:g}, batch {config.batch_size}, "
                  f"epochs {config.epochs}, loss {config.loss_type} {list(config.lambd)}, textf_mode {config.textf_mode}, "
                  f"edge_weights {config.edge_weights}")
+
+        def write_resumed_run_json() -> None:
+            # after run_training checked every seed's checkpoint: a refused resume leaves run.json as it was
+            if ctx.is_main:
+                atomic_write_text(out / "run.json", json.dumps(to_jsonable(run_desc), indent=2) + "\n")
+
         ctx.barrier()
         res_header = {"command": run_desc.get("command") if ctx.is_main else None}
         if synthetic is not None:
             res_header["synthetic"] = synthetic
             res_header["demo"] = opts.demo
         res_header["data"] = opts.data
-        results = run_training(config, splits, opts, ctx=ctx, device=device, header=res_header, log=_say)
+        results = run_training(config, splits, opts, ctx=ctx, device=device, header=res_header, log=_say,
+                               on_resumable=write_resumed_run_json if opts.resume else None)
         if ctx.is_main and results.get("status") == "complete":
             _print_files(out, len(results.get("seeds", [])) > 1, synthetic is not None)
             if synthetic is not None:
@@ -635,6 +675,21 @@ def cmd_train(args) -> int:
     finally:
         ctx.close()
     return 0
+
+
+def _remove_previous_run(out: Path) -> List[str]:
+    """``train --overwrite``: delete the run files (``trainer.RUN_MARKERS``, in ``out`` and its
+    ``seed_*`` folders) of the run being replaced, so that none of its checkpoints or results
+    can be mistaken for the new run's if this one is interrupted. Returns what was removed."""
+    from .train.trainer import RUN_MARKERS, run_markers
+
+    removed = []
+    for rel in run_markers(out):
+        p = out / rel
+        if p.name in RUN_MARKERS and p.is_file():
+            p.unlink()
+            removed.append(rel)
+    return removed
 
 
 def _version() -> str:

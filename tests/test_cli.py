@@ -293,6 +293,19 @@ def test_bad_inputs(run_dir, data_dir, tmp_path, capsys):
     assert "unknown dataset" in one_error_line(capsys, 2, code)
     code = run("train", "--dataset", "IEMOCAP", "--data", tiny, *TINY, "--drop", "1.5", "--out", tmp_path / "o5")
     assert "drop" in one_error_line(capsys, 1, code)
+    # seeds: 0 .. 2**31 - 1, checked before anything is written
+    for bad in ("-1", "99999999999999999999", "x"):
+        code = run("train", "--dataset", "IEMOCAP", "--data", tiny, *TINY, "--seed", bad, "--out", tmp_path / "o6")
+        assert "--seed" in one_error_line(capsys, 2, code)
+    assert not (tmp_path / "o6").exists()
+    # synth: the planted signal and mean length must be finite numbers in range
+    for flag, bad in (("--signal", "nan"), ("--signal", "inf"), ("--signal", "-1"), ("--mean_len", "nan"),
+                      ("--mean_len", "-5")):
+        code = run("synth", "--dataset", "IEMOCAP", "--out", tmp_path / "s.pkl", flag, bad)
+        assert flag in one_error_line(capsys, 2, code)
+    code = run("synth", "--dataset", "IEMOCAP", "--out", tmp_path / "s.pkl", "--scale", "inf")
+    assert "scale must be a finite number > 0" in one_error_line(capsys, 1, code)
+    assert not (tmp_path / "s.pkl").exists()
     # an output folder holding another run: refused, nothing touched
     before = snapshot(run_dir)
     code = run("train", "--dataset", "IEMOCAP", "--data", tiny, *TINY, "--epochs", 1, "--out", run_dir)

@@ -70,6 +70,10 @@ def test_metrics_and_seed_summary():
     assert M.confusion(y, p, 4).tolist() == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
     s = M.mean_std([70.0, 72.0, 74.0])
     assert s["mean"] == pytest.approx(72.0) and s["std"] == pytest.approx(2.0) and s["n"] == 3
+    assert M.fmt_pm(s) == "72.00 ± 2.00"
+    # a diverged seed is left out of the mean, and the text says so
+    s = M.mean_std([70.0, float("nan"), 74.0])
+    assert s["n"] == 2 and M.fmt_pm(s) == "72.00 ± 2.83 (over 2 of 3 seeds; the others are not finite)"
     summ = M.summarise_seeds([{"test": {"emo_f1": 70.0, "utterances": 5}}, {"test": {"emo_f1": 74.0, "utterances": 5}}])
     assert summ["test_emo_f1"]["mean"] == pytest.approx(72.0) and "test_utterances" not in summ
     assert shift_pair_counts([3, 7, 1], 3) == [9, 9 + 9 + 1, 1]
@@ -174,6 +178,65 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, capsys):
     assert _run("train", "--resume", a) == 0
 
 
+def test_resume_refuses_checkpoints_of_another_run(tiny, tmp_path, capsys):
+    """A checkpoint continues only the run it belongs to: same data, options and number of
+    processes (check_resumable); a refused resume leaves run.json as it was; --overwrite removes
+    the replaced run's checkpoints and results, so none can be mistaken for the new run's; a
+    permitted change (--epochs, --shift_loss) is written to run.json only once accepted."""
+    from graphsmile.train.checkpoint import CheckpointError
+    from graphsmile.train.trainer import check_resumable
+
+    common = ["train", "--dataset", "IEMOCAP", "--data", tiny, *TINY, "--epochs", 3]
+    d = tmp_path / "run"
+    assert _run(*common, "--out", d, "--stop_after", 1) == 0
+    last = load_checkpoint(d / "last.pt")
+    cfg = GraphSmileConfig.from_dict(last["config"])
+    meta = dict(last["train"])
+    check_resumable(last, d / "last.pt", cfg, 1, meta)                 # itself: fine
+    check_resumable(last, d / "last.pt", cfg.replace(epochs=5, shift_loss="logits"), 1, meta)
+    with pytest.raises(CheckpointError, match=r"last.pt was written by 1 process\(es\), this run has 2"):
+        check_resumable(last, d / "last.pt", cfg, 2, meta)
+    with pytest.raises(CheckpointError, match="was trained on other data"):
+        check_resumable(last, d / "last.pt", cfg, 1, dict(meta, fingerprint={"sha1": "0" * 40}))
+    with pytest.raises(CheckpointError, match="max_train_batches = None, this run has 2"):
+        check_resumable(last, d / "last.pt", cfg, 1, dict(meta, max_train_batches=2))
+    with pytest.raises(CheckpointError, match=r"config differs from the run's in \['hidden_dim'\]"):
+        check_resumable(last, d / "last.pt", cfg.replace(hidden_dim=32), 1, meta)
+    with pytest.raises(CheckpointError, match="has 3 completed epochs, more than --epochs 2"):
+        check_resumable(dict(last, epoch=3), d / "last.pt", cfg.replace(epochs=2), 1, meta)
+    capsys.readouterr()
+
+    # a refused resume changes nothing; run.json keeps the stored --epochs
+    run_json = (d / "run.json").read_text()
+    torch.save(dict(last, world_size=2), d / "last.pt")    # as if written by two processes
+    assert _run("train", "--resume", d, "--epochs", 4) == 1
+    assert "written by 2 process(es)" in capsys.readouterr().err
+    assert (d / "run.json").read_text() == run_json
+    torch.save(last, d / "last.pt")
+    # an accepted change is recorded
+    assert _run("train", "--resume", d, "--shift_loss", "logits", "--stop_after", 2) == 0
+    assert json.loads((d / "run.json").read_text())["config"]["shift_loss"] == "logits"
+    assert load_checkpoint(d / "last.pt")["epoch"] == 2
+    assert _run("train", "--resume", d) == 0
+    assert (d / "results.json").exists()
+
+    # --overwrite on other data: the old checkpoints go first; an interrupted new run then
+    # resumes from its own checkpoint, never from the replaced run's
+    other = tmp_path / "other.pkl"
+    synthesize("IEMOCAP", other, seed=9, dims=DIMS, n_dialogues=(10, 3), min_len=4, max_len=20, mean_len=10)
+    assert _run("train", "--dataset", "IEMOCAP", "--data", other, *TINY, "--epochs", 2, "--out", d, "--overwrite",
+                "--stop_after", 1) == 0
+    out = capsys.readouterr().out
+    assert "--overwrite: removed the previous run's" in out and "last.pt" in out
+    assert not (d / "results.json").exists()
+    assert json.loads((d / "run.json").read_text())["data"].endswith("other.pkl")
+    assert load_checkpoint(d / "last.pt")["train"]["data"].endswith("other.pkl")
+    assert _run("train", "--resume", d) == 0
+    ck = load_checkpoint(d / "last.pt")
+    assert ck["epoch"] == 2 and ck["train"]["data"].endswith("other.pkl")
+    assert json.loads((d / "results.json").read_text())["training"]["data"].endswith("other.pkl")
+
+
 # --- torchrun DDP -----------------------------------------------------------------------------
 
 
@@ -201,3 +264,54 @@ def test_ddp_gradients_equal_single_process_global_batch(tiny, tmp_path):
     assert torch.allclose(d["eval_probs"], s["eval_probs"], atol=1e-6)
     for k, v in s["eval_metrics"].items():
         assert d["eval_metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+def test_ddp_evaluation_uses_rank0_buffers(tiny, tmp_path):
+    """Two CPU processes under torchrun, text BatchNorms in training mode: after an epoch each
+    rank's running statistics differ (each updates its own copy); evaluation first gives every
+    rank rank 0's buffers, so the sharded evaluation is that of one model, the one the
+    checkpoints save: it equals a single-process evaluation of rank 0's state."""
+    script = tmp_path / "ddp_bn.py"
+    script.write_text(f'''
+import sys, torch
+from graphsmile.config import GraphSmileConfig
+from graphsmile.data import load_dataset
+from graphsmile.train import Trainer, init_distributed
+sp = load_dataset(sys.argv[1], "IEMOCAP", dims="infer")
+cfg = GraphSmileConfig.preset("IEMOCAP", hidden_dim=16, heter_n_layers=(1, 1, 1), win=(3, 3), shift_win=5, batch_size=3,
+                              epochs=1, lr=3e-3, edge_capacity=4096, dim_t={DIMS[0]}, dim_v={DIMS[1]}, dim_a={DIMS[2]})
+ctx, device = init_distributed("cpu")
+try:
+    tr = Trainer(cfg, sp, seed=1, ctx=ctx, device=device)
+    tr.train_epoch(0)
+    before = ctx.all_gather_object({{k: v.clone() for k, v in tr.model.named_buffers()}})
+    ev = tr.evaluate(sp.test, 0)
+    after = ctx.all_gather_object({{k: v.clone() for k, v in tr.model.named_buffers()}})
+    if ctx.is_main:
+        torch.save({{"before": before, "after": after, "metrics": ev.metrics,
+                    "state": {{k: v.clone() for k, v in tr.model.state_dict().items()}}}}, sys.argv[2])
+finally:
+    ctx.close()
+''')
+    out = tmp_path / "bn.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", str(script),
+           str(tiny), str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = torch.load(out, weights_only=False)
+    b0, b1 = res["before"]
+    stats = [k for k in b0 if "running_mean" in k]
+    assert stats and any(not torch.equal(b0[k], b1[k]) for k in stats), "the ranks' statistics should differ here"
+    a0, a1 = res["after"]
+    for k in a0:
+        assert torch.equal(a0[k], a1[k]) and torch.equal(a0[k], b0[k]), k
+    sp = load_dataset(tiny, "IEMOCAP", dims="infer")
+    cfg = GraphSmileConfig.preset("IEMOCAP", hidden_dim=16, heter_n_layers=(1, 1, 1), win=(3, 3), shift_win=5,
+                                  batch_size=3, epochs=1, lr=3e-3, edge_capacity=4096, dim_t=DIMS[0], dim_v=DIMS[1],
+                                  dim_a=DIMS[2])
+    single = Trainer(cfg, sp, seed=1)
+    single.model.load_state_dict(res["state"])
+    want = single.evaluate(sp.test, 0).metrics
+    for k, v in want.items():
+        assert res["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k

@@ -36,6 +36,7 @@ it must be loaded with ``load_dataset(..., dims=the_same_dims)`` (or ``dims="inf
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import struct
@@ -378,8 +379,8 @@ def _split_counts(sizes: _Sizes, scale: float, n_dialogues) -> list[int]:
         if min(counts) < 1:
             raise ValueError(f"n_dialogues must be >= 1 per split, got {n_dialogues!r}")
         return counts
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale!r}")
+    if not (math.isfinite(float(scale)) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     return [max(1, int(round(s.dialogues * scale))) for s in sizes.splits]
 
 
@@ -428,6 +429,10 @@ def synthesize(dataset: str, path: str | PathLike, seed: int = 0, scale: float =
     dims = tuple(int(d) for d in dims)
     if meld_valid_vid and fmt.name != "MELD":
         raise ValueError("meld_valid_vid only applies to MELD")
+    if not math.isfinite(float(signal)) or signal < 0:
+        raise ValueError(f"signal must be a finite number >= 0, got {signal!r}")
+    if mean_len is not None and not (math.isfinite(float(mean_len)) and mean_len >= 1):
+        raise ValueError(f"mean_len must be a finite number >= 1, got {mean_len!r}")
 
     custom_len = any(v is not None for v in (length, min_len, max_len, mean_len))
     lo, hi = sizes.min_len, sizes.max_len

@@ -111,5 +111,11 @@ def summarise_seeds(per_seed: Sequence[Mapping[str, object]]) -> Dict[str, Dict[
 
 
 def fmt_pm(stat: Mapping[str, object], digits: int = 2) -> str:
-    """``"72.81 ± 0.45"``."""
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    """``"72.81 ± 0.45"``; when some values were not finite (left out of the mean),
+    ``"72.81 ± 0.45 (over 2 of 3 seeds; the others are not finite)"``."""
+    text = f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    total = len(stat.get("values") or [])
+    n = int(stat.get("n", total))
+    if total and n < total:
+        text += f" (over {n} of {total} seeds; the others are not finite)"
+    return text

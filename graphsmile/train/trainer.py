@@ -119,6 +119,8 @@ __all__ = [
     "SELECTION",
     "PAPER_PROTOCOL",
     "RUN_MARKERS",
+    "RESUMABLE_CONFIG_CHANGES",
+    "check_resumable",
     "EvalOutput",
     "Trainer",
     "TrainOptions",
@@ -663,6 +665,16 @@ class Trainer:
         local = {k: local[k] for k in ("emo_y", "emo_p", "sen_y", "sen_p", "sft_cm")}
         return local, loss_sums, n_utt, len(rows)
 
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them
+        from rank 0 at the start of each training forward, after which each rank updates its
+        own copy with its own batch, so after an epoch the ranks' copies differ. Evaluation is
+        sharded over ranks, and the selected weights are captured on every rank: both must be
+        one model, rank 0's, the one the checkpoints save. A collective under DDP."""
+        if self.ctx.distributed:
+            for b in self.model.buffers():
+                torch.distributed.broadcast(b, 0)
+
     def _eval_batches(self, dataset) -> List[List[int]]:
         bs = BucketBatchSampler(dataset.lengths, self.config.batch_size, shuffle=False, seed=0,
                                 bucket_batches=self.bucket_batches).global_batches()
@@ -676,6 +688,7 @@ class Trainer:
         (default: the last completed epoch)."""
         if epoch is None:
             epoch = max(self.epoch - 1, 0)
+        self._sync_buffers()
         was_training = self.model.training
         self.model.eval()
         shard = self._eval_batches(dataset)
@@ -1118,30 +1131,74 @@ def seed_dirs(out: Path, seeds: Sequence[int]) -> List[Path]:
     return [out] if len(seeds) == 1 else [out / f"seed_{s}" for s in seeds]
 
 
-def resume_seed(trainer: Trainer, d: Path) -> Optional[Dict[str, Any]]:
-    """Load ``d/last.pt`` (and ``best.pt``) into ``trainer``; returns ``last`` or ``None``
-    when the folder has no checkpoint yet."""
+# Config fields a resumed run may change: they change neither the math nor the data order
+# (``backend`` and ``shift_loss`` pick implementations of the same loss; ``epochs`` extends or
+# shortens the schedule, which the CLI warns about for loss_type="epoch").
+RESUMABLE_CONFIG_CHANGES = ("epochs", "backend", "shift_loss")
+# Training options (``TrainOptions.meta()`` plus the data fingerprint, as stored in every
+# checkpoint's "train" record) that must match for a checkpoint to continue this run.
+_RESUME_MUST_MATCH = ("valid_from", "dims", "amp", "max_train_batches", "sync_bn")
+
+
+def check_resumable(last: Mapping[str, Any], path: Path, config: GraphSmileConfig, world_size: int,
+                    train_meta: Optional[Mapping[str, Any]] = None) -> None:
+    """Raise :class:`CheckpointError` (naming ``path``) unless the checkpoint ``last`` continues
+    a run with this ``config`` (up to ``RESUMABLE_CONFIG_CHANGES``), this number of processes
+    and, when given, these training options and data (``train_meta``: the run's
+    ``TrainOptions.meta()`` with the data fingerprint)."""
+    mine = config.to_dict()
+    diff = sorted(k for k in set(last["config"]) | set(mine)
+                  if last["config"].get(k) != mine.get(k) and k not in RESUMABLE_CONFIG_CHANGES)
+    if diff:
+        raise CheckpointError(f"{path}: checkpoint config differs from the run's in {diff}")
+    if int(last["epoch"]) > config.epochs:
+        raise CheckpointError(f"{path} has {last['epoch']} completed epochs, more than --epochs {config.epochs}")
+    ws = int(last.get("world_size", 1))
+    if ws != world_size:
+        raise CheckpointError(
+            f"{path} was written by {ws} process(es), this run has {world_size}: resume with the same number "
+            f"(torchrun --nproc_per_node {ws}), as the global batch (batch_size x processes) and each process's "
+            "random stream depend on it")
+    stored = last.get("train") or {}
+    if train_meta is None or not stored:
+        return
+    fp_then = (stored.get("fingerprint") or {}).get("sha1")
+    fp_now = (train_meta.get("fingerprint") or {}).get("sha1")
+    if fp_then and fp_now and fp_then != fp_now:
+        raise CheckpointError(f"{path} was trained on other data ({stored.get('data')}: dialogue ids or lengths "
+                              f"differ from {train_meta.get('data')}); it does not belong to this run")
+    for k in _RESUME_MUST_MATCH:
+        if k in stored and k in train_meta and _jsonish(stored[k]) != _jsonish(train_meta[k]):
+            raise CheckpointError(f"{path} was trained with {k} = {stored[k]!r}, this run has {train_meta[k]!r}; "
+                                  "it does not belong to this run")
+
+
+def _jsonish(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def resume_seed(trainer: Trainer, d: Path, train_meta: Optional[Mapping[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """Load ``d/last.pt`` (and ``best.pt``) into ``trainer`` after :func:`check_resumable`;
+    returns ``last`` or ``None`` when the folder has no checkpoint yet."""
     if not (d / "last.pt").exists():
         return None
     last = load_checkpoint(d / "last.pt", map_location=trainer.device)
     best = load_checkpoint(d / "best.pt", map_location="cpu") if (d / "best.pt").exists() else None
-    if last["config"] != trainer.config.to_dict():
-        diff = sorted(k for k in set(last["config"]) | set(trainer.config.to_dict())
-                      if last["config"].get(k) != trainer.config.to_dict().get(k) and k not in ("epochs", "backend"))
-        if diff:
-            raise CheckpointError(f"{d / 'last.pt'}: checkpoint config differs from the run's in {diff}")
-    if int(last["epoch"]) > trainer.config.epochs:
-        raise ValueError(f"{d / 'last.pt'} has {last['epoch']} completed epochs, more than --epochs {trainer.config.epochs}")
+    check_resumable(last, d / "last.pt", trainer.config, trainer.ctx.world_size, train_meta)
     trainer.load(last, best)
     return last
 
 
 def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOptions, *, ctx: DistContext,
                  device: torch.device, header: Optional[Mapping[str, Any]] = None,
-                 log: Callable[[str], None] = print) -> Dict[str, Any]:
+                 log: Callable[[str], None] = print,
+                 on_resumable: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
     """Train ``opts.seeds`` seeds (resuming what ``opts.resume`` finds), then write the
     summary ``results.json`` (per seed and mean ± std over seeds). Returns it, with
-    ``"status": "complete"`` or ``"stopped"`` (``--stop_after``)."""
+    ``"status": "complete"`` or ``"stopped"`` (``--stop_after``). With ``opts.resume``, every
+    seed's ``last.pt`` is checked (:func:`check_resumable`) before any training, and
+    ``on_resumable`` (e.g. rewriting ``run.json`` with the changed settings) runs only after
+    all of them passed."""
     out = Path(opts.out)
     if len(splits.train) == 0:
         raise ValueError(f"{splits.path}: the training split is empty")
@@ -1150,6 +1207,13 @@ def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOpt
     progress = (sys.stdout.isatty() if opts.progress is None else opts.progress) and ctx.is_main
     meta = dict(opts.meta())
     meta["fingerprint"] = data_fingerprint(splits)
+    if opts.resume:
+        for s, d in zip(seeds, dirs):
+            if (d / "last.pt").exists():
+                check_resumable(load_checkpoint(d / "last.pt", map_location="cpu"), d / "last.pt", config,
+                                ctx.world_size, dict(meta, seed=s))
+    if on_resumable is not None:
+        on_resumable()
     per_seed: List[Dict[str, Any]] = []
     t0 = time.perf_counter()
     for s, d in zip(seeds, dirs):
@@ -1160,7 +1224,7 @@ def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOpt
                           max_train_batches=opts.max_train_batches, sync_bn=opts.sync_bn, progress=progress,
                           data_on_device=opts.data_on_device, compile=opts.compile)
         if opts.resume:
-            last = resume_seed(trainer, d)
+            last = resume_seed(trainer, d, dict(meta, seed=s))
             if last is not None and ctx.is_main:
                 log(f"resuming seed {s} from {d / 'last.pt'} (epoch {trainer.epoch}/{config.epochs} done)")
         if len(seeds) > 1 and ctx.is_main:
