@@ -4,6 +4,8 @@
 #pragma once
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../kernels/window_index.h"
@@ -22,11 +24,32 @@ struct WindowMeta {
   std::vector<int64_t> edge_base;// first edge id of dialogue b
 };
 
+// Bounds that keep every index product in int64 (window_index.h: band counts stay below
+// L^2 <= 2^62 when L and the windows are below 2^31); a window longer than every dialogue is
+// the same as -1, and more modalities than kMaxModal are not a cross-modal graph anyone builds.
+constexpr int64_t kMaxWindow = (int64_t{1} << 31) - 1;
+constexpr int64_t kMaxLength = (int64_t{1} << 31) - 1;
+constexpr int64_t kMaxModal = 1024;
+
+// a + b and a * b (a, b >= 0) with an error naming `what` instead of a wrap-around.
+inline int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  TORCH_CHECK_VALUE(b <= std::numeric_limits<int64_t>::max() - a, "graphsmile: ", what,
+                    " does not fit in int64 (", a, " + ", b, ")");
+  return a + b;
+}
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  TORCH_CHECK_VALUE(a == 0 || b <= std::numeric_limits<int64_t>::max() / a, "graphsmile: ", what,
+                    " does not fit in int64 (", a, " * ", b, ")");
+  return a * b;
+}
+
 inline void check_windows(int64_t num_modal, int64_t win_p, int64_t win_f, int64_t weight_mode) {
-  TORCH_CHECK_VALUE(num_modal >= 2, "graphsmile: num_modal must be >= 2 (a cross-modal graph needs two "
-                    "modalities), got ", num_modal);
-  TORCH_CHECK_VALUE(win_p >= -1, "graphsmile: win_p must be -1 (unbounded) or >= 0, got ", win_p);
-  TORCH_CHECK_VALUE(win_f >= -1, "graphsmile: win_f must be -1 (unbounded) or >= 0, got ", win_f);
+  TORCH_CHECK_VALUE(num_modal >= 2 && num_modal <= kMaxModal, "graphsmile: num_modal must be from 2 to ", kMaxModal,
+                    " (a cross-modal graph needs two modalities), got ", num_modal);
+  TORCH_CHECK_VALUE(win_p >= -1 && win_p <= kMaxWindow, "graphsmile: win_p must be -1 (unbounded) or from 0 to ",
+                    kMaxWindow, ", got ", win_p);
+  TORCH_CHECK_VALUE(win_f >= -1 && win_f <= kMaxWindow, "graphsmile: win_f must be -1 (unbounded) or from 0 to ",
+                    kMaxWindow, ", got ", win_f);
   TORCH_CHECK_VALUE(weight_mode == kPerEdge || weight_mode == kRelative,
                     "graphsmile: weight_mode must be 0 (per_edge) or 1 (relative), got ", weight_mode);
   TORCH_CHECK_VALUE(weight_mode != kRelative || (win_p >= 0 && win_f >= 0),
@@ -56,18 +79,20 @@ inline WindowMeta make_window_meta(const at::Tensor& lengths, int64_t num_modal,
   }
   const int64_t pairs = num_modal * (num_modal - 1);
   for (int64_t b = 0; b < meta.num_dialogues; ++b) {
-    TORCH_CHECK_VALUE(len[b] >= 1, "graphsmile: lengths[", b, "] = ", len[b],
-                      ": every dialogue needs at least one utterance");
+    TORCH_CHECK_VALUE(len[b] >= 1 && len[b] <= kMaxLength, "graphsmile: lengths[", b, "] = ", len[b],
+                      ": every dialogue needs from 1 to ", kMaxLength, " utterances");
     meta.start[b] = meta.num_nodes;
     meta.length[b] = len[b];
-    meta.num_nodes += len[b];
+    meta.num_nodes = checked_add(meta.num_nodes, len[b], "sum(lengths)");
     meta.max_len = std::max(meta.max_len, len[b]);
     if (with_edges) {
       meta.band[b] = window_band_count(len[b], win_p, win_f);
       meta.edge_base[b] = meta.num_edges;
-      meta.num_edges += pairs * meta.band[b];
+      meta.num_edges = checked_add(meta.num_edges, checked_mul(pairs, meta.band[b], "the edge count"),
+                                   "the edge count");
     }
   }
+  checked_mul(num_modal, meta.num_nodes, "num_modal * sum(lengths)");  // the row count of x
   return meta;
 }
 
@@ -215,7 +240,7 @@ inline ShiftMeta make_shift_meta(const at::Tensor& lengths, int64_t shift_win) {
   meta.pair_base.resize(w.num_dialogues);
   for (int64_t b = 0; b < w.num_dialogues; ++b) {
     meta.pair_base[b] = meta.num_pairs;
-    meta.num_pairs += shift_pair_count(w.length[b], shift_win);
+    meta.num_pairs = checked_add(meta.num_pairs, shift_pair_count(w.length[b], shift_win), "the shift-pair count");
   }
   return meta;
 }

@@ -105,6 +105,32 @@ def test_gradcheck(backend):
         lambda u, v, W, b: ops.shift_pair_nll(u, v, lens, sw, W, b, sent, backend=backend)[0], leaves)
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["shift_pair_logits"])
+def test_double_backward(backend):
+    """A gradient of a gradient: the kernel backends (the fused loss, and shift_pair_logits'
+    pair-sum op) raise an error naming the op instead of a silently wrong (constant-residual)
+    result; reference and dense are plain torch and give the true one."""
+    lens, sw = [4, 3], 3
+    u, v, W, b, sent = _params(7, D=3)
+    u.requires_grad_()
+    if backend == "shift_pair_logits":   # the [P, 2] path on the kernel backend, then the loss
+        be = "cpu" if "cpu" in BACKENDS else "reference"
+        logits = ops.shift_pair_logits(u, u, lens, sw, W, b, backend=be)
+        labels = ops.shift_pair_labels(sent, lens, sw)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        op = "shift_pair_sum"
+    else:
+        be = backend
+        loss = ops.shift_pair_nll(u, u, lens, sw, W, b, sent, backend=be)[0]
+        op = "shift_pair_nll"
+    (gu,) = torch.autograd.grad(loss, u, create_graph=True)
+    if be in ("reference", "dense"):
+        assert torch.autograd.grad(gu.pow(2).sum(), u)[0].abs().sum() > 0
+        return
+    with pytest.raises(RuntimeError, match=f"gradient of {op} cannot be differentiated again"):
+        torch.autograd.grad(gu.pow(2).sum(), u)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_extreme_logits_stay_finite(backend):
     """|z_1 - z_0| in the hundreds: softplus and sigmoid must not overflow (a naive

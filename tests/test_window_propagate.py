@@ -176,6 +176,29 @@ def test_window_spmm_every_output_mask(mask, mode, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_double_backward(backend):
+    """A gradient of a gradient (create_graph=True): plain torch (reference, dense) gives the
+    true one; the kernel backends, whose backward autograd cannot see through, raise an error
+    naming the op instead of returning zeros. First-order gradients under create_graph=True
+    are unchanged."""
+    lens, M, wp, wf = [5, 3], 2, 1, 1
+    x, w = _inputs(lens, M, wp, wf, "per_edge")
+    want = _run("reference", x, w, lens, M, wp, wf, "per_edge", torch.ones(M * sum(lens), 5))
+    xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = ops.window_propagate(xx, ww, lens, M, wp, wf, backend=backend)
+    gx, gw = torch.autograd.grad(y.pow(2).sum(), (xx, ww), create_graph=True)
+    y_ref = ops.window_propagate(x, w, lens, M, wp, wf, backend="reference")
+    assert torch.allclose(y, y_ref) and want[0].shape == y.shape
+    if backend in ("reference", "dense"):
+        hvp = torch.autograd.grad(gx.sum(), ww)[0]
+        assert hvp.abs().sum() > 0
+        return
+    for g, wrt in ((gx, ww), (gw, xx), (gx, xx)):
+        with pytest.raises(RuntimeError, match="gradient of window_(spmm|norm) cannot be differentiated again"):
+            torch.autograd.grad(g.sum(), wrt)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_degree_rows_and_negative_degrees(backend):
     """d_i == 0 gives s_i = 0 and zero gradient through the degree (the original's masked
     assignment); d_i < 0 gives NaN, as the original."""
@@ -247,6 +270,14 @@ def test_lengths_as_tensor_and_list_agree(backend):
     assert torch.equal(a, b)
 
 
+def test_lengths_iterator_read_once():
+    """An iterator of lengths is read once, although window_propagate runs two steps."""
+    lens, M = [3, 4], 2
+    x, w = _inputs(lens, M, 1, 1, "per_edge")
+    want = ops.window_propagate(x, w, lens, M, 1, 1)
+    torch.testing.assert_close(ops.window_propagate(x, w, iter(lens), M, 1, 1), want)
+
+
 def test_norm_computed_once_matches_propagate():
     lens, M, wp, wf = [6, 9], 2, 2, 2
     x, w = _inputs(lens, M, wp, wf, "per_edge")
@@ -274,6 +305,11 @@ BAD = [
     (dict(backend="nope"), ValueError, "backend must be one of"),
     (dict(backend="cuda"), (RuntimeError, ValueError), "cuda"),
     (dict(num_modal=1), ValueError, "num_modal"),
+    (dict(num_modal=2000), ValueError, "num_modal must be an int from 2 to 1024"),
+    (dict(win_p=2**31), ValueError, "win_p must be -1 \\(unbounded\\) or from 0 to 2147483647"),
+    (dict(win_f=2**63 - 1), ValueError, "win_f must be -1 \\(unbounded\\) or from 0 to 2147483647"),
+    (dict(lengths=[3, 2**31]), ValueError, r"lengths\[1\] = 2147483648: a dialogue may have at most"),
+    (dict(lengths=[3, torch.tensor(True)]), TypeError, r"lengths\[1\] = tensor\(True\) is not an integer"),
 ]
 
 
@@ -305,6 +341,15 @@ def test_bad_inputs_reach_cpp_kernels_with_clear_errors():
         torch.ops.graphsmile.window_norm(torch.ones(100), L, 6, 2, 1, 1, 0)
     with pytest.raises(TypeError, match="dtype"):
         torch.ops.graphsmile.window_spmm(x.double(), torch.ones(100), s, L, 2, 1, 1, 0)
+    # sizes whose index products would wrap around int64: refused, not garbage
+    with pytest.raises(ValueError, match="win_p must be -1 \\(unbounded\\) or from 0 to"):
+        torch.ops.graphsmile.window_norm(torch.ones(2), L, 5, 2, 2**62, 2**62, 1)
+    with pytest.raises(ValueError, match="every dialogue needs from 1 to 2147483647 utterances"):
+        torch.ops.graphsmile.window_norm(torch.ones(100), torch.tensor([2**62] * 4), 2**64 // 4 - 1, 2, 1, 1, 0)
+    with pytest.raises(ValueError, match="the edge count does not fit in int64"):
+        torch.ops.graphsmile.window_norm(torch.ones(100), torch.tensor([2**31 - 1] * 3), 3 * (2**31 - 1), 1024, -1, -1, 0)
+    with pytest.raises(ValueError, match="num_modal must be from 2 to 1024"):
+        torch.ops.graphsmile.window_norm(torch.ones(100), L, 5, 5000, 1, 1, 0)
     with pytest.raises(ValueError, match="relative"):
         torch.ops.graphsmile.window_spmm(x, torch.ones(100), s, L, 2, -1, 1, 1)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ._grad import first_order_backward
 from .shift import nll_input_grads, nll_setup_context
 
 _lib = "graphsmile::"
@@ -65,6 +66,7 @@ def _norm_setup(ctx, inputs, output):
     ctx.args = (num_modal, win_p, win_f, weight_mode)
 
 
+@first_order_backward("window_norm")
 def _norm_backward(ctx, grad_norm):
     norm, edge_weight, lengths = ctx.saved_tensors
     grad_w = None
@@ -79,6 +81,7 @@ def _spmm_setup(ctx, inputs, output):
     ctx.args = (num_modal, win_p, win_f, weight_mode)
 
 
+@first_order_backward("window_spmm")
 def _spmm_backward(ctx, grad_y):
     x, edge_weight, norm, lengths = ctx.saved_tensors
     mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])]
@@ -95,6 +98,7 @@ def _pair_setup(ctx, inputs, output):
     ctx.shift_win = shift_win
 
 
+@first_order_backward("shift_pair_sum")
 def _pair_backward(ctx, grad):
     (lengths,) = ctx.saved_tensors
     mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
@@ -109,6 +113,7 @@ def _nll_setup(ctx, inputs, output):
     nll_setup_context(ctx, with_grad, a, b, output)
 
 
+@first_order_backward("shift_pair_nll")
 def _nll_backward(ctx, grad_loss, _grad_confusion, _grad_row, _grad_col):
     ga, gb = nll_input_grads(ctx, grad_loss, "graphsmile::shift_pair_nll")
     return ga, gb, None, None, None, None

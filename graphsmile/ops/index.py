@@ -24,6 +24,13 @@ def host_to_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.to(device)
 
 
+# The C++ kernels' bounds (csrc/window_common.h), which keep every index product in int64: a
+# window longer than every dialogue is the same as -1.
+MAX_WINDOW = 2**31 - 1
+MAX_LENGTH = 2**31 - 1
+MAX_MODAL = 1024
+
+
 def lengths_to_list(lengths: Lengths, name: str = "lengths") -> list[int]:
     """Validates dialogue lengths and returns them as a list of Python ints.
 
@@ -42,7 +49,8 @@ def lengths_to_list(lengths: Lengths, name: str = "lengths") -> list[int]:
             raise TypeError(f"{name} must be a list of ints or a 1-D integer tensor, got {type(lengths).__name__}") from None
         for i, v in enumerate(values):
             if isinstance(v, bool) or not isinstance(v, int):
-                if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.dtype.is_floating_point:
+                if (isinstance(v, torch.Tensor) and v.dim() == 0 and not v.dtype.is_floating_point
+                        and not v.dtype.is_complex and v.dtype != torch.bool):
                     values[i] = int(v)
                     continue
                 try:
@@ -59,6 +67,8 @@ def lengths_to_list(lengths: Lengths, name: str = "lengths") -> list[int]:
     for i, v in enumerate(values):
         if v < 1:
             raise ValueError(f"{name}[{i}] = {v}: every dialogue needs at least one utterance")
+        if v > MAX_LENGTH:
+            raise ValueError(f"{name}[{i}] = {v}: a dialogue may have at most {MAX_LENGTH} utterances")
     return values
 
 
@@ -67,10 +77,11 @@ def check_window(win_p: int, win_f: int, num_modal: int = 2) -> None:
     for name, w in (("win_p", win_p), ("win_f", win_f)):
         if isinstance(w, bool) or not isinstance(w, int):
             raise TypeError(f"{name} must be an int (-1 or >= 0), got {w!r}")
-        if w < -1:
-            raise ValueError(f"{name} must be -1 (unbounded) or >= 0, got {w}")
-    if isinstance(num_modal, bool) or not isinstance(num_modal, int) or num_modal < 2:
-        raise ValueError(f"num_modal must be an int >= 2 (a cross-modal graph needs two modalities), got {num_modal!r}")
+        if w < -1 or w > MAX_WINDOW:
+            raise ValueError(f"{name} must be -1 (unbounded) or from 0 to {MAX_WINDOW}, got {w}")
+    if isinstance(num_modal, bool) or not isinstance(num_modal, int) or not 2 <= num_modal <= MAX_MODAL:
+        raise ValueError(f"num_modal must be an int from 2 to {MAX_MODAL} (a cross-modal graph needs two "
+                         f"modalities), got {num_modal!r}")
 
 
 def check_shift_win(shift_win: int) -> None:

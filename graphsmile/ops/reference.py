@@ -23,8 +23,9 @@ def _diagonals(lengths: Sequence[int], num_modal: int, win_p: int, win_f: int, d
     utterance of the column (clamped where invalid)."""
     t = node_table(lengths, device=device)
     Lmax = max(lengths)
-    d_lo = -(Lmax - 1) if win_p < 0 else -win_p
-    d_hi = (Lmax - 1) if win_f < 0 else win_f
+    # offsets beyond the longest dialogue have no edges: a window of 10**6 costs what -1 does
+    d_lo = -(Lmax - 1) if win_p < 0 else -min(win_p, Lmax - 1)
+    d_hi = (Lmax - 1) if win_f < 0 else min(win_f, Lmax - 1)
     L = t.length
     band = _row_start(L, L, win_p, win_f)  # c(L_b) per utterance
     # first edge id of each utterance's dialogue

@@ -112,7 +112,8 @@ def nll_setup_context(ctx, with_grad: bool, a: torch.Tensor, b: torch.Tensor, ou
     ctx.mark_non_differentiable(confusion, row_r, col_r)
     ctx.with_grad = with_grad
     ctx.dtypes = (a.dtype, b.dtype)
-    ctx.save_for_backward(row_r, col_r)
+    # a and b only link a double backward's error node to them (graphsmile.ops._grad)
+    ctx.save_for_backward(row_r, col_r, a, b)
 
 
 def nll_input_grads(ctx, grad_loss: torch.Tensor, op_name: str):
@@ -124,7 +125,7 @@ def nll_input_grads(ctx, grad_loss: torch.Tensor, op_name: str):
     if not ctx.with_grad:
         raise RuntimeError(f"{op_name} was called with with_grad=False, so it kept no gradient; call it with "
                            "with_grad=True (graphsmile.ops.shift_pair_nll does when grad is enabled)")
-    row_r, col_r = ctx.saved_tensors
+    row_r, col_r = ctx.saved_tensors[:2]
     ga = (grad_loss * torch.stack([-row_r, row_r], 1)).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
     gb = (grad_loss * torch.stack([-col_r, col_r], 1)).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
     return ga, gb

@@ -43,6 +43,7 @@ import triton
 
 from . import triton_kernels as K
 from .index import _row_start, host_to_device
+from ._grad import first_order_backward
 from .shift import nll_input_grads, nll_setup_context
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -414,6 +415,7 @@ def _norm_setup(ctx, inputs, output):
     ctx.args = (num_modal, win_p, win_f, mode)
 
 
+@first_order_backward("window_norm")
 def _norm_backward(ctx, grad_norm):
     norm, edge_weight, dia, dtab = ctx.saved_tensors
     gw = None
@@ -428,6 +430,7 @@ def _spmm_setup(ctx, inputs, output):
     ctx.args = (num_modal, win_p, win_f, mode)
 
 
+@first_order_backward("window_spmm")
 def _spmm_backward(ctx, grad_y):
     x, w, s, dia, dtab = ctx.saved_tensors
     need_x, need_w, need_s = (bool(v) for v in ctx.needs_input_grad[:3])
@@ -452,6 +455,7 @@ def _pair_setup(ctx, inputs, output):
     ctx.num_nodes = a.shape[0]
 
 
+@first_order_backward("shift_pair_sum")
 def _pair_backward(ctx, grad):
     (ltab,) = ctx.saved_tensors
     ga = _shift_pair_reduce_op(grad, ltab, ctx.num_nodes, 0) if ctx.needs_input_grad[0] else None
@@ -464,6 +468,7 @@ def _nll_setup(ctx, inputs, output):
     nll_setup_context(ctx, with_grad, a, b, output)
 
 
+@first_order_backward("shift_pair_nll")
 def _nll_backward(ctx, grad_loss, _grad_confusion, _grad_row, _grad_col):
     ga, gb = nll_input_grads(ctx, grad_loss, "graphsmile_triton::shift_pair_nll")
     return ga, gb, None, None, None, None

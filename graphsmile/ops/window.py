@@ -176,5 +176,7 @@ def window_propagate(
         >>> w = torch.ones(500_000, requires_grad=True)
         >>> y = window_propagate(x, w, [3, 4], num_modal=2, win_p=1, win_f=1)
     """
+    if not isinstance(lengths, (torch.Tensor, list, tuple)):
+        lengths = lengths_to_list(lengths)   # read an iterator once: both steps need it
     s = window_norm(edge_weight, lengths, num_modal, win_p, win_f, weight_mode, backend)
     return window_spmm(x, edge_weight, s.to(x.dtype) if s.dtype != x.dtype else s, lengths, num_modal, win_p, win_f, weight_mode, backend)
