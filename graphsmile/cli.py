@@ -209,8 +209,10 @@ def _add_config_flags(p: argparse.ArgumentParser, training: bool = True) -> None
                    help="per_edge: the original's position-in-batch weight vector; relative: one weight per modality pair and offset (ours)")
     g.add_argument("--edge_capacity", type=_positive_int, metavar="E", help="length of the per_edge weight vector (500000, as the original)")
     g.add_argument("--backend", choices=list(BACKENDS), help="graph-op backend (auto: fastest for the device)")
-    g.add_argument("--bn_include_padding", action="store_const", const=True, default=None,
-                   help="training-mode text BatchNorm statistics include padded rows, as the original")
+    g.add_argument("--bn_include_padding", action=argparse.BooleanOptionalAction, default=None,
+                   help="training-mode text BatchNorm statistics include the padded rows, as the original (default); "
+                        "--no-bn_include_padding: real utterances only (ours: a dialogue's output no longer depends on "
+                        "its batch's padding)")
     if not training:
         return
     g = p.add_argument_group("optimisation (default: the --dataset preset)")
@@ -337,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "off: the DataLoader path). Same results either way")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (experimental; recompiles for new batch shapes)")
     g.add_argument("--max_train_batches", type=_positive_int, metavar="N", help="at most N training batches per epoch (quick runs)")
+    g.add_argument("--bucket_batches", type=_nonneg_int, metavar="K",
+                   help="training batches of similar length: each epoch's shuffled dialogues are sorted by length in "
+                        "chunks of K batches (default 50: less padding); 0: plain random batches, as the original")
     g.add_argument("--stop_after", type=_positive_int, metavar="N",
                    help="end this invocation after N completed epochs, as an interruption would (continue with --resume)")
     g.add_argument("--tensorboard", action="store_true", help="log scalars to OUT/tensorboard (if TensorBoard is installed)")
@@ -529,7 +534,7 @@ def cmd_train(args) -> int:
                                    f"only {', '.join('--' + c for c in RESUMABLE_CONFIG_CHANGES)} may change")
                 changed[k] = v
         for flag, key in (("seed", "seed"), ("seeds", "seeds"), ("valid_from", "valid_from"), ("amp", "amp"),
-                          ("max_train_batches", "max_train_batches")):
+                          ("max_train_batches", "max_train_batches"), ("bucket_batches", "bucket_batches")):
             v = getattr(args, flag)
             if v is not None and v != meta.get(key):
                 raise CLIError(f"--resume: cannot change --{flag} of a run ({key} = {meta.get(key)!r} in {out})")
@@ -546,6 +551,7 @@ def cmd_train(args) -> int:
                             dims=tuple(meta["dims"]) if isinstance(meta.get("dims"), list) else meta.get("dims"),
                             device=args.device or "auto", amp=meta.get("amp", "none"), num_workers=args.num_workers or 0,
                             max_train_batches=meta.get("max_train_batches"), sync_bn=bool(meta.get("sync_bn")),
+                            bucket_batches=meta.get("bucket_batches", 50),
                             tensorboard=args.tensorboard, stop_after=args.stop_after, resume=True, progress=progress,
                             demo=demo, data_on_device=data_on_device, compile=args.compile)
         header = {k: run.get(k) for k in ("synthetic", "demo", "data") if k in run}
@@ -579,6 +585,7 @@ def cmd_train(args) -> int:
                             seeds=args.seeds or 1, valid_from=args.valid_from or "train10", dims=dims,
                             device=args.device or "auto", amp=args.amp or "none", num_workers=args.num_workers or 0,
                             max_train_batches=args.max_train_batches, sync_bn=args.sync_bn, tensorboard=args.tensorboard,
+                            bucket_batches=50 if args.bucket_batches is None else args.bucket_batches,
                             stop_after=args.stop_after, resume=False, overwrite=args.overwrite, progress=progress, demo=demo,
                             data_on_device=data_on_device, compile=args.compile)
         header = {}

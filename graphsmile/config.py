@@ -104,10 +104,12 @@ class GraphSmileConfig:
             with more edges fails with a clear error.
         backend: backend of the graph ops (``graphsmile.ops.BACKENDS``), ``"auto"`` picks the
             fastest for the tensors' device.
-        bn_include_padding: ``False`` (ours): the text BatchNorms see only real utterances, so
-            outputs do not depend on padding. ``True``: in training mode their batch
-            statistics also cover the padded positions, as in the original (which normalises
-            the padded ``[T*B, Dt]`` tensor). Eval mode is identical either way.
+        bn_include_padding: ``True`` (the original, default): in training mode the text
+            BatchNorms' batch statistics, and so their running statistics, also cover the
+            padded positions (the original normalises the padded ``[T*B, Dt]`` tensor), so a
+            dialogue's training-mode output depends on its batch's padding. ``False`` (ours,
+            opt-in): real utterances only. Eval mode gives the same outputs for the same
+            weights and running statistics, but a model trained one way has other statistics.
 
     Training (used by the trainer, not by the model):
         lr, l2: AdamW (amsgrad) learning rate and weight decay.
@@ -139,7 +141,7 @@ class GraphSmileConfig:
     edge_weights: str = "per_edge"
     edge_capacity: int = 500_000
     backend: str = "auto"
-    bn_include_padding: bool = False
+    bn_include_padding: bool = True
     # training
     lr: float = 1e-5
     l2: float = 1e-4

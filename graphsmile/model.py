@@ -22,12 +22,12 @@ Data flow for a batch of ``B`` dialogues, lengths ``L_b``, ``T = max L_b`` (padd
     ``shift_sentiment`` the shift loss itself: (NLL sum, confusion [2, 2]) from
     :func:`graphsmile.ops.shift_pair_nll`, in O(N) memory
 
-Differences from the original, none of which changes outputs in eval mode:
+Differences from the original, none of which changes outputs (by default):
 
-- Features are packed before BatchNorm and the projections (row-wise ops), so no compute is
-  spent on padding. With ``bn_include_padding=False`` (default) the training-mode BatchNorm
-  statistics cover real utterances only (the original's also count the padded rows; set
-  ``bn_include_padding=True`` to reproduce that).
+- Features are packed before the projections (row-wise ops), so no compute is spent on
+  padding. The text BatchNorms run on the padded tensor in training mode, as the original's
+  (their batch statistics count the padded rows); ``bn_include_padding=False`` (opt-in) makes
+  them see real utterances only.
 - BatchNorms of text sets that ``textf_mode`` does not use are kept (for state-dict
   compatibility) but skipped and frozen; the template ``fc_layer`` of each graph module
   (unused in the original's forward too) is frozen. Frozen parameters never receive

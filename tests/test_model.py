@@ -382,19 +382,25 @@ def test_training_mode_batchnorm_parity_with_padding_included():
 
 @pytest.mark.parametrize("training", [False, True])
 def test_padding_invariance(training):
-    cfg = tiny_config(textf_mode="sum4")
+    """With bn_include_padding=False (opt-in) outputs never depend on the padding; with the
+    original's default they do in training mode (its BatchNorm statistics count the padded
+    rows), and not in eval mode."""
+    cfg = tiny_config(textf_mode="sum4", bn_include_padding=False)
     m = GraphSmile(cfg).double().train(training)
     lengths = [6, 2, 4]
     a = m(*make_inputs(cfg, lengths, dtype=torch.float64, pad_value=0.0))
     b = m(*make_inputs(cfg, lengths, dtype=torch.float64, pad_value=37.0))
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    m2 = GraphSmile(cfg.replace(bn_include_padding=True)).double().train(training)
+    assert GraphSmileConfig().bn_include_padding is True          # the original's, by default
+    m2.load_state_dict(m.state_dict())
+    c = m2(*make_inputs(cfg, lengths, dtype=torch.float64, pad_value=0.0))
+    d = m2(*make_inputs(cfg, lengths, dtype=torch.float64, pad_value=37.0))
     if training:  # the original's statistics do depend on the padding
-        m2 = GraphSmile(cfg.replace(bn_include_padding=True)).double().train()
-        m2.load_state_dict(m.state_dict())
-        c = m2(*make_inputs(cfg, lengths, dtype=torch.float64, pad_value=0.0))
-        d = m2(*make_inputs(cfg, lengths, dtype=torch.float64, pad_value=37.0))
         assert not torch.allclose(c[0], d[0])
+    else:
+        torch.testing.assert_close(c[0], d[0], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -237,6 +237,32 @@ def test_resume_refuses_checkpoints_of_another_run(tiny, tmp_path, capsys):
     assert json.loads((d / "results.json").read_text())["training"]["data"].endswith("other.pkl")
 
 
+def test_batching_options_and_eval_order(tiny, tmp_path, capsys):
+    """Evaluation batches are consecutive dialogues in dataset order (the original's test
+    loader), whatever the training batching; --bucket_batches 0 (plain random batches) and
+    --no-bn_include_padding are recorded and cannot change on resume; the default model keeps
+    the original's padded text BatchNorm statistics."""
+    sp = load_dataset(tiny, "IEMOCAP", dims="infer")
+    cfg = GraphSmileConfig.preset("IEMOCAP", hidden_dim=16, heter_n_layers=(1, 1, 1), win=(3, 3), shift_win=5,
+                                  batch_size=3, epochs=1, edge_capacity=4096, dim_t=DIMS[0], dim_v=DIMS[1], dim_a=DIMS[2])
+    assert cfg.bn_include_padding is True
+    for bucket in (50, None):
+        tr = Trainer(cfg, sp, seed=0, bucket_batches=bucket)
+        batches = tr._eval_batches(sp.test)
+        assert [i for b in batches for i in b] == list(range(len(sp.test)))
+        assert all(len(b) == 3 for b in batches[:-1])
+    d = tmp_path / "run"
+    assert _run("train", "--dataset", "IEMOCAP", "--data", tiny, *TINY, "--epochs", 2, "--stop_after", 1,
+                "--bucket_batches", 0, "--no-bn_include_padding", "--out", d) == 0
+    run = json.loads((d / "run.json").read_text())
+    assert run["training"]["bucket_batches"] == 0 and run["config"]["bn_include_padding"] is False
+    capsys.readouterr()
+    assert _run("train", "--resume", d, "--bucket_batches", 3) == 1
+    assert "cannot change --bucket_batches" in capsys.readouterr().err
+    assert _run("train", "--resume", d) == 0
+    assert json.loads((d / "results.json").read_text())["training"]["bucket_batches"] == 0
+
+
 # --- torchrun DDP -----------------------------------------------------------------------------
 
 

@@ -262,7 +262,10 @@ class Trainer:
         max_train_batches: stop each training epoch after this many batches (quick runs).
         sync_bn: use SyncBatchNorm across ranks (CUDA + DDP only).
         progress: show tqdm bars (rank 0 only).
-        bucket_batches: the sampler's length-bucketing granularity.
+        bucket_batches: training batches of similar length (:class:`BucketBatchSampler`: each
+            epoch's shuffled dialogues sorted by length in chunks of this many batches; less
+            padding); ``None``: plain random batches, as the original. Evaluation always runs
+            consecutive batches in dataset order, as the original's.
         data_on_device: keep the splits on ``device`` and gather batches there, with no host
             sync inside an epoch (see the module docstring). ``None`` (default): on when
             ``device`` is CUDA and the three splits take at most a quarter of its free memory,
@@ -676,8 +679,12 @@ class Trainer:
                 torch.distributed.broadcast(b, 0)
 
     def _eval_batches(self, dataset) -> List[List[int]]:
+        """This rank's evaluation batches: consecutive ``batch_size`` dialogues in dataset order,
+        as the original's evaluation loaders, never length-bucketed. With ``per_edge`` weights a
+        dialogue's edges use the weight entries at its position in its batch, so only the
+        original's batches reproduce an original checkpoint's predictions."""
         bs = BucketBatchSampler(dataset.lengths, self.config.batch_size, shuffle=False, seed=0,
-                                bucket_batches=self.bucket_batches).global_batches()
+                                bucket_batches=None).global_batches()
         return bs[self.ctx.rank::self.ctx.world_size]
 
     @torch.no_grad()
@@ -1080,6 +1087,8 @@ class TrainOptions:
         data_on_device: keep the data on the training device (``None``: auto, on for CUDA when
             it fits; see :class:`Trainer`). Changes speed, not results; may change on resume.
         compile: ``torch.compile`` the model (off by default; see :class:`Trainer`).
+        bucket_batches: training batches of similar length (see :class:`Trainer`); 0 or
+            ``None``: plain random batches, as the original.
         stop_after: end this invocation after that many completed epochs (resumable).
         threads: CPU intra-op threads used (recorded: bitwise reproducibility on the CPU holds
             for a fixed thread count, so a resumed run reuses it).
@@ -1108,13 +1117,14 @@ class TrainOptions:
     threads: Optional[int] = None
     data_on_device: Optional[bool] = None
     compile: bool = False
+    bucket_batches: int = 50
 
     def meta(self) -> Dict[str, Any]:
         """The options recorded in ``run.json`` and checkpoints."""
         return {"data": self.data, "seed": self.seed, "seeds": self.seeds, "valid_from": self.valid_from,
                 "dims": list(self.dims) if isinstance(self.dims, (list, tuple)) else self.dims,
                 "amp": self.amp, "max_train_batches": self.max_train_batches, "sync_bn": self.sync_bn,
-                "demo": self.demo, "threads": self.threads}
+                "demo": self.demo, "threads": self.threads, "bucket_batches": self.bucket_batches}
 
 
 def run_markers(out: Path) -> List[str]:
@@ -1137,7 +1147,7 @@ def seed_dirs(out: Path, seeds: Sequence[int]) -> List[Path]:
 RESUMABLE_CONFIG_CHANGES = ("epochs", "backend", "shift_loss")
 # Training options (``TrainOptions.meta()`` plus the data fingerprint, as stored in every
 # checkpoint's "train" record) that must match for a checkpoint to continue this run.
-_RESUME_MUST_MATCH = ("valid_from", "dims", "amp", "max_train_batches", "sync_bn")
+_RESUME_MUST_MATCH = ("valid_from", "dims", "amp", "max_train_batches", "sync_bn", "bucket_batches")
 
 
 def check_resumable(last: Mapping[str, Any], path: Path, config: GraphSmileConfig, world_size: int,
@@ -1222,7 +1232,8 @@ def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOpt
         ctx.barrier()
         trainer = Trainer(config, splits, seed=s, ctx=ctx, device=device, amp=opts.amp, num_workers=opts.num_workers,
                           max_train_batches=opts.max_train_batches, sync_bn=opts.sync_bn, progress=progress,
-                          data_on_device=opts.data_on_device, compile=opts.compile)
+                          data_on_device=opts.data_on_device, compile=opts.compile,
+                          bucket_batches=opts.bucket_batches or None)
         if opts.resume:
             last = resume_seed(trainer, d, dict(meta, seed=s))
             if last is not None and ctx.is_main:
