@@ -226,7 +226,7 @@ def _add_config_flags(p: argparse.ArgumentParser, training: bool = True) -> None
                         "with the epoch), auto (learned uncertainty weights)")
     g.add_argument("--lambd", type=float, nargs=3, metavar=("EMO", "SEN", "SHIFT"), help="loss weights (IEMOCAP 1.0 1.0 0.7)")
     g.add_argument("--shift_loss", choices=list(SHIFT_LOSSES),
-                   help="sentiment-shift loss: fused (default; head + NLL in one pass, O(N) memory) or logits (the original's "
+                   help="sentiment-shift loss: fused (default; head + NLL in one pass, no [P, 2] logits) or logits (the original's "
                         "[P, 2] logits then NLL; O(P) memory, e.g. 4e8 pairs for one 20,000-utterance dialogue at --shift_win -1)")
 
 

@@ -20,7 +20,7 @@ Data flow for a batch of ``B`` dialogues, lengths ``L_b``, ``T = max L_b`` (padd
     emo_output(fused) [N, n_emotions], sen_output(fused) [N, 3],
     senshift(fused, fused) [P, 2] (P = sum over shift chunks of size^2), or with
     ``shift_sentiment`` the shift loss itself: (NLL sum, confusion [2, 2]) from
-    :func:`graphsmile.ops.shift_pair_nll`, in O(N) memory
+    :func:`graphsmile.ops.shift_pair_nll`, in O(N + P/32) memory
 
 Differences from the original, none of which changes outputs (by default):
 
@@ -483,7 +483,7 @@ class GraphSmile(nn.Module):
                 device). Given, the third output is the shift task's loss instead of its
                 logits: ``(NLL summed over the P pairs, confusion [2, 2] int64 indexed [label,
                 prediction])``, from :meth:`SenShiftFeat.nll` (the same math, without the
-                ``[P, 2]`` logits: O(N) memory where those are O(P), e.g. 4e8 pairs for one
+                ``[P, 2]`` logits: O(N + P/32) memory where those are 2P values, e.g. 4e8 pairs for one
                 20,000-utterance dialogue with ``shift_win = -1``). The trainer's default.
 
         Returns:

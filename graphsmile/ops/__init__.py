@@ -9,7 +9,7 @@ Public, stable API:
 - :func:`shift_pair_logits`, :func:`shift_pair_embeddings`, :func:`shift_pair_labels` --
   sentiment-shift pairs (SPEC 4).
 - :func:`shift_pair_nll` -- the shift head and its loss fused: NLL and confusion counts over
-  all pairs in O(N) memory (no ``[P, 2]`` logits).
+  all pairs in O(N + P/32) memory (no ``[P, 2]`` logits).
 
 Every op takes ``backend=``: ``"auto"`` (fastest available for the tensors' device), ``"cpu"``
 (C++ kernels), ``"cuda"`` (CUDA kernels), ``"triton"``, ``"reference"`` (vectorised pure

@@ -148,7 +148,7 @@ def shift_pair_nll(
     Per pair ``(i, j)`` of a chunk (SPEC 4): ``z = W [u_i ; v_j] + bias`` (two classes),
     ``y = (sentiment_i != sentiment_j)``, ``loss = -log_softmax(z)[y]``. Equal to
     ``F.nll_loss(F.log_softmax(shift_pair_logits(u, v, ...).float(), -1),
-    shift_pair_labels(sentiment, ...), reduction=reduction)`` up to rounding, in O(N) memory
+    shift_pair_labels(sentiment, ...), reduction=reduction)`` up to rounding, in O(N + P/32) memory
     instead of O(P): with ``shift_win = -1`` a 20,000-utterance dialogue has P = 4e8 pairs,
     whose logits, log-probabilities, labels and gradients would take about 16 GB.
 
@@ -168,9 +168,11 @@ def shift_pair_nll(
     The ``cpu``, ``cuda`` and ``triton`` backends evaluate one exp, one log1p and one division
     per pair and compute the gradient in the same pass when it is needed (the loss is a sum, so
     its backward only scales it); ``reference`` and ``dense`` build the ``[P, 2]`` logits.
-    Temp memory: O(N) on the CPU and in CUDA's two-pass kernels; CUDA's tiled kernel keeps
-    per-square partial sums (at most about N + P / 64 slots of 24 bytes: 19 MB for P = 4e8) and
-    Triton per-32-row partial column sums (P / 32 values: 50 MB for P = 4e8). On CUDA,
+    Temp memory: O(N) in CUDA's two-pass kernels; the CPU kernel keeps per-32-row partial column
+    sums when the gradient is needed (P / 32 values: 50 MB in fp32 for P = 4e8), CUDA's tiled
+    kernel per-square partial sums (at most about N + P / 64 slots of 24 bytes: 19 MB for
+    P = 4e8) and Triton per-32-row partial column sums (P / 32 values: 50 MB for P = 4e8); the
+    ``[P, 2]`` logits path needs about 16 GB there. On CUDA,
     ``GRAPHSMILE_CUDA_SHIFT_NLL`` (``auto`` / ``tiled`` / ``two_pass``) and
     ``GRAPHSMILE_CUDA_FAST_MATH=1`` choose the kernels (README, "The graph ops"). Every backend is
     deterministic; on CPU and CUDA an utterance's sums do not depend on the rest of the batch.

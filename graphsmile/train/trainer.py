@@ -17,7 +17,7 @@ Protocol (SPEC 8, fixing the original):
   from its ``[2, 2]`` confusion counts (:func:`metrics.acc_f1_from_confusion`), accumulated
   on the device, never from per-pair arrays.
 * **Shift loss** (``config.shift_loss``): ``"fused"`` (default) asks the model for the shift
-  NLL and confusion counts directly (:func:`graphsmile.ops.shift_pair_nll`, O(N) memory);
+  NLL and confusion counts directly (:func:`graphsmile.ops.shift_pair_nll`, no ``[P, 2]`` logits);
   ``"logits"`` takes the ``[P, 2]`` logits and computes log_softmax and NLL as the original.
 * **Determinism.** Everything is seeded (Python, numpy, torch); the training batches of epoch
   ``e`` are a function of ``(seed, e)`` only (:class:`graphsmile.data.BucketBatchSampler`);
