@@ -462,6 +462,19 @@ def test_non_finite_features(tmp_path, tiny_files, bad):
                   f"at utterance {n - 1}, component 2")
 
 
+@pytest.mark.parametrize("kind", ["str", "bool", "complex"])
+def test_non_numeric_features(tmp_path, tiny_files, kind):
+    """Strings (numpy would parse '0.5'), bools and complex numbers (numpy would drop the
+    imaginary part) are not features."""
+    def retype(raw, vid):
+        rows = [np.asarray(r, dtype=np.float64) for r in raw["videoAudio"][vid]]
+        conv = {"str": lambda r: r.astype(str), "bool": lambda r: r > 0, "complex": lambda r: r + 1j}[kind]
+        raw["videoAudio"][vid] = [conv(r) for r in rows]
+
+    path, vid = _mutated(tmp_path, tiny_files, "IEMOCAP", retype)
+    _expect_error(path, "IEMOCAP", "videoAudio", f"dialogue {vid!r}", "features must be real numbers")
+
+
 def test_empty_dialogue(tmp_path, tiny_files):
     def empty(raw, vid):
         for f in FORMATS["CMUMOSEI7"].dict_fields:

@@ -338,8 +338,14 @@ def _feature_matrix(value: Any, dim: int | None, n: int, field_name: str, vid: A
     """``[n, dim]`` float32 from a list of vectors / a 2-D array (one conversion, no copy if
     already float32)."""
     try:
-        with np.errstate(over="ignore"):     # float64 beyond float32 -> inf, reported below
-            arr = np.asarray(value, dtype=np.float32)
+        raw = np.asarray(value)
+        kind = raw.dtype.kind
+        if kind in "fiu":
+            with np.errstate(over="ignore"):     # float64 beyond float32 -> inf, reported below
+                arr = raw.astype(np.float32, copy=False)
+        elif kind == "O":                        # e.g. vectors of mixed dtypes
+            with np.errstate(over="ignore"):
+                arr = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError) as e:
         sizes = None
         try:
@@ -351,6 +357,10 @@ def _feature_matrix(value: Any, dim: int | None, n: int, field_name: str, vid: A
         else:
             msg = f"cannot convert to a float matrix ({e})"
         raise DataFormatError(msg, path=path, dialogue=vid, field=field_name) from e
+    if kind not in "fiuO":
+        # numbers only: numpy would also parse strings ('0.5'), take bools and drop imaginary parts
+        raise DataFormatError(f"features must be real numbers, got {raw.dtype} values", path=path, dialogue=vid,
+                              field=field_name)
     if arr.ndim != 2:
         raise DataFormatError(f"expected one feature vector per utterance ([L, D] matrix), "
                               f"got shape {arr.shape}", path=path, dialogue=vid,
