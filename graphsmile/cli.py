@@ -1115,11 +1115,15 @@ def cmd_convert(args) -> int:
     }
     atomic_save(ckpt, out)
     not_inferred = [k for k in ("win", "shift_win", "drop") if k not in explicit]
+    if "textf_mode" not in explicit and config.textf_mode not in ("concat2", "concat4"):
+        # a text projection of the text sets' width fits textf0..textf3, sum2 and sum4 alike
+        not_inferred.append("textf_mode")
     _say(f"converted {args.input} -> {out}: {config.dataset}, hidden {config.hidden_dim}, layers "
          f"{list(config.heter_n_layers)}, textf_mode {config.textf_mode}, edge capacity {config.edge_capacity}")
     if not_inferred:
         _say(f"  from the {config.dataset} preset (not recoverable from weights; pass them if the run differed): "
-             + ", ".join(f"{k} {getattr(config, k)}" for k in not_inferred))
+             + ", ".join(f"{k} {getattr(config, k)}" for k in not_inferred)
+             + (" (textf0..textf3, sum2 and sum4 have the same shapes)" if "textf_mode" in not_inferred else ""))
     return 0
 
 
