@@ -27,9 +27,14 @@ class _RefuseDoubleBackward(torch.autograd.Function):
     differentiating them with respect to any of those reaches ``backward``, which raises."""
 
     @staticmethod
-    def forward(ctx, op: str, n: int, *tensors: torch.Tensor):
-        ctx.op = op
+    def forward(op: str, n: int, *tensors: torch.Tensor):
         return tuple(t.clone() for t in tensors[:n])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        # the separate set-up lets torch.func transforms (whose grad runs backward with
+        # create_graph=True) use this Function
+        ctx.op = inputs[0]
 
     @staticmethod
     def backward(ctx, *grads):
