@@ -203,6 +203,27 @@ def run_path(path: str, splits, cfg, args) -> Dict[str, Any]:
     return res
 
 
+def _records(path: str, r: Dict[str, Any], ref: Optional[Dict[str, Any]], base: Dict[str, Any], args) -> List[Dict[str, Any]]:
+    """The records of one path's run ``r`` (``ref``: the loader path's, when it ran before)."""
+    out = []
+    for phase in ("train",) + (() if args.no_eval else ("eval",)):
+        ph = r[phase]
+        rec = {**base, "path": path, "phase": phase, "data_on_device": r["data_on_device"], "setup_s": r["setup_s"],
+               "time_s": common.summarize(ph["wall"]),
+               "gpu_time_s": common.summarize(ph["gpu"]) if ph["gpu"] and ph["gpu"][0] is not None else None,
+               "host_syncs": ph.get("syncs"), "kernel_time_s": ph.get("kernel"),
+               "peak_mem_bytes": r.get("peak_mem_bytes"), "batches": r.get("batches")}
+        if phase == "train":
+            rec["losses"] = ph["loss"]
+            if ref is not None and path != "loader":
+                rec["same_losses"] = ph["loss"] == ref["train"]["loss"]
+                rec["max_loss_diff"] = max(abs(a - b) for a, b in zip(ph["loss"], ref["train"]["loss"]))
+        if ref is not None and path != "loader":
+            rec["speedup_vs_loader"] = common.percentile(ref[phase]["wall"], 50) / rec["time_s"]["median"]
+        out.append(rec)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not common.start(args):
@@ -219,35 +240,20 @@ def main(argv=None) -> int:
           f"dialogues; batch {cfg.batch_size}; warm-up {args.warmup}, timed {args.epochs} epoch(s); paths {args.paths} "
           f"-> {args.out}")
     results: Dict[str, Dict[str, Any]] = {}
-    for path in args.paths:
-        t0 = time.time()
-        print(f"  [{path}] ...", end="", flush=True)
-        results[path] = run_path(path, splits, cfg, args)
-        print(f" {time.time() - t0:.1f} s", flush=True)
-
     records: List[Dict[str, Any]] = []
     base = dict(bench="epoch", run_id=run_id, quick=args.quick, preset="IEMOCAP", data=str(data_path),
                 train_dialogues=len(splits.train), train_utterances=splits.train.num_utterances,
                 test_dialogues=len(splits.test), test_utterances=splits.test.num_utterances,
                 batch_size=cfg.batch_size, epochs=args.epochs, warmup=args.warmup, **env)
-    ref = results.get("loader")
-    for path, r in results.items():
-        for phase in ("train",) + (() if args.no_eval else ("eval",)):
-            ph = r[phase]
-            rec = {**base, "path": path, "phase": phase, "data_on_device": r["data_on_device"], "setup_s": r["setup_s"],
-                   "time_s": common.summarize(ph["wall"]),
-                   "gpu_time_s": common.summarize(ph["gpu"]) if ph["gpu"] and ph["gpu"][0] is not None else None,
-                   "host_syncs": ph.get("syncs"), "kernel_time_s": ph.get("kernel"),
-                   "peak_mem_bytes": r.get("peak_mem_bytes"), "batches": r.get("batches")}
-            if phase == "train":
-                rec["losses"] = ph["loss"]
-                if ref is not None and path != "loader":
-                    rec["same_losses"] = ph["loss"] == ref["train"]["loss"]
-                    rec["max_loss_diff"] = max(abs(a - b) for a, b in zip(ph["loss"], ref["train"]["loss"]))
-            if ref is not None and path != "loader":
-                rec["speedup_vs_loader"] = common.percentile(ref[phase]["wall"], 50) / rec["time_s"]["median"]
-            records.append(rec)
-    common.append_jsonl(Path(args.out), records)
+    for path in args.paths:
+        t0 = time.time()
+        print(f"  [{path}] ...", end="", flush=True)
+        r = results[path] = run_path(path, splits, cfg, args)
+        print(f" {time.time() - t0:.1f} s", flush=True)
+        # each path's records are written as soon as it is done: a run cut short keeps them
+        new = _records(path, r, results.get("loader"), base, args)
+        common.append_jsonl(Path(args.out), new)
+        records += new
 
     def cell(v, f=fmt_s):
         return "-" if v is None else f(v)

@@ -479,6 +479,7 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def main(argv=None) -> int:
+    t_start = time.time()   # --time-limit-s counts from here: the correctness check's model builds and JIT too
     args = parse_args(argv)
     if not common.start(args):
         return 2
@@ -503,7 +504,6 @@ def main(argv=None) -> int:
         print(f"correctness vs reference on lengths {opbench.CHECK_LENGTHS}: " + ("all ok" if not bad else "FAILED: " + ", ".join(bad))
               + f" ({time.time() - t0:.1f} s)")
     memo = common.FailureMemo()
-    t_start = time.time()
     n_written = 0
     all_recs: List[Dict[str, Any]] = []
     isz = torch.empty((), dtype=common.parse_dtype(args.dtype)).element_size()

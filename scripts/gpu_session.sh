@@ -34,8 +34,10 @@
 #   stack        bench/ops.py stack + shift sections at L 50 110 250 1000 (cuda, triton, dense, scatter, floor)
 #   profile      torch.profiler kernel tables (cuda, triton) + Nsight Compute of window_spmm
 #   suite        the rest of the test suite
-# A stage is skipped when less time is left than it needs. Everything lands under $OUT:
-# summary.txt (also printed last), logs/, results/*.jsonl, profile/.
+# A stage is skipped when less time is left than it needs. Everything lands under $OUT as TWO
+# files, because the device tool brings back at most 8 (16 MiB each): summary.txt (also printed
+# last) and session.tgz (logs/, results/*.jsonl, profile/ without the torch-profiler traces),
+# packed on exit, also when a stage or the deadline cuts the run short.
 #
 #   GS_STAGES="ext cuda ops_cuda"   a subset (ext is added when a later stage needs it)
 #   GS_DEVICE=cpu GS_QUICK=1        a dry run of the commands on a CPU machine (benchmarks at
@@ -50,12 +52,26 @@ QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
 STAGES="${GS_STAGES:-env ext cuda ops_cuda triton ops_triton model_cuda epoch ab_tc ab_nll model_triton stack profile suite}"
+# the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
+NEEDS_EXT="cuda ops_cuda model_cuda epoch ab_tc ab_nll stack profile"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 NPROC=$(nproc 2>/dev/null || echo 8)
+
+# On exit (normal or not): logs/, results/ and profile/ into $OUT/session.tgz (the loose files go
+# only once the archive is written); collect_gpu_results.sh unpacks it.
+package() {
+  [ -n "${PACKAGED:-}" ] && return 0
+  PACKAGED=1
+  if (cd "$OUT" && tar czf session.tgz --exclude='trace_*.json' logs results profile); then
+    rm -rf "$OUT/logs" "$OUT/results" "$OUT/profile"
+  fi
+}
+trap package EXIT
+trap 'exit 143' TERM INT
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( DEADLINE_S - $(elapsed) )); }
@@ -68,6 +84,9 @@ want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 stage() {
   local name=$1 max=$2 min=$3 cmd=$4 t l rc t1
   want "$name" || return 0
+  case " $NEEDS_EXT " in
+    *" $name "*) [ -f "$OUT/logs/ext.ok" ] || { note "$name: SKIPPED (the extension did not load: logs/ext.log)"; return 0; } ;;
+  esac
   l=$(left)
   if [ "$l" -lt "$min" ]; then note "$name: SKIPPED (only ${l}s left, needs ${min}s)"; return 0; fi
   t=$(( max < l ? max : l ))
@@ -109,20 +128,14 @@ set -e
 TV=$($PY -c "import torch; print(torch.__version__.split(\"+\")[0])")
 PB=build/prebuilt/torch-$TV
 HASH=$(bash scripts/source_hash.sh)
-if [ "$GS_DEVICE" = cuda ]; then
+build_here() {
+  echo "building here (sm_90, $NPROC jobs)"
+  source scripts/cuda_home.sh
+  find_cuda_home || { echo "no CUDA toolkit found for the build"; return 1; }
   rm -f graphsmile/_C*.so
-  if [ -f "$PB/_C.abi3.so" ] && grep -q "\"sources_sha256_16\": \"$HASH\"" "$PB/meta.json"; then
-    echo "using the prebuilt extension $PB (sources $HASH)"; cat "$PB/meta.json"
-    cp "$PB/_C.abi3.so" graphsmile/_C.abi3.so
-  else
-    echo "no prebuilt extension for torch $TV and sources $HASH: building here"
-    if [ -f "$PB/meta.json" ]; then cat "$PB/meta.json"; fi
-    CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} GRAPHSMILE_FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$NPROC \
-      $PY setup.py -q build_ext --inplace
-  fi
-else
-  echo "dry run on $GS_DEVICE: the extension already in the tree is used"
-fi
+  GRAPHSMILE_FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$NPROC $PY setup.py -q build_ext --inplace
+}
+smoke() {
 $PY - <<EOF
 import torch
 from graphsmile.ops import _ext
@@ -140,6 +153,24 @@ print("smoke: kernel vs reference, max abs err", err)
 assert err < 1e-12
 print("extension OK")
 EOF
+}
+if [ "$GS_DEVICE" = cuda ]; then
+  rm -f graphsmile/_C*.so
+  if [ -f "$PB/_C.abi3.so" ] && grep -q "\"sources_sha256_16\": \"$HASH\"" "$PB/meta.json"; then
+    echo "using the prebuilt extension $PB (sources $HASH)"; cat "$PB/meta.json"
+    cp "$PB/_C.abi3.so" graphsmile/_C.abi3.so
+    smoke || { echo "the prebuilt extension failed its smoke check: building here"; build_here; smoke; }
+  else
+    echo "no prebuilt extension for torch $TV and sources $HASH: building here"
+    if [ -f "$PB/meta.json" ]; then cat "$PB/meta.json"; fi
+    build_here
+    smoke
+  fi
+else
+  echo "dry run on $GS_DEVICE: the extension already in the tree is used"
+  smoke
+fi
+touch "$OUT/logs/ext.ok"
 '
 NEED_EXT=0
 for s in cuda ops_cuda triton ops_triton model_cuda epoch ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
@@ -148,6 +179,9 @@ if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
 XDIST=""
 $PY -c "import xdist" 2>/dev/null && [ "$GS_DEVICE" = cuda ] && XDIST="-n 8"
+# a hanging test fails alone (pytest-timeout, where installed) instead of costing its stage's
+# summary line and junit file
+$PY -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout=90"
 export XDIST
 OPS='$PY bench/ops.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $((LIMIT - 25)) --out $OUT/results/ops.jsonl'
 # the backend of the "cuda" stages: the CPU kernels in a dry run
@@ -156,9 +190,12 @@ MODEL='$PY bench/model.py --device $GS_DEVICE --isolate none $QUICK --time-limit
 
 # --- issues #3 and #4: each GPU backend's tests and bench/ops.py records ---------------------------
 stage cuda 150 40 '$PYTEST $XDIST tests/test_cuda.py --junitxml=$OUT/logs/cuda.xml'
-stage ops_cuda 120 45 "$OPS --preset gpu-targets --providers $BE,floor,dense,unfused --reps 3"
+# --kernel-times: T1's bandwidth also from the kernels' own device time (torch.profiler), as the
+# CUDA-event time of a 50-100 us layer includes the host's launch gaps
+KT=""; [ "$GS_DEVICE" = cuda ] && KT="--kernel-times"
+stage ops_cuda 120 45 "$OPS --preset gpu-targets --providers $BE,floor,dense,unfused --reps 3 $KT"
 stage triton 150 40 '$PYTEST $XDIST tests/test_triton.py --junitxml=$OUT/logs/triton.xml'
-stage ops_triton 120 45 "$OPS --preset gpu-targets --providers triton,floor --reps 3"
+stage ops_triton 120 45 "$OPS --preset gpu-targets --providers triton,floor --reps 3 $KT"
 # --- issue #8: the model, the epoch, the A/B comparisons ------------------------------------------
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'

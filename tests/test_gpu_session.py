@@ -51,8 +51,14 @@ def test_dry_run_and_collect(tmp_path):
     for stage in ("env", "ext", "ops_cuda"):
         assert re.search(rf"{stage}: rc=0", summary), summary
     assert "SKIPPED" not in summary and "TIMEOUT" not in summary
-    assert "extension OK" in (out / "logs" / "ext.log").read_text()
-    recs = [json.loads(line) for line in (out / "results" / "ops.jsonl").read_text().splitlines()]
+    # the device tool returns at most 8 files from $OUT: summary.txt and one archive
+    assert sorted(p.name for p in out.iterdir()) == ["session.tgz", "summary.txt"]
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "xzf", str(out / "session.tgz"), "-C", str(unpacked)], check=True)
+    assert "extension OK" in (unpacked / "logs" / "ext.log").read_text()
+    assert (unpacked / "logs" / "ext.ok").exists()
+    recs = [json.loads(line) for line in (unpacked / "results" / "ops.jsonl").read_text().splitlines()]
     assert recs and {r["device"] for r in recs} == {"cpu"}
     assert any(r.get("op") == "propagate" and r.get("status") == "ok" and "bandwidth" in r for r in recs)
     assert "=== targets" in r.stdout  # the verdict block is in the output's tail
@@ -68,6 +74,26 @@ def test_dry_run_and_collect(tmp_path):
     assert lines[0] == '{"old": 1}' and len(lines) == 1 + len(recs)  # appended, nothing lost
     kept = list((results / "gpu").glob("*/summary.txt"))
     assert len(kept) == 1 and kept[0].read_text() == summary
+    assert (kept[0].parent / "logs" / "ops_cuda.log").exists()
+    # collecting the same session again appends nothing
+    c = subprocess.run(["bash", "scripts/collect_gpu_results.sh", str(out)], cwd=REPO, capture_output=True, text=True,
+                       env=dict(os.environ, RESULTS_DIR=str(results)))
+    assert c.returncode == 0 and "already collected" in c.stderr
+    assert len((results / "ops.jsonl").read_text().splitlines()) == 1 + len(recs)
+
+
+def test_stages_that_need_the_extension_are_skipped_when_it_failed(tmp_path):
+    """A failed ext stage (here: an unknown device, so the smoke check fails) skips the stages
+    that run the extension, and the archive still comes back."""
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), GS_DEVICE="nodevice", GS_QUICK="1", PY=sys.executable, OMP_NUM_THREADS="1",
+               GS_STAGES="ops_cuda", GS_DEADLINE_S="120")
+    r = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = (out / "summary.txt").read_text()
+    assert re.search(r"ext: rc=[1-9]", summary), summary
+    assert "ops_cuda: SKIPPED (the extension did not load" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["session.tgz", "summary.txt"]
 
 
 def test_collect_refuses_a_folder_that_is_not_a_session_output(tmp_path):
