@@ -570,14 +570,17 @@ def _prune(configs, named_args, **kwargs):
 # small batch are not reused for a 100k-node one, without re-tuning for every batch size. IEEE
 # is in it because fp32 at IEEE precision (FMA) and in tf32 (tensor cores) have different best
 # tiles. cache_results stores the timings in Triton's cache directory, so later processes on the
-# same machine and software take the same tiles (and so the same bits) without re-timing.
+# same machine and software take the same tiles (and so the same bits) without re-timing;
+# GRAPHSMILE_TRITON_AUTOTUNE_CACHE=0 turns that off (e.g. for tests run in parallel on one GPU,
+# whose noisy timings should not decide the tiles of later runs).
+_CACHE_TIMINGS = os.environ.get("GRAPHSMILE_TRITON_AUTOTUNE_CACHE", "1").strip() != "0"
 _KEY = ["D", "M", "WP", "WF", "MODE", "NB", "IEEE"]
 
 if not INTERPRET:
     _prune_by = {"early_config_prune": _prune}
 
     def _tuned(which, kernel):
-        return triton.autotune(_configs(which), key=_KEY, prune_configs_by=_prune_by, cache_results=True)(kernel)
+        return triton.autotune(_configs(which), key=_KEY, prune_configs_by=_prune_by, cache_results=_CACHE_TIMINGS)(kernel)
 
     spmm_fwd_tuned = _tuned("fwd", _spmm_fwd_kernel)
     spmm_bwd_cols_tuned = _tuned("cols", _spmm_bwd_cols_kernel)
