@@ -107,10 +107,22 @@ def test_sdist_carries_every_source_and_header(tmp_path):
         import pytest
 
         pytest.skip("not a source tree")
-    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=repo,
+    import shutil
+
+    # a copy without *.egg-info: setuptools would otherwise reuse an earlier SOURCES.txt
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("csrc", "kernels", "graphsmile"):
+        shutil.copytree(os.path.join(repo, name), src / name,
+                        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "*.egg-info"))
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "CMakeLists.txt"):
+        if os.path.exists(os.path.join(repo, name)):
+            shutil.copy(os.path.join(repo, name), src / name)
+    dist = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(dist)], cwd=src,
                        capture_output=True, text=True, timeout=300, env=dict(os.environ, USE_CUDA="0"))
     assert r.returncode == 0, r.stderr[-2000:]
-    (archive,) = tmp_path.glob("*.tar.gz")
+    (archive,) = dist.glob("*.tar.gz")
     with tarfile.open(archive) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     wanted = [os.path.relpath(p, repo) for pattern in ("csrc/**/*.*", "kernels/*.*")
