@@ -76,6 +76,8 @@ def parse_args(argv=None):
     if args.epochs < 1 or args.warmup < 0:
         ap.error(f"--epochs must be >= 1 and --warmup >= 0, got {args.epochs} and {args.warmup}")
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    # the loader path first: the others' records compare with it as they are written
+    args.paths.sort(key=lambda p: p != "loader")
     bad = [p for p in args.paths if p not in PATHS]
     if bad or not args.paths:
         ap.error(f"--paths: unknown {bad}; choose from {list(PATHS)}")

@@ -536,7 +536,8 @@ def cmd_train(args) -> int:
         for flag, key in (("seed", "seed"), ("seeds", "seeds"), ("valid_from", "valid_from"), ("amp", "amp"),
                           ("max_train_batches", "max_train_batches"), ("bucket_batches", "bucket_batches")):
             v = getattr(args, flag)
-            if v is not None and v != meta.get(key):
+            # runs from before --bucket_batches existed used its default, 50
+            if v is not None and v != meta.get(key, 50 if key == "bucket_batches" else None):
                 raise CLIError(f"--resume: cannot change --{flag} of a run ({key} = {meta.get(key)!r} in {out})")
         if dims is not None or args.dims is not None:
             stored_dims = tuple(meta["dims"]) if isinstance(meta.get("dims"), list) else meta.get("dims")

@@ -131,7 +131,7 @@ HASH=$(bash scripts/source_hash.sh)
 build_here() {
   echo "building here (sm_90, $NPROC jobs)"
   source scripts/cuda_home.sh
-  find_cuda_home || { echo "no CUDA toolkit found for the build"; return 1; }
+  find_cuda_home || export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}   # (no libcudart.so link: try anyway)
   rm -f graphsmile/_C*.so
   GRAPHSMILE_FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$NPROC $PY setup.py -q build_ext --inplace
 }
@@ -181,7 +181,7 @@ XDIST=""
 $PY -c "import xdist" 2>/dev/null && [ "$GS_DEVICE" = cuda ] && XDIST="-n 8"
 # a hanging test fails alone (pytest-timeout, where installed) instead of costing its stage's
 # summary line and junit file
-$PY -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout=90"
+$PY -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout=120"
 export XDIST
 OPS='$PY bench/ops.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $((LIMIT - 25)) --out $OUT/results/ops.jsonl'
 # the backend of the "cuda" stages: the CPU kernels in a dry run

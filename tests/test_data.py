@@ -462,12 +462,20 @@ def test_non_finite_features(tmp_path, tiny_files, bad):
                   f"at utterance {n - 1}, component 2")
 
 
-@pytest.mark.parametrize("kind", ["str", "bool", "complex"])
+@pytest.mark.parametrize("kind", ["str", "bool", "complex", "one_bool_row", "object_str"])
 def test_non_numeric_features(tmp_path, tiny_files, kind):
     """Strings (numpy would parse '0.5'), bools and complex numbers (numpy would drop the
     imaginary part) are not features."""
     def retype(raw, vid):
         rows = [np.asarray(r, dtype=np.float64) for r in raw["videoAudio"][vid]]
+        if kind == "one_bool_row":      # numpy would promote it with the float rows
+            raw["videoAudio"][vid] = [rows[0] > 0] + rows[1:]
+            return
+        if kind == "object_str":        # one string inside an object array
+            arr = np.array(rows, dtype=object)
+            arr[0, 0] = "0.5"
+            raw["videoAudio"][vid] = arr
+            return
         conv = {"str": lambda r: r.astype(str), "bool": lambda r: r > 0, "complex": lambda r: r + 1j}[kind]
         raw["videoAudio"][vid] = [conv(r) for r in rows]
 

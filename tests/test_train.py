@@ -212,6 +212,10 @@ def test_resume_refuses_checkpoints_of_another_run(tiny, tmp_path, capsys):
     assert _run("train", "--resume", d, "--epochs", 4) == 1
     assert "written by 2 process(es)" in capsys.readouterr().err
     assert (d / "run.json").read_text() == run_json
+    torch.save(dict(last, seed=7), d / "last.pt")          # refused by the seed/best.pt pairing check
+    assert _run("train", "--resume", d, "--epochs", 4) == 1
+    assert "checkpoint of seed 7" in capsys.readouterr().err
+    assert (d / "run.json").read_text() == run_json
     torch.save(last, d / "last.pt")
     # an accepted change is recorded
     assert _run("train", "--resume", d, "--shift_loss", "logits", "--stop_after", 2) == 0

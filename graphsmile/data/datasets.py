@@ -335,11 +335,17 @@ def _score_labels(value: Any, vid: Any, path: Path) -> np.ndarray:
 
 def _feature_matrix(value: Any, dim: int | None, n: int, field_name: str, vid: Any,
                     path: Path, expect_msg: str = "") -> np.ndarray:
-    """``[n, dim]`` float32 from a list of vectors / a 2-D array (one conversion, no copy if
-    already float32)."""
+    """``[n, dim]`` float32 from a list of vectors / a 2-D array of real numbers (no copy if
+    already a float32 array)."""
     try:
         raw = np.asarray(value)
         kind = raw.dtype.kind
+        if kind in "fiu" and isinstance(value, (list, tuple)):
+            # a row of bools (or complex numbers) would be promoted with its float neighbours
+            kind = next((k for k in (np.asarray(row).dtype.kind for row in value) if k not in "fiu"), kind)
+        elif kind == "O" and any(isinstance(e, (str, bytes, bool, np.bool_, complex, np.complexfloating))
+                                 for e in raw.reshape(-1)):
+            kind = "U"
         if kind in "fiu":
             with np.errstate(over="ignore"):     # float64 beyond float32 -> inf, reported below
                 arr = raw.astype(np.float32, copy=False)
@@ -359,7 +365,8 @@ def _feature_matrix(value: Any, dim: int | None, n: int, field_name: str, vid: A
         raise DataFormatError(msg, path=path, dialogue=vid, field=field_name) from e
     if kind not in "fiuO":
         # numbers only: numpy would also parse strings ('0.5'), take bools and drop imaginary parts
-        raise DataFormatError(f"features must be real numbers, got {raw.dtype} values", path=path, dialogue=vid,
+        what = {"b": "bool", "c": "complex", "S": "bytes"}.get(kind, "string")
+        raise DataFormatError(f"features must be real numbers, got {what} values", path=path, dialogue=vid,
                               field=field_name)
     if arr.ndim != 2:
         raise DataFormatError(f"expected one feature vector per utterance ([L, D] matrix), "

@@ -246,8 +246,9 @@ def pinned_tiles() -> bool:
     instead of the autotuner's choice: under ``torch.use_deterministic_algorithms(True)`` or with
     the environment variable ``GRAPHSMILE_TRITON_AUTOTUNE=0``. Every tile gives a deterministic
     result, but the tile sets the order of the sums, so only a pinned tile gives the same bits
-    across processes and machines (the autotuner times its candidates, and near-equal ones can
-    swap; its cached choice is reused on the same machine)."""
+    across processes (the autotuner times its candidates, and near-equal ones can swap; its
+    cached choice is reused on the same machine), on the same GPU model and software: another
+    GPU generation may lower ``tl.dot`` differently."""
     if torch.are_deterministic_algorithms_enabled():
         return True
     env = os.environ.get("GRAPHSMILE_TRITON_AUTOTUNE", "1").strip()

@@ -879,8 +879,7 @@ class Trainer:
     def load(self, last: Mapping[str, Any], best: Optional[Mapping[str, Any]] = None) -> None:
         """Restore a run from its ``last.pt`` (and ``best.pt``): weights, optimizer, loss
         weights, history, selection and this rank's RNG state."""
-        if int(last.get("seed", self.seed)) != self.seed:
-            raise CheckpointError(f"{last.get('path')}: checkpoint of seed {last.get('seed')}, this run uses seed {self.seed}")
+        check_checkpoint_pair(last, best, self.seed)
         self.model.load_state_dict(last["model"])
         self.optimizer.load_state_dict(last["optimizer"])
         self.loss_fn.load_state_dict(last.get("loss") or {})
@@ -888,17 +887,11 @@ class Trainer:
         self.history = list(last.get("history") or [])
         self.best = last.get("best")
         if best is not None:
-            rec_epoch = (self.best or {}).get("epoch")
-            if best.get("epoch") != rec_epoch and best.get("epoch") != self.epoch + 1:
-                raise CheckpointError(f"{best.get('path')}: holds epoch {best.get('epoch')}, but {last.get('path')} "
-                                      f"selected epoch {rec_epoch}; the two files do not belong together")
             self.best_state = {k: v.detach().cpu().clone() for k, v in best["model"].items()}
             self.best_loss_state = {k: v.detach().cpu().clone() for k, v in (best.get("loss") or {}).items()}
-        elif self.best is not None and self.best.get("epoch") == self.epoch:
+        else:  # check_checkpoint_pair: the selected epoch is the last one
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             self.best_loss_state = {k: v.detach().cpu().clone() for k, v in self.loss_fn.state_dict().items()}
-        else:
-            raise CheckpointError(f"{last.get('path')}: best.pt is missing next to last.pt; cannot resume the selection")
         rngs = last.get("rng") or []
         if rngs:
             same_world = int(last.get("world_size", 1)) == self.ctx.world_size and len(rngs) == self.ctx.world_size
@@ -1183,6 +1176,22 @@ def check_resumable(last: Mapping[str, Any], path: Path, config: GraphSmileConfi
                                   "it does not belong to this run")
 
 
+def check_checkpoint_pair(last: Mapping[str, Any], best: Optional[Mapping[str, Any]], seed: int) -> None:
+    """Raise :class:`CheckpointError` unless ``last`` (``last.pt``) is of ``seed`` and ``best``
+    (``best.pt``, or ``None`` when missing) belongs with it: it holds the epoch ``last``
+    selected (or the one after, when a crash came between the two writes); without it the
+    selected epoch must be ``last``'s own."""
+    if int(last.get("seed", seed)) != seed:
+        raise CheckpointError(f"{last.get('path')}: checkpoint of seed {last.get('seed')}, this run uses seed {seed}")
+    rec_epoch = (last.get("best") or {}).get("epoch")
+    if best is not None:
+        if best.get("epoch") != rec_epoch and best.get("epoch") != int(last["epoch"]) + 1:
+            raise CheckpointError(f"{best.get('path')}: holds epoch {best.get('epoch')}, but {last.get('path')} "
+                                  f"selected epoch {rec_epoch}; the two files do not belong together")
+    elif rec_epoch is None or rec_epoch != int(last["epoch"]):
+        raise CheckpointError(f"{last.get('path')}: best.pt is missing next to last.pt; cannot resume the selection")
+
+
 def _jsonish(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -1220,8 +1229,11 @@ def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOpt
     if opts.resume:
         for s, d in zip(seeds, dirs):
             if (d / "last.pt").exists():
-                check_resumable(load_checkpoint(d / "last.pt", map_location="cpu"), d / "last.pt", config,
-                                ctx.world_size, dict(meta, seed=s))
+                last = load_checkpoint(d / "last.pt", map_location="cpu")
+                check_resumable(last, d / "last.pt", config, ctx.world_size, dict(meta, seed=s))
+                best = load_checkpoint(d / "best.pt", map_location="cpu") if (d / "best.pt").exists() else None
+                check_checkpoint_pair(last, best, s)
+                del last, best
     if on_resumable is not None:
         on_resumable()
     per_seed: List[Dict[str, Any]] = []
