@@ -310,6 +310,7 @@ BAD = [
     (dict(win_f=2**63 - 1), ValueError, "win_f must be -1 \\(unbounded\\) or from 0 to 2147483647"),
     (dict(lengths=[3, 2**31]), ValueError, r"lengths\[1\] = 2147483648: a dialogue may have at most"),
     (dict(lengths=[3, torch.tensor(True)]), TypeError, r"lengths\[1\] = tensor\(True\) is not an integer"),
+    (dict(lengths=torch.tensor([3, 2], device="meta")), ValueError, "lengths is a meta tensor"),
 ]
 
 

@@ -41,6 +41,8 @@ def lengths_to_list(lengths: Lengths, name: str = "lengths") -> list[int]:
             raise ValueError(f"{name} must be 1-D, got a tensor of shape {tuple(lengths.shape)}")
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
             raise TypeError(f"{name} must hold integers, got dtype {lengths.dtype}")
+        if lengths.device.type == "meta":
+            raise ValueError(f"{name} is a meta tensor, but its values are needed: pass a list of ints or a CPU tensor")
         values = [int(v) for v in lengths.tolist()]
     else:
         try:
