@@ -274,7 +274,7 @@ examples:
 
 protocol: the selected epoch is the one with the best VALIDATION weighted F1 (emotion); test
 metrics are reported at that epoch. The original's best-test-over-epochs figure is reported as
-"paper protocol (selected on test)" only. Validation = the first 10%% of trainVid (--valid_from).
+"paper protocol (selected on test)" only. Validation = the first 10% of trainVid (--valid_from).
 
 reproducibility: everything is seeded and the batches of epoch e depend only on (seed, e); on
 the CPU a run is bitwise reproducible for a given seed and thread count, and --resume continues
@@ -321,8 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dims", nargs="+", metavar="D",
                    help="feature widths to expect: 'dataset' (default: the real files' widths), 'infer' (from the file), "
                         "or TEXT VISUAL AUDIO")
-    g.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (same settings; --epochs may grow)")
-    g.add_argument("--overwrite", action="store_true", help="train into an --out folder that holds another run (files are replaced, nothing deleted)")
+    g.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (same settings; only --epochs, "
+                                                   "--backend, --shift_loss may change)")
+    g.add_argument("--overwrite", action="store_true", help="train into an --out folder that holds another run (its run.json, "
+                                                            "results.json, last.pt and best.pt are deleted first)")
     g.add_argument("--demo_preset", action="store_true",
                    help=f"without --data: keep the full preset instead of the demo settings {DEMO_SETTINGS}")
     _add_config_flags(p)
@@ -539,6 +541,8 @@ def cmd_train(args) -> int:
             # runs from before --bucket_batches existed used its default, 50
             if v is not None and v != meta.get(key, 50 if key == "bucket_batches" else None):
                 raise CLIError(f"--resume: cannot change --{flag} of a run ({key} = {meta.get(key)!r} in {out})")
+        if args.sync_bn and not meta.get("sync_bn"):
+            raise CLIError(f"--resume: cannot change --sync_bn of a run (sync_bn = False in {out})")
         if dims is not None or args.dims is not None:
             stored_dims = tuple(meta["dims"]) if isinstance(meta.get("dims"), list) else meta.get("dims")
             if dims != stored_dims:

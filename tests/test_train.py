@@ -263,6 +263,8 @@ def test_batching_options_and_eval_order(tiny, tmp_path, capsys):
     capsys.readouterr()
     assert _run("train", "--resume", d, "--bucket_batches", 3) == 1
     assert "cannot change --bucket_batches" in capsys.readouterr().err
+    assert _run("train", "--resume", d, "--sync_bn") == 1
+    assert "cannot change --sync_bn" in capsys.readouterr().err
     assert _run("train", "--resume", d) == 0
     assert json.loads((d / "results.json").read_text())["training"]["bucket_batches"] == 0
 
