@@ -500,7 +500,7 @@ def cmd_train(args) -> int:
     from .train.checkpoint import atomic_write_text
     from .train.distributed import init_distributed
     from .train.reports import to_jsonable
-    from .train.trainer import RESUMABLE_CONFIG_CHANGES, TrainOptions, run_markers, run_training
+    from .train.trainer import DEFAULT_BUCKET_BATCHES, RESUMABLE_CONFIG_CHANGES, TrainOptions, run_markers, run_training
 
     explicit = _explicit_config(args)
     dims = _dims_arg(args.dims)
@@ -538,8 +538,8 @@ def cmd_train(args) -> int:
         for flag, key in (("seed", "seed"), ("seeds", "seeds"), ("valid_from", "valid_from"), ("amp", "amp"),
                           ("max_train_batches", "max_train_batches"), ("bucket_batches", "bucket_batches")):
             v = getattr(args, flag)
-            # runs from before --bucket_batches existed used its default, 50
-            if v is not None and v != meta.get(key, 50 if key == "bucket_batches" else None):
+            # runs from before --bucket_batches existed used its default
+            if v is not None and v != meta.get(key, DEFAULT_BUCKET_BATCHES if key == "bucket_batches" else None):
                 raise CLIError(f"--resume: cannot change --{flag} of a run ({key} = {meta.get(key)!r} in {out})")
         if args.sync_bn and not meta.get("sync_bn"):
             raise CLIError(f"--resume: cannot change --sync_bn of a run (sync_bn = False in {out})")
@@ -556,7 +556,7 @@ def cmd_train(args) -> int:
                             dims=tuple(meta["dims"]) if isinstance(meta.get("dims"), list) else meta.get("dims"),
                             device=args.device or "auto", amp=meta.get("amp", "none"), num_workers=args.num_workers or 0,
                             max_train_batches=meta.get("max_train_batches"), sync_bn=bool(meta.get("sync_bn")),
-                            bucket_batches=meta.get("bucket_batches", 50),
+                            bucket_batches=meta.get("bucket_batches", DEFAULT_BUCKET_BATCHES),
                             tensorboard=args.tensorboard, stop_after=args.stop_after, resume=True, progress=progress,
                             demo=demo, data_on_device=data_on_device, compile=args.compile)
         header = {k: run.get(k) for k in ("synthetic", "demo", "data") if k in run}
@@ -590,7 +590,7 @@ def cmd_train(args) -> int:
                             seeds=args.seeds or 1, valid_from=args.valid_from or "train10", dims=dims,
                             device=args.device or "auto", amp=args.amp or "none", num_workers=args.num_workers or 0,
                             max_train_batches=args.max_train_batches, sync_bn=args.sync_bn, tensorboard=args.tensorboard,
-                            bucket_batches=50 if args.bucket_batches is None else args.bucket_batches,
+                            bucket_batches=DEFAULT_BUCKET_BATCHES if args.bucket_batches is None else args.bucket_batches,
                             stop_after=args.stop_after, resume=False, overwrite=args.overwrite, progress=progress, demo=demo,
                             data_on_device=data_on_device, compile=args.compile)
         header = {}
@@ -654,7 +654,6 @@ def cmd_train(args) -> int:
                 if stale:
                     _say(f"--overwrite: removed the previous run's {', '.join(stale[:6])}"
                          + (f" and {len(stale) - 6} more" if len(stale) > 6 else ""))
-                atomic_write_text(out / "run.json", json.dumps(to_jsonable(run_desc), indent=2) + "\n")
             if not opts.resume and (out / "log.txt").exists():
                 with open(out / "log.txt", "a", encoding="utf-8") as f:
                     f.write(f"--- new run {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
@@ -667,10 +666,12 @@ def cmd_train(args) -> int:
                  f"epochs {config.epochs}, loss {config.loss_type} {list(config.lambd)}, textf_mode {config.textf_mode}, "
                  f"edge_weights {config.edge_weights}")
 
-        def write_resumed_run_json() -> None:
-            # after run_training checked every seed's checkpoint: a refused resume leaves run.json as it was
+        def write_run_json() -> None:
             if ctx.is_main:
                 atomic_write_text(out / "run.json", json.dumps(to_jsonable(run_desc), indent=2) + "\n")
+
+        if not opts.resume:
+            write_run_json()
 
         ctx.barrier()
         res_header = {"command": run_desc.get("command") if ctx.is_main else None}
@@ -679,7 +680,8 @@ def cmd_train(args) -> int:
             res_header["demo"] = opts.demo
         res_header["data"] = opts.data
         results = run_training(config, splits, opts, ctx=ctx, device=device, header=res_header, log=_say,
-                               on_resumable=write_resumed_run_json if opts.resume else None)
+                               # a resume rewrites run.json only after every seed's checkpoint passed its checks
+                               on_resumable=write_run_json if opts.resume else None)
         if ctx.is_main and results.get("status") == "complete":
             _print_files(out, len(results.get("seeds", [])) > 1, synthetic is not None)
             if synthetic is not None:
@@ -693,14 +695,11 @@ def _remove_previous_run(out: Path) -> List[str]:
     """``train --overwrite``: delete the run files (``trainer.RUN_MARKERS``, in ``out`` and its
     ``seed_*`` folders) of the run being replaced, so that none of its checkpoints or results
     can be mistaken for the new run's if this one is interrupted. Returns what was removed."""
-    from .train.trainer import RUN_MARKERS, run_markers
+    from .train.trainer import run_markers
 
-    removed = []
-    for rel in run_markers(out):
-        p = out / rel
-        if p.name in RUN_MARKERS and p.is_file():
-            p.unlink()
-            removed.append(rel)
+    removed = [rel for rel in run_markers(out) if (out / rel).is_file()]
+    for rel in removed:
+        (out / rel).unlink()
     return removed
 
 

@@ -40,13 +40,20 @@ def test_source_hash_is_stable_and_tracks_sources(tmp_path):
     assert changed != h1
 
 
+def _session(out, device: str, stages: str, deadline_s: int):
+    """Runs scripts/gpu_session.sh as a dry run (--quick sizes) into ``out``; returns the
+    completed process and summary.txt's text."""
+    env = dict(os.environ, OUT=str(out), GS_DEVICE=device, GS_QUICK="1", PY=sys.executable, OMP_NUM_THREADS="1",
+               GS_STAGES=stages, GS_DEADLINE_S=str(deadline_s))
+    r = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=deadline_s + 100)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r, (out / "summary.txt").read_text()
+
+
 def test_dry_run_and_collect(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), GS_DEVICE="cpu", GS_QUICK="1", PY=sys.executable, OMP_NUM_THREADS="1",
-               GS_STAGES="env ops_cuda", GS_DEADLINE_S="300")
-    r = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    summary = (out / "summary.txt").read_text()
+    r, summary = _session(out, "cpu", "env ops_cuda", 300)
     # ext is added because ops_cuda needs it; every stage that ran ended with rc=0
     for stage in ("env", "ext", "ops_cuda"):
         assert re.search(rf"{stage}: rc=0", summary), summary
@@ -86,11 +93,7 @@ def test_stages_that_need_the_extension_are_skipped_when_it_failed(tmp_path):
     """A failed ext stage (here: an unknown device, so the smoke check fails) skips the stages
     that run the extension, and the archive still comes back."""
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), GS_DEVICE="nodevice", GS_QUICK="1", PY=sys.executable, OMP_NUM_THREADS="1",
-               GS_STAGES="ops_cuda", GS_DEADLINE_S="120")
-    r = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    summary = (out / "summary.txt").read_text()
+    _, summary = _session(out, "nodevice", "ops_cuda", 120)
     assert re.search(r"ext: rc=[1-9]", summary), summary
     assert "ops_cuda: SKIPPED (the extension did not load" in summary
     assert sorted(p.name for p in out.iterdir()) == ["session.tgz", "summary.txt"]

@@ -76,6 +76,16 @@ def _assert_close(got, want, tol, what):
         assert err <= tol * scale, f"{what}: {name} differs by {err:.3e} (scale {scale:.3e}, tol {tol:.1e})"
 
 
+def _assert_within_torch_error(names, truth, tri, plain):
+    """Each Triton result is at most 2x as far from the fp64 truth as plain torch computing in the
+    same precision (plus 1e-3 of the result's scale)."""
+    for name, t, a, b in zip(names, truth, tri, plain):
+        err_tri = float((a - t).abs().max())
+        err_plain = float((b - t).abs().max())
+        scale = float(t.abs().max())
+        assert err_tri <= 2 * err_plain + 1e-3 * scale, f"{name}: triton {err_tri:.3e} vs torch {err_plain:.3e}"
+
+
 def _tol(dtype):
     return {torch.float64: 1e-10, torch.float32: 2e-5}[dtype]
 
@@ -240,11 +250,7 @@ def test_half_precision_within_torch_error(dtype, mode):
     truth = _propagate("reference", x, w, lens, M, wp, wf, mode, g, dtype=torch.float64, device=DEVICE)
     tri = _propagate("triton", x, w, lens, M, wp, wf, mode, g, dtype=dtype, device=DEVICE)
     plain = _propagate("reference", x, w, lens, M, wp, wf, mode, g, dtype=dtype, device=DEVICE)
-    for name, t, a, b in zip(("y", "grad_x", "grad_w"), truth, tri, plain):
-        err_tri = float((a - t).abs().max())
-        err_plain = float((b - t).abs().max())
-        scale = float(t.abs().max())
-        assert err_tri <= 2 * err_plain + 1e-3 * scale, f"{name}: triton {err_tri:.3e} vs torch {err_plain:.3e}"
+    _assert_within_torch_error(("y", "grad_x", "grad_w"), truth, tri, plain)
 
 
 @needs_triton
@@ -434,11 +440,7 @@ def test_shift_nll_bf16_within_torch_error(shift_win):
     tri, conf_tri = _nll_run("triton", base, sent, lens, shift_win, "mean", torch.bfloat16, DEVICE)
     plain, conf_plain = _nll_run("reference", base, sent, lens, shift_win, "mean", torch.bfloat16, DEVICE)
     assert torch.equal(conf_tri, conf_plain)
-    for name, t, a, b in zip(("loss", "grad_u", "grad_v", "grad_W", "grad_bias"), truth, tri, plain):
-        err_tri = float((a - t).abs().max())
-        err_plain = float((b - t).abs().max())
-        scale = float(t.abs().max())
-        assert err_tri <= 2 * err_plain + 1e-3 * scale, f"{name}: triton {err_tri:.3e} vs torch {err_plain:.3e}"
+    _assert_within_torch_error(("loss", "grad_u", "grad_v", "grad_W", "grad_bias"), truth, tri, plain)
 
 
 @needs_triton

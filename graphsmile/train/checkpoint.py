@@ -29,6 +29,7 @@ import pickle
 import random
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -124,7 +125,7 @@ def restore_rng_state(state: Mapping[str, Any], device: Optional[torch.device] =
 # --- reading ------------------------------------------------------------------------------
 
 
-def _torch_load(path: Path, map_location, weights_only: bool = True) -> Any:
+def _torch_load(path: Path, map_location, weights_only: bool = True, mmap: bool = False) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -133,7 +134,9 @@ def _torch_load(path: Path, map_location, weights_only: bool = True) -> Any:
                 raise CheckpointError(f"{path} is a directory; did you mean {path / cand}?")
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+        # mmap: tensors stay on disk until touched (only the zip format supports it)
+        mmap = mmap and zipfile.is_zipfile(path)
+        return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except pickle.UnpicklingError as e:
         if weights_only and "weights_only" in str(e):
             raise CheckpointError(
@@ -148,8 +151,10 @@ def _torch_load(path: Path, map_location, weights_only: bool = True) -> Any:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {msg})") from None
 
 
-def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
+def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> Dict[str, Any]:
     """Read a graphsmile checkpoint (safely: ``weights_only=True``) and check its kind.
+    ``mmap=True`` (CPU only) leaves the tensors on disk until they are read: for looking at a
+    checkpoint's metadata without reading its weights.
 
     Raises:
         FileNotFoundError: no such file.
@@ -157,7 +162,7 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
             through ``graphsmile convert-checkpoint`` first).
     """
     path = Path(path)
-    obj = _torch_load(path, map_location)
+    obj = _torch_load(path, map_location, mmap=mmap)
     if not isinstance(obj, dict) or obj.get("kind") != CHECKPOINT_KIND:
         if isinstance(obj, Mapping) and any(isinstance(k, str) and ("hetergconv_" in k or k.startswith("module.")) for k in obj):
             raise CheckpointError(f"{path}: this is a state dict of the original GraphSmile, not a graphsmile "

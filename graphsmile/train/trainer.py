@@ -119,6 +119,7 @@ __all__ = [
     "SELECTION",
     "PAPER_PROTOCOL",
     "RUN_MARKERS",
+    "DEFAULT_BUCKET_BATCHES",
     "RESUMABLE_CONFIG_CHANGES",
     "check_resumable",
     "EvalOutput",
@@ -140,6 +141,9 @@ PAPER_PROTOCOL_NOTE = ("the best test weighted F1 over all epochs, as the origin
 #: Files whose presence marks a folder as holding a run (``train`` refuses to write there
 #: without ``--resume`` or ``--overwrite``).
 RUN_MARKERS = ("run.json", "results.json", "last.pt", "best.pt")
+# Training batches per length-sorted chunk (BucketBatchSampler); runs recorded before the option
+# existed used it too.
+DEFAULT_BUCKET_BATCHES = 50
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -285,7 +289,7 @@ class Trainer:
     def __init__(self, config: GraphSmileConfig, splits: DatasetSplits, *, seed: int = 0,
                  ctx: Optional[DistContext] = None, device: torch.device = torch.device("cpu"),
                  amp: str = "none", num_workers: int = 0, max_train_batches: Optional[int] = None,
-                 sync_bn: bool = False, progress: bool = False, bucket_batches: Optional[int] = 50,
+                 sync_bn: bool = False, progress: bool = False, bucket_batches: Optional[int] = DEFAULT_BUCKET_BATCHES,
                  data_on_device: Optional[bool] = None, compile: Any = False):
         if amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {amp!r}")
@@ -1110,7 +1114,7 @@ class TrainOptions:
     threads: Optional[int] = None
     data_on_device: Optional[bool] = None
     compile: bool = False
-    bucket_batches: int = 50
+    bucket_batches: int = DEFAULT_BUCKET_BATCHES
 
     def meta(self) -> Dict[str, Any]:
         """The options recorded in ``run.json`` and checkpoints."""
@@ -1229,9 +1233,10 @@ def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOpt
     if opts.resume:
         for s, d in zip(seeds, dirs):
             if (d / "last.pt").exists():
-                last = load_checkpoint(d / "last.pt", map_location="cpu")
+                # metadata only (mmap): resume_seed reads the weights when the seed's turn comes
+                last = load_checkpoint(d / "last.pt", mmap=True)
                 check_resumable(last, d / "last.pt", config, ctx.world_size, dict(meta, seed=s))
-                best = load_checkpoint(d / "best.pt", map_location="cpu") if (d / "best.pt").exists() else None
+                best = load_checkpoint(d / "best.pt", mmap=True) if (d / "best.pt").exists() else None
                 check_checkpoint_pair(last, best, s)
                 del last, best
     if on_resumable is not None:
