@@ -19,7 +19,12 @@ on the same batches in the same order:
   step reads its loss and predictions back (``data_on_device=False``);
 - ``device``: the splits live on the device, batches are gathered there from index tensors
   uploaded once per epoch, and nothing is read back until the epoch ends
-  (``data_on_device=True``).
+  (``data_on_device=True``);
+- ``compiled`` (opt-in: ``--paths loader,device,compiled``): the device path with the model under
+  ``torch.compile`` (``Trainer(compile=True)``): fewer, fused kernels per step. Its first epochs
+  compile (the warm-up epoch holds most of that: about 50 s on 2 CPU cores). Its losses differ
+  from the other paths' (about 1e-3 in the quick CPU run): compiled code draws its dropout masks
+  from its own random streams, and fuses arithmetic.
 
 Per path and phase (``train``: :meth:`Trainer.train_epoch`; ``eval``: :meth:`Trainer.evaluate`
 on the 31 test dialogues), after ``--warmup`` untimed epochs, over ``--epochs`` epochs:
@@ -27,8 +32,10 @@ wall time (device synchronised before and after); on CUDA also the CUDA-event ti
 the phase's start and end (``gpu_time_s``: the stream's elapsed time, idle gaps included),
 then one more epoch with ``torch.cuda.set_sync_debug_mode("warn")`` counting the synchronising
 calls (``host_syncs``), and one under ``torch.profiler`` summing the CUDA kernel times
-(``kernel_time_s``: the GPU's busy time; ``--no-profile`` skips it). The training losses of the
-two paths are compared (``same_losses``: bitwise equal; expected on the CPU).
+(``kernel_time_s``: the GPU's busy time; ``--no-profile`` skips it) and listing the kernels that
+took the most of it (``top_kernels``: name, launches, total time), which says what a step is made
+of. The training losses of the paths are compared (``same_losses``: bitwise equal; expected on
+the CPU for ``device`` against ``loader``).
 
 Results: one JSON line per (path, phase) appended to ``--out`` (default
 ``bench/results/epoch.jsonl``), with device name, date, torch version and git commit.
@@ -49,7 +56,9 @@ from common import fmt_s  # noqa: E402
 
 import torch  # noqa: E402
 
-PATHS = ("loader", "device")
+PATHS = ("loader", "device", "compiled")
+DEFAULT_PATHS = ("loader", "device")
+TOP_KERNELS = 12
 FULL = {"n_dialogues": (120, 31), "epochs": 2, "warmup": 1}
 QUICK = {"n_dialogues": (16, 4), "epochs": 1, "warmup": 1}
 
@@ -60,7 +69,8 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, default=None, help="timed epochs per path (default 2; --quick 1)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed epochs first (default 1)")
     ap.add_argument("--quick", action="store_true", help="16 training / 4 test dialogues (IEMOCAP lengths: one batch each), 1 timed epoch")
-    ap.add_argument("--paths", default=",".join(PATHS), help="comma list of data paths (default loader,device)")
+    ap.add_argument("--paths", default=",".join(DEFAULT_PATHS),
+                    help="comma list of data paths: loader, device, compiled (default loader,device)")
     ap.add_argument("--no-eval", action="store_true", help="time the training epoch only")
     ap.add_argument("--no-profile", action="store_true", help="CUDA: skip the torch.profiler epoch (kernel time)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default torch's)")
@@ -137,8 +147,9 @@ def count_syncs(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def kernel_time(fn) -> Optional[float]:
-    """Sum of the CUDA kernel times of ``fn()`` (torch.profiler), in seconds."""
+def kernel_time(fn):
+    """``fn()`` under torch.profiler: (the sum of its CUDA kernel times in seconds, the
+    TOP_KERNELS kernels by total time as ``[name, launches, seconds]``)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -146,8 +157,15 @@ def kernel_time(fn) -> Optional[float]:
         fn()
         torch.cuda.synchronize()
     # kineto lists every kernel, memcpy and memset that ran on the GPU as its own event
-    total_us = sum(ev.device_time_total for ev in prof.events() if ev.device_type == torch.autograd.DeviceType.CUDA)
-    return total_us / 1e6
+    per_name: Dict[str, List[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            acc = per_name.setdefault(ev.name, [0, 0.0])
+            acc[0] += 1
+            acc[1] += ev.device_time_total
+    total_us = sum(v[1] for v in per_name.values())
+    top = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:TOP_KERNELS]
+    return total_us / 1e6, [[name[:160], int(n), us / 1e6] for name, (n, us) in top]
 
 
 def run_path(path: str, splits, cfg, args) -> Dict[str, Any]:
@@ -155,7 +173,8 @@ def run_path(path: str, splits, cfg, args) -> Dict[str, Any]:
 
     dev = args.device
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, splits, seed=args.seed, device=torch.device(dev), data_on_device=path == "device")
+    trainer = Trainer(cfg, splits, seed=args.seed, device=torch.device(dev), data_on_device=path != "loader",
+                      compile=path == "compiled")
     common.sync(dev)
     setup_s = time.perf_counter() - t0
     res: Dict[str, Any] = {"setup_s": setup_s, "train": {"wall": [], "gpu": [], "loss": []}, "eval": {"wall": [], "gpu": []}}
@@ -192,9 +211,9 @@ def run_path(path: str, splits, cfg, args) -> Dict[str, Any]:
             res["eval"]["syncs"] = count_syncs(evaluate)
         epoch += 1
         if not args.no_profile:
-            res["train"]["kernel"] = kernel_time(train_epoch)
+            res["train"]["kernel"], res["train"]["top_kernels"] = kernel_time(train_epoch)
             if not args.no_eval:
-                res["eval"]["kernel"] = kernel_time(evaluate)
+                res["eval"]["kernel"], res["eval"]["top_kernels"] = kernel_time(evaluate)
             epoch += 1
         res["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
     res["data_on_device"] = trainer.data_on_device
@@ -213,7 +232,7 @@ def _records(path: str, r: Dict[str, Any], ref: Optional[Dict[str, Any]], base: 
         rec = {**base, "path": path, "phase": phase, "data_on_device": r["data_on_device"], "setup_s": r["setup_s"],
                "time_s": common.summarize(ph["wall"]),
                "gpu_time_s": common.summarize(ph["gpu"]) if ph["gpu"] and ph["gpu"][0] is not None else None,
-               "host_syncs": ph.get("syncs"), "kernel_time_s": ph.get("kernel"),
+               "host_syncs": ph.get("syncs"), "kernel_time_s": ph.get("kernel"), "top_kernels": ph.get("top_kernels"),
                "peak_mem_bytes": r.get("peak_mem_bytes"), "batches": r.get("batches")}
         if phase == "train":
             rec["losses"] = ph["loss"]
@@ -272,6 +291,12 @@ def main(argv=None) -> int:
             print(f"training losses of '{rec['path']}' vs 'loader': " + ("bitwise equal" if rec["same_losses"]
                                                                          else f"max diff {rec['max_loss_diff']:.3g}"))
     print("(wall: median over the timed epochs; speed-up: of the medians)")
+    for rec in records:
+        if rec.get("top_kernels"):
+            total = rec["kernel_time_s"] or 1.0
+            print(f"\nkernels of one {rec['phase']} epoch, path {rec['path']} (of {fmt_s(total)} in all):")
+            for name, n, t in rec["top_kernels"]:
+                print(f"  {fmt_s(t):>9} {100 * t / total:5.1f}% {n:6d}x  {name[:110]}")
     print(f"\n{len(records)} records appended to {args.out}")
     return 0
 

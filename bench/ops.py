@@ -485,9 +485,16 @@ CHECK_LENGTHS = [37, 1, 18, 5]  # longer than the window span (35), a singleton,
 def correctness_check(section: str, providers: List[str], args) -> Dict[str, Dict[str, Any]]:
     """Runs every provider once on the same small batch and compares its output and gradients
     with the ``reference`` backend's. Returns ``{provider: {"ok", "max_rel_err", ...}}``.
-    ``args``: one plan (scalar ``dim`` and ``dtype``)."""
+    ``args``: one plan (scalar ``dim`` and ``dtype``).
+
+    fp16/bf16: two computations in that precision differ by their own rounding errors, which
+    grow over a stack's layers (the CPU kernels and the reference differed by 14% of the largest
+    value in bf16 at 7 layers), so there each provider and the reference are compared with the
+    float64 reference instead: ok when the provider's error is at most twice plain torch's
+    (the reference backend in that precision) plus 1e-2, as the tests judge it."""
     dt = common.parse_dtype(args.dtype)
-    tol = 1e-4 if dt in (torch.float32, torch.float64) else 3e-2
+    low_precision = dt not in (torch.float32, torch.float64)
+    tol = 1e-4 if not low_precision else 1e-2
     # the check is about the math: the capacity is made large enough for the check batch
     cap = max(args.dense_capacity, gops.num_edges(CHECK_LENGTHS, M, *args.win))
     spec_base = dict(section=section, lengths=CHECK_LENGTHS, dim=args.dim, layers=args.layers, win_p=args.win[0],
@@ -507,7 +514,25 @@ def correctness_check(section: str, providers: List[str], args) -> Dict[str, Dic
             results[p] = [t.detach().double().cpu() if t is not None else None for t in [out] + s["grads"]()]
         except Exception as exc:
             errors[p] = f"{type(exc).__name__}: {exc}"[:300]
+    exact = None
+    if low_precision and "reference" in results:
+        s = SETUPS[section](dict(spec_base, provider="reference", dtype="float64"), args.device, torch.float64)
+        o = s["forward"]()
+        s["backward"](o)
+        o = s.get("output", _identity)(o)
+        exact = [t.detach().double().cpu() if t is not None else None for t in [o] + s["grads"]()]
+
+    def rel_err(got, want):
+        worst = 0.0
+        for a, b in zip(got, want):
+            if a is None or b is None:
+                continue
+            scale = float(b.abs().max()) or 1.0
+            worst = max(worst, float((a - b).abs().max()) / scale)
+        return worst
+
     ref = "reference" if "reference" in results else next(iter(results), None)
+    ref_err = rel_err(results[ref], exact) if exact is not None else None
     out: Dict[str, Dict[str, Any]] = {}
     for p in providers:
         if p == "floor":
@@ -516,13 +541,12 @@ def correctness_check(section: str, providers: List[str], args) -> Dict[str, Dic
             out[p] = {"ok": False, "error": errors[p]}
         elif p == ref:
             out[p] = {"ok": True, "against": "self (the reference)"}
+        elif exact is not None:
+            worst = rel_err(results[p], exact)
+            out[p] = {"ok": worst <= 2 * ref_err + tol, "max_rel_err": worst, "against": "reference in float64",
+                      "reference_rel_err": ref_err, "tol": f"2 x reference_rel_err + {tol}"}
         else:
-            worst = 0.0
-            for a, b in zip(results[p], results[ref]):
-                if a is None or b is None:
-                    continue
-                scale = float(b.abs().max()) or 1.0
-                worst = max(worst, float((a - b).abs().max()) / scale)
+            worst = rel_err(results[p], results[ref])
             out[p] = {"ok": worst <= tol, "max_rel_err": worst, "against": ref, "tol": tol}
         out[p]["lengths"] = CHECK_LENGTHS
     return out

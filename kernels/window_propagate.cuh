@@ -194,15 +194,11 @@ __device__ __forceinline__ void stage_col_coefs(const WindowArgs& a, const scala
 }
 
 // ---------------------------------------------------------------------------------------------
-// window_norm: s_r = d_r^{-1/2} (0 where d_r == 0, NaN where d_r < 0), one warp per row r.
+// d_r = sum of the weights of the edges leaving row r (utterance t of modality m), summed by the
+// 32 lanes of a warp in a fixed order; the xor butterfly leaves the same bits in every lane.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kNormWarps * 32)
-    window_norm_kernel(const scalar_t* __restrict__ w, scalar_t* __restrict__ s_out, WindowArgs a) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + (threadIdx.x >> 5);
-  if (row >= a.M * a.N) return;  // uniform per warp
-  const int64_t m = row / a.N, t = row - m * a.N;
-  const RowWindow rw = row_window(a, t);
+__device__ __forceinline__ acc_t row_degree(const scalar_t* __restrict__ w, const WindowArgs& a, int64_t m, int64_t t,
+                                            const RowWindow& rw, int lane) {
   acc_t d = acc_t(0);
   for (int64_t n = 0; n < a.M; ++n) {
     if (n == m) continue;
@@ -210,24 +206,51 @@ __global__ void __launch_bounds__(kNormWarps * 32)
     const int64_t e0 = rw.ebase + p * rw.band;
     for (int64_t u = rw.lo + lane; u < rw.hi; u += 32) d += to_acc<acc_t>(w[edge_slot(a, e0 + u, p, t, u)]);
   }
-  d = group_sum(d, 32);
-  if (lane == 0) {
-    const acc_t v = d == acc_t(0) ? acc_t(0) : acc_t(1) / sqrt(d);
-    s_out[row] = static_cast<scalar_t>(v);
-  }
+  return group_sum(d, 32);
 }
+
+// d^{-1/2}: 0 where d == 0 (the original's masked assignment), NaN where d < 0.
+template <typename acc_t>
+__device__ __forceinline__ acc_t inv_sqrt_degree(acc_t d) {
+  return d == acc_t(0) ? acc_t(0) : acc_t(1) / sqrt(d);
+}
+
+// window_norm: s_r = d_r^{-1/2}, one warp per row r. out_t: scalar_t for the op's output, acc_t
+// for the unrounded norm that the fp16/bf16 backward of the relative mode reads.
+template <typename scalar_t, typename acc_t, typename out_t = scalar_t>
+__global__ void __launch_bounds__(kNormWarps * 32)
+    window_norm_kernel(const scalar_t* __restrict__ w, out_t* __restrict__ s_out, WindowArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + (threadIdx.x >> 5);
+  if (row >= a.M * a.N) return;  // uniform per warp
+  const int64_t m = row / a.N, t = row - m * a.N;
+  const acc_t d = row_degree<scalar_t, acc_t>(w, a, m, t, row_window(a, t), lane);
+  if (lane == 0) s_out[row] = static_cast<out_t>(inv_sqrt_degree(d));
+}
+
+// True for fp16/bf16 storage with fp32 accumulation. Their backward recomputes s_r from the
+// weights in acc_t instead of reading the stored, rounded s_r: -0.5 s_r^3 would triple its
+// rounding error (up to 1.5 ulp, more than fp16 torch's own error); recomputed, the gradient
+// is rounded once. In fp32/fp64 the stored s_r has exactly the recomputed bits.
+template <typename scalar_t, typename acc_t>
+constexpr bool kRecomputeNorm = sizeof(scalar_t) < sizeof(acc_t);
 
 // window_norm_backward, per_edge mode: grad_a_e = -0.5 s_r^3 grad_s_r for every edge e leaving r.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kNormWarps * 32)
     window_norm_grad_per_edge_kernel(const scalar_t* __restrict__ gs, const scalar_t* __restrict__ s,
-                                     scalar_t* __restrict__ gw, WindowArgs a) {
+                                     const scalar_t* __restrict__ w, scalar_t* __restrict__ gw, WindowArgs a) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + (threadIdx.x >> 5);
   if (row >= a.M * a.N) return;
   const int64_t m = row / a.N, t = row - m * a.N;
   const RowWindow rw = row_window(a, t);
-  const acc_t si = to_acc<acc_t>(s[row]);
+  acc_t si;
+  if constexpr (kRecomputeNorm<scalar_t, acc_t>) {
+    si = inv_sqrt_degree(row_degree<scalar_t, acc_t>(w, a, m, t, rw, lane));
+  } else {
+    si = to_acc<acc_t>(s[row]);
+  }
   const scalar_t v = static_cast<scalar_t>(acc_t(-0.5) * si * si * si * to_acc<acc_t>(gs[row]));
   for (int64_t n = 0; n < a.M; ++n) {
     if (n == m) continue;
@@ -236,10 +259,12 @@ __global__ void __launch_bounds__(kNormWarps * 32)
   }
 }
 
-// Per-edge values of window_norm_backward (relative mode): depend on the row only.
-template <typename scalar_t, typename acc_t>
+// Per-edge values of window_norm_backward (relative mode): depend on the row only. norm_t:
+// scalar_t (the stored norm), or acc_t for fp16/bf16 (recomputed by window_norm_kernel, see
+// kRecomputeNorm).
+template <typename scalar_t, typename acc_t, typename norm_t = scalar_t>
 struct NormGradEdges {
-  const scalar_t* s;
+  const norm_t* s;
   const scalar_t* gs;
   __device__ __forceinline__ acc_t operator()(int64_t row, int64_t /*edge*/) const {
     const acc_t si = to_acc<acc_t>(s[row]);

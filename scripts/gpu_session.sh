@@ -19,10 +19,14 @@
 #                build here (sm_90, all cores); then a smoke check against the reference
 #   cuda         pytest tests/test_cuda.py
 #   ops_cuda     bench/ops.py --preset gpu-targets (T1 bandwidth fp32+bf16 D 256/512, T2 shift), cuda
-#   triton       pytest tests/test_triton.py (Triton's compiler: slow the first time)
-#   ops_triton   bench/ops.py --preset gpu-targets, triton
 #   model_cuda   bench/model.py --preset gpu-targets (T3: IEMOCAP batch, 16x1000, 1x20000), cuda + original
-#   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path)
+#   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path,
+#                with each epoch's top kernels)
+#   epoch_compiled  bench/epoch.py --paths device,compiled (the model under torch.compile)
+#   ops_triton   bench/ops.py --preset gpu-targets, triton (TRITON_PRINT_AUTOTUNING=1: the tiles
+#                the autotuner picks, for triton_kernels.PINNED)
+#   triton       pytest tests/test_triton.py (Triton's compiler: cold, 8 processes took > 150 s
+#                on the first H200 run; 113 s warm)
 #   ab_tc        bf16 bandwidth again with GRAPHSMILE_CUDA_TENSOR_CORES=0 (the FFMA kernels) and with
 #                GRAPHSMILE_CUDA_TC_DTILES=1 (the tensor-core forward restaging its coefficients for
 #                every feature tile), beside ops_cuda's defaults (records carry cuda_tensor_cores,
@@ -51,9 +55,9 @@ export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda triton ops_triton model_cuda epoch ab_tc ab_nll model_triton stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda model_cuda epoch epoch_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
 # the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
-NEEDS_EXT="cuda ops_cuda model_cuda epoch ab_tc ab_nll stack profile"
+NEEDS_EXT="cuda ops_cuda model_cuda epoch epoch_compiled ab_tc ab_nll stack profile"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -173,7 +177,7 @@ fi
 touch "$OUT/logs/ext.ok"
 '
 NEED_EXT=0
-for s in cuda ops_cuda triton ops_triton model_cuda epoch ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
+for s in cuda ops_cuda triton ops_triton model_cuda epoch epoch_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
@@ -188,19 +192,22 @@ OPS='$PY bench/ops.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $
 BE=cuda; [ "$GS_DEVICE" = cuda ] || BE=cpu
 MODEL='$PY bench/model.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $((LIMIT - 25)) --out $OUT/results/model.jsonl'
 
-# --- issues #3 and #4: each GPU backend's tests and bench/ops.py records ---------------------------
+# --- issue #3: the CUDA tests; issue #8: the CUDA benchmarks ---------------------------------------
+# (issue #4, the Triton tests, passed on the first H200 run: they come after the figures now)
 stage cuda 150 40 '$PYTEST $XDIST tests/test_cuda.py --junitxml=$OUT/logs/cuda.xml'
 # --kernel-times: T1's bandwidth also from the kernels' own device time (torch.profiler), as the
 # CUDA-event time of a 50-100 us layer includes the host's launch gaps
 KT=""; [ "$GS_DEVICE" = cuda ] && KT="--kernel-times"
 stage ops_cuda 120 45 "$OPS --preset gpu-targets --providers $BE,floor,dense,unfused --reps 3 $KT"
-# the tests autotune under xdist (8 processes on one GPU): their timings must not be cached for
-# the benchmarks' tile choice
-stage triton 150 40 'GRAPHSMILE_TRITON_AUTOTUNE_CACHE=0 $PYTEST $XDIST tests/test_triton.py --junitxml=$OUT/logs/triton.xml'
-stage ops_triton 120 45 "$OPS --preset gpu-targets --providers triton,floor --reps 3 $KT"
-# --- issue #8: the model, the epoch, the A/B comparisons ------------------------------------------
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
+# torch.compile of the whole model (T4: fewer, fused kernels per step); its warm-up epoch compiles
+stage epoch_compiled 150 60 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --paths device,compiled --out $OUT/results/epoch.jsonl'
+stage ops_triton 120 45 "TRITON_PRINT_AUTOTUNING=1 $OPS --preset gpu-targets --providers triton,floor --reps 3 $KT"
+# the tests autotune under xdist (8 processes on one GPU): their timings must not be cached for
+# the benchmarks' tile choice
+stage triton 270 60 'GRAPHSMILE_TRITON_AUTOTUNE_CACHE=0 $PYTEST $XDIST tests/test_triton.py --junitxml=$OUT/logs/triton.xml'
+# --- issue #8: the A/B comparisons, the rest ------------------------------------------------------
 TC_AB="$OPS --preset gpu-bandwidth --dtype bfloat16 --dim 512 --providers $BE --reps 3 --no-check"
 stage ab_tc 80 30 "GRAPHSMILE_CUDA_TENSOR_CORES=0 $TC_AB; GRAPHSMILE_CUDA_TC_DTILES=1 $TC_AB"
 NLL_AB="$OPS --preset gpu-shift --sections shift_loss --dtype float32 bfloat16 --providers $BE --reps 3 --no-check"

@@ -44,6 +44,7 @@ from graphsmile.ops import num_edges, num_shift_pairs, reference, shift_pair_ind
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emu"))
 import emu_io  # noqa: E402
+from conftest import assert_rounded_once  # noqa: E402
 
 F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
 DT_IDS = {F64: "f64", F32: "f32", BF16: "bf16"}
@@ -213,6 +214,10 @@ def test_window_kernels(emu, case):
     _compare("window_norm", got["s"], exact["s"], theirs["s"], dt)
     got = _split_policies(out["norm_bwd"])
     _compare("window_norm_backward", got["gw"], exact["gw_norm"], theirs["gw_norm"], dt)
+    if dt == BF16:  # s recomputed in fp32 (kRecomputeNorm): the exact gradient rounded once
+        wr = w.to(dt).double().requires_grad_()  # exact for the bf16 inputs the job got
+        reference.window_norm(wr, lens, M, wp, wf, MODES[mode]).backward(gs.to(dt).double())
+        assert_rounded_once("window_norm_backward", got["gw"].reshape(-1), wr.grad.reshape(-1), dt)
     if mode == "per_edge":
         assert torch.all(got["gw"][E:] == 0), "window_norm_backward: entries past E must be 0"
     got = _split_policies(out["spmm"])

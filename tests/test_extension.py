@@ -25,6 +25,24 @@ def test_auto_backend_is_cpu_kernel_on_cpu():
     assert ops._backend.resolve("auto", torch.device("cpu")) == "cpu"
 
 
+def test_auto_backend_on_gpu_by_dtype(monkeypatch):
+    """On a GPU, "auto" takes Triton for fp16/bf16 window ops (measured faster there) and the
+    CUDA kernels otherwise; the shift ops (no preference) keep the CUDA kernels."""
+    from graphsmile.ops import _backend
+
+    monkeypatch.setattr(_backend._ext, "has_kernel", lambda key: True)
+    monkeypatch.setattr(_backend, "_TRITON", True)
+    cuda = torch.device("cuda")
+    for dt in (torch.float16, torch.bfloat16):
+        assert _backend.resolve("auto", cuda, dt, prefer_triton_low_precision=True) == "triton"
+        assert _backend.resolve("auto", cuda, dt) == "cuda"
+        assert _backend.resolve("cuda", cuda, dt, prefer_triton_low_precision=True) == "cuda"
+    for dt in (torch.float32, torch.float64):
+        assert _backend.resolve("auto", cuda, dt, prefer_triton_low_precision=True) == "cuda"
+    monkeypatch.setattr(_backend, "_TRITON", False)  # no triton: the CUDA kernels in every dtype
+    assert _backend.resolve("auto", cuda, torch.bfloat16, prefer_triton_low_precision=True) == "cuda"
+
+
 def _run(code: str, **env):
     full_env = dict(os.environ, **env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, timeout=120)

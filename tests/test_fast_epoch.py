@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import subprocess
@@ -456,3 +457,20 @@ def test_bench_epoch_quick(tmp_path):
         assert r["time_s"]["reps"] == 1 and r["time_s"]["median"] > 0 and r["train_dialogues"] == 16
     assert recs[2]["same_losses"] is True and recs[2]["speedup_vs_loader"] > 0
     assert recs[0]["data_on_device"] is False and recs[2]["data_on_device"] is True
+
+
+def test_bench_epoch_compiled_path(tmp_path):
+    """The compiled path (Trainer(compile=True), the device-resident data) trains: finite losses
+    close to the eager path's (dropout masks come from compiled code's own random streams)."""
+    out = tmp_path / "epoch.jsonl"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "epoch.py"), "--quick", "--device", "cpu", "--warmup", "0",
+                        "--threads", "1", "--no-eval", "--paths", "device,compiled", "--data-dir", str(tmp_path),
+                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["path"], r["phase"]) for r in recs] == [("device", "train"), ("compiled", "train")]
+    assert recs[1]["data_on_device"] is True
+    eager, compiled = recs[0]["losses"][0], recs[1]["losses"][0]
+    assert math.isfinite(compiled) and abs(compiled - eager) <= 0.02 * abs(eager), (eager, compiled)
+

@@ -9,7 +9,7 @@ import graphsmile.ops as ops
 from graphsmile.ops import dense as dense_mod
 
 import loops
-from conftest import available_backends, random_lengths
+from conftest import available_backends, norm_gradient_rounded_once, random_lengths
 
 BACKENDS = available_backends("cpu")
 
@@ -248,6 +248,15 @@ def test_low_precision_error_within_plain_torch(backend, dtype):
     err_ours = (ours - ref).abs().max().item()
     err_theirs = (theirs - ref).abs().max().item()
     assert err_ours <= 2 * err_theirs + 1e-3, (err_ours, err_theirs)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["per_edge", "relative"])
+def test_low_precision_norm_gradient_rounded_once(backend, dtype, mode):
+    """The kernels' fp16/bf16 window_norm gradient is rounded once (plain torch's is not: the
+    reference backend is left out)."""
+    norm_gradient_rounded_once(backend, dtype, mode)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -38,6 +38,23 @@ inline int64_t row_grain(int64_t work_per_row) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_row));
 }
 
+// s = d^{-1/2} of row (m, dialogue b, utterance j), d = the sum of the weights of its edges
+// [lo, hi) in every other modality, in acc_t; pow(d, -0.5) with the original's masked
+// assignment: +inf (d == 0) becomes 0; d < 0 is NaN.
+template <typename acc_t, typename scalar_t>
+acc_t row_norm(const scalar_t* wd, const WindowMeta& meta, int64_t M, int64_t wp, int64_t wf, int64_t mode,
+               int64_t m, int64_t b, int64_t j, int64_t lo, int64_t hi) {
+  const int64_t L = meta.length[b];
+  acc_t d = 0;
+  for (int64_t n = 0; n < M; ++n) {
+    if (n == m) continue;
+    const int64_t p = modal_pair_index(m, n, M);
+    const int64_t e0 = meta.edge_base[b] + p * meta.band[b] + window_row_start(j, L, wp, wf) - lo;
+    for (int64_t k = lo; k < hi; ++k) d += static_cast<acc_t>(wd[weight_index(mode, e0 + k, p, k - j, wp, wf)]);
+  }
+  return d == acc_t(0) ? acc_t(0) : acc_t(1) / std::sqrt(d);
+}
+
 template <typename scalar_t>
 at::Tensor window_norm_kernel(const at::Tensor& w_, const WindowMeta& meta, int64_t M, int64_t wp,
                               int64_t wf, int64_t mode) {
@@ -51,18 +68,8 @@ at::Tensor window_norm_kernel(const at::Tensor& w_, const WindowMeta& meta, int6
     for (int64_t m = r0 / N; m <= (r1 - 1) / N; ++m) {
       const int64_t t0 = std::max(r0, m * N) - m * N, t1 = std::min(r1, (m + 1) * N) - m * N;
       for_each_utterance(meta, t0, t1, [&](int64_t b, int64_t j) {
-        const int64_t L = meta.length[b];
-        const int64_t lo = window_lo(j, wp), hi = window_hi(j, L, wf);
-        acc_t d = 0;
-        for (int64_t n = 0; n < M; ++n) {
-          if (n == m) continue;
-          const int64_t p = modal_pair_index(m, n, M);
-          const int64_t e0 = meta.edge_base[b] + p * meta.band[b] + window_row_start(j, L, wp, wf) - lo;
-          for (int64_t k = lo; k < hi; ++k) d += static_cast<acc_t>(wd[weight_index(mode, e0 + k, p, k - j, wp, wf)]);
-        }
-        // pow(d, -0.5) with the original's masked assignment: +inf (d == 0) becomes 0; d < 0 is NaN.
-        acc_t v = d == acc_t(0) ? acc_t(0) : acc_t(1) / std::sqrt(d);
-        sd[m * N + meta.start[b] + j] = static_cast<scalar_t>(v);
+        const int64_t lo = window_lo(j, wp), hi = window_hi(j, meta.length[b], wf);
+        sd[m * N + meta.start[b] + j] = static_cast<scalar_t>(row_norm<acc_t>(wd, meta, M, wp, wf, mode, m, b, j, lo, hi));
       });
     }
   });
@@ -100,6 +107,9 @@ at::Tensor window_norm_backward_kernel(const at::Tensor& gs_, const at::Tensor& 
   const at::Tensor gs = gs_.contiguous(), s = s_.contiguous();
   const scalar_t* gsd = gs.data_ptr<scalar_t>();
   const scalar_t* sd = s.data_ptr<scalar_t>();
+  const at::Tensor wc = w.contiguous();
+  const scalar_t* wd = wc.data_ptr<scalar_t>();
+  constexpr bool kRecompute = sizeof(scalar_t) < sizeof(acc_t);
   const int64_t N = meta.num_nodes;
   at::Tensor gw = at::zeros_like(w, at::MemoryFormat::Contiguous);
   std::vector<acc_t> per_edge(mode == kRelative ? meta.num_edges : 0);
@@ -111,10 +121,14 @@ at::Tensor window_norm_backward_kernel(const at::Tensor& gs_, const at::Tensor& 
       const int64_t t0 = std::max(r0, m * N) - m * N, t1 = std::min(r1, (m + 1) * N) - m * N;
       for_each_utterance(meta, t0, t1, [&](int64_t b, int64_t j) {
         const int64_t r = m * N + meta.start[b] + j;
-        const acc_t si = static_cast<acc_t>(sd[r]);
-        const acc_t v = acc_t(-0.5) * si * si * si * static_cast<acc_t>(gsd[r]);
         const int64_t L = meta.length[b];
         const int64_t lo = window_lo(j, wp), hi = window_hi(j, L, wf);
+        // fp16/bf16: s recomputed from the weights in acc_t, not read rounded: -0.5 s^3 would
+        // triple its rounding error (up to 1.5 ulp); so the gradient is rounded once. (fp32/fp64:
+        // the stored s has exactly these bits.)
+        const acc_t si = kRecompute ? row_norm<acc_t>(wd, meta, M, wp, wf, mode, m, b, j, lo, hi)
+                                    : static_cast<acc_t>(sd[r]);
+        const acc_t v = acc_t(-0.5) * si * si * si * static_cast<acc_t>(gsd[r]);
         for (int64_t n = 0; n < M; ++n) {
           if (n == m) continue;
           const int64_t p = modal_pair_index(m, n, M);

@@ -181,13 +181,24 @@ at::Tensor window_norm_backward_cuda(const at::Tensor& grad_norm, const at::Tens
   if (mode == kPerEdge && gw.numel() > meta.num_edges) {
     gw.view(-1).narrow(0, meta.num_edges, gw.numel() - meta.num_edges).zero_();  // unused entries
   }
+  const at::Tensor w = edge_weight.contiguous();
+  const unsigned int blocks = cuda_host::grid_x(ceil_div(rows, gpu::kNormWarps), "window_norm_backward");
   GS_CUDA_DISPATCH(edge_weight.scalar_type(), "window_norm_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (mode == kPerEdge) {
-      const unsigned int blocks = cuda_host::grid_x(ceil_div(rows, gpu::kNormWarps), "window_norm_backward");
       gpu::window_norm_grad_per_edge_kernel<scalar_t, acc_t><<<blocks, gpu::kNormWarps * 32, 0, stream>>>(
-          gs.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), dm.args);
+          gs.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), dm.args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else if constexpr (gpu::kRecomputeNorm<scalar_t, acc_t>) {
+      // fp16/bf16: the norm recomputed unrounded (gpu::kRecomputeNorm), [M * N] in acc_t
+      at::Tensor s_acc = at::empty({rows}, w.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      if (rows > 0) {
+        gpu::window_norm_kernel<scalar_t, acc_t, acc_t><<<blocks, gpu::kNormWarps * 32, 0, stream>>>(
+            w.data_ptr<scalar_t>(), s_acc.data_ptr<acc_t>(), dm.args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      gpu::NormGradEdges<scalar_t, acc_t, acc_t> edges{s_acc.data_ptr<acc_t>(), gs.data_ptr<scalar_t>()};
+      launch_relative_reduce<scalar_t, acc_t>(edges, gw.data_ptr<scalar_t>(), dm.args, gw.numel(), stream);
     } else {
       gpu::NormGradEdges<scalar_t, acc_t> edges{s.data_ptr<scalar_t>(), gs.data_ptr<scalar_t>()};
       launch_relative_reduce<scalar_t, acc_t>(edges, gw.data_ptr<scalar_t>(), dm.args, gw.numel(), stream);

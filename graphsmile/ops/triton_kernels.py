@@ -130,16 +130,10 @@ def _mm(a, b, ACC64: tl.constexpr, IEEE: tl.constexpr, EMU_BF16: tl.constexpr):
 
 
 @triton.jit
-def _norm_fwd_kernel(w_ptr, s_ptr, dia_ptr, dtab_ptr, N, B,
-                     M: tl.constexpr, WP: tl.constexpr, WF: tl.constexpr, MODE: tl.constexpr,
-                     ACC64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _row_norm(w_ptr, m, rmask, clo, chi, wb0, wstep, col_lo, col_hi,
+              M: tl.constexpr, ACC64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """s_i = d_i^{-1/2} of the block's rows of modality m, in the accumulation dtype."""
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    m = tl.program_id(1)
-    t = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = t < N
-    clo, chi, wb0, wstep = _row_setup(t, rmask, dia_ptr, dtab_ptr, B, WP, WF, MODE)
-    col_lo = tl.min(tl.where(rmask, clo, N))
-    col_hi = tl.max(tl.where(rmask, chi, 0))
     d = tl.zeros([BLOCK_R], dtype=ACC)
     for nn in tl.static_range(M - 1):
         wbase = wb0 + (m * (M - 1) + nn) * wstep
@@ -154,16 +148,31 @@ def _norm_fwd_kernel(w_ptr, s_ptr, dia_ptr, dtab_ptr, N, B,
         r = 1.0 / tl.sqrt(dz)
     else:
         r = tl.div_rn(tl.full([BLOCK_R], 1.0, tl.float32), tl.sqrt_rn(dz))
-    s = tl.where(d == 0, 0.0, r)
+    return tl.where(d == 0, 0.0, r)
+
+
+@triton.jit
+def _norm_fwd_kernel(w_ptr, s_ptr, dia_ptr, dtab_ptr, N, B,
+                     M: tl.constexpr, WP: tl.constexpr, WF: tl.constexpr, MODE: tl.constexpr,
+                     ACC64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    m = tl.program_id(1)
+    t = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = t < N
+    clo, chi, wb0, wstep = _row_setup(t, rmask, dia_ptr, dtab_ptr, B, WP, WF, MODE)
+    col_lo = tl.min(tl.where(rmask, clo, N))
+    col_hi = tl.max(tl.where(rmask, chi, 0))
+    s = _row_norm(w_ptr, m, rmask, clo, chi, wb0, wstep, col_lo, col_hi, M, ACC64, BLOCK_R, BLOCK_K)
     tl.store(s_ptr + m * N + t, s.to(s_ptr.dtype.element_ty), mask=rmask)
 
 
 # grad_a_e = -0.5 s_i^3 grad_s_i for every edge leaving row i.   grid (cdiv(N, BLOCK_R), M*(M-1))
 # MODE 0 writes gw[edge id]; MODE 1 writes rel[p, k - j + WP, t] (summed over t on the host).
+# RECOMPUTE (fp16/bf16): s_i recomputed from the weights in fp32 instead of read rounded, since
+# -0.5 s_i^3 would triple its rounding error (up to 1.5 ulp); the gradient is rounded once.
 @triton.jit
-def _norm_bwd_kernel(gs_ptr, s_ptr, gw_ptr, rel_ptr, dia_ptr, dtab_ptr, N, B,
+def _norm_bwd_kernel(gs_ptr, s_ptr, w_ptr, gw_ptr, rel_ptr, dia_ptr, dtab_ptr, N, B,
                      M: tl.constexpr, WP: tl.constexpr, WF: tl.constexpr, MODE: tl.constexpr,
-                     ACC64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                     ACC64: tl.constexpr, RECOMPUTE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     p = tl.program_id(1)
     m = p // (M - 1)
@@ -173,7 +182,10 @@ def _norm_bwd_kernel(gs_ptr, s_ptr, gw_ptr, rel_ptr, dia_ptr, dtab_ptr, N, B,
     col_lo = tl.min(tl.where(rmask, clo, N))
     col_hi = tl.max(tl.where(rmask, chi, 0))
     wbase = wb0 + p * wstep
-    si = tl.load(s_ptr + m * N + t, mask=rmask, other=0.0).to(ACC)
+    if RECOMPUTE:
+        si = _row_norm(w_ptr, m, rmask, clo, chi, wb0, wstep, col_lo, col_hi, M, ACC64, BLOCK_R, BLOCK_K)
+    else:
+        si = tl.load(s_ptr + m * N + t, mask=rmask, other=0.0).to(ACC)
     g = tl.load(gs_ptr + m * N + t, mask=rmask, other=0.0).to(ACC)
     v = -0.5 * si * si * si * g
     for c0 in range(col_lo, col_hi, BLOCK_K):

@@ -225,8 +225,9 @@ def _window_norm_backward_op(grad_norm: torch.Tensor, norm: torch.Tensor, edge_w
     rel = torch.zeros(P, win_p + win_f + 1, N, dtype=acc, device=w.device) if mode == 1 else _dummy(w, acc)
     if N > 0:
         grid = (triton.cdiv(N, _NORM_BLOCKS["BLOCK_R"]), P)
-        _launch(K.norm_bwd_kernel, grid, gs, s, gw if mode == 0 else _dummy(w), rel, dia, dtab, N, B, M=M, WP=win_p,
-                WF=win_f, MODE=mode, ACC64=acc == torch.float64, **_NORM_BLOCKS)
+        _launch(K.norm_bwd_kernel, grid, gs, s, w, gw if mode == 0 else _dummy(w), rel, dia, dtab, N, B, M=M,
+                WP=win_p, WF=win_f, MODE=mode, ACC64=acc == torch.float64,
+                RECOMPUTE=w.dtype in (torch.float16, torch.bfloat16), **_NORM_BLOCKS)
     if mode == 1:
         gw = rel.sum(-1).to(w.dtype).reshape(w.shape)
     return gw

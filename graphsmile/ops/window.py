@@ -88,7 +88,7 @@ def window_norm(
     check_window(win_p, win_f, num_modal)
     mode = _mode(weight_mode)
     _check_edge_weight(edge_weight, lens, num_modal, win_p, win_f, mode)
-    be = _backend.resolve(backend, edge_weight.device)
+    be = _backend.resolve(backend, edge_weight.device, edge_weight.dtype, prefer_triton_low_precision=True)
     if be in ("cpu", "cuda"):
         return torch.ops.graphsmile.window_norm(edge_weight, _lengths_tensor(lens), sum(lens), num_modal, win_p, win_f, mode)
     if be == "triton":
@@ -126,7 +126,7 @@ def window_spmm(
         raise ValueError(f"norm must be a 1-D tensor with {x.shape[0]} entries (one per row of x), got {getattr(norm, 'shape', type(norm))}")
     _check_same(x, "x", edge_weight, "edge_weight")
     _check_same(x, "x", norm, "norm")
-    be = _backend.resolve(backend, x.device)
+    be = _backend.resolve(backend, x.device, x.dtype, prefer_triton_low_precision=True)
     if be in ("cpu", "cuda"):
         return torch.ops.graphsmile.window_spmm(x, edge_weight, norm, _lengths_tensor(lens), num_modal, win_p, win_f, mode)
     if be == "triton":

@@ -260,11 +260,19 @@ void run_window_norm_backward(const Job& j, Outputs& out) {
   std::vector<scalar_t> gw(w.size(), poison<scalar_t>());
   if (mode == kPerEdge && static_cast<int64_t>(gw.size()) > meta.E)
     std::fill(gw.begin() + meta.E, gw.end(), scalar_t(0.0f));  // unused entries
+  const unsigned blocks = grid_x(ceil_div(rows, gpu::kNormWarps));
   if (mode == kPerEdge) {
-    const unsigned blocks = grid_x(ceil_div(rows, gpu::kNormWarps));
     cuda_emu::launch("window_norm_grad_per_edge_kernel", dim3(blocks), dim3(gpu::kNormWarps * 32), [&] {
-      gpu::window_norm_grad_per_edge_kernel<scalar_t, acc_t>(gs.data(), s.data(), gw.data(), meta.args);
+      gpu::window_norm_grad_per_edge_kernel<scalar_t, acc_t>(gs.data(), s.data(), w.data(), gw.data(), meta.args);
     });
+  } else if constexpr (gpu::kRecomputeNorm<scalar_t, acc_t>) {
+    std::vector<acc_t> s_acc(static_cast<size_t>(rows), poison<acc_t>());
+    if (rows > 0) {
+      cuda_emu::launch("window_norm_kernel", dim3(blocks), dim3(gpu::kNormWarps * 32),
+                       [&] { gpu::window_norm_kernel<scalar_t, acc_t, acc_t>(w.data(), s_acc.data(), meta.args); });
+    }
+    gpu::NormGradEdges<scalar_t, acc_t, acc_t> edges{s_acc.data(), gs.data()};
+    launch_relative_reduce<scalar_t, acc_t>(edges, gw.data(), meta.args, static_cast<int64_t>(gw.size()));
   } else {
     gpu::NormGradEdges<scalar_t, acc_t> edges{s.data(), gs.data()};
     launch_relative_reduce<scalar_t, acc_t>(edges, gw.data(), meta.args, static_cast<int64_t>(gw.size()));
