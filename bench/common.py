@@ -129,6 +129,11 @@ def env_info(device: str, dtype: str) -> Dict[str, Any]:
         # and whether the tiled kernel's fast intrinsics are on
         info["cuda_shift_nll"] = os.environ.get("GRAPHSMILE_CUDA_SHIFT_NLL") or "auto"
         info["cuda_fast_math"] = os.environ.get("GRAPHSMILE_CUDA_FAST_MATH", "0") == "1"
+        # the staged fp32/fp64 forward's feature tiles per block, recorded only when it runs (unset
+        # or 0: the original FFMA forward, as in every record before it existed)
+        ffma = os.environ.get("GRAPHSMILE_CUDA_FFMA_DTILES", "")
+        if ffma not in ("", "0"):
+            info["cuda_ffma_dtiles"] = ffma
     info.update(git_info())
     return info
 

@@ -389,6 +389,134 @@ __global__ void __launch_bounds__(kSpmmThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Forward, staged once (fp32 / fp64: T is both the storage and the accumulation type). The same
+// block tile, band walk, per-thread k-ranges and multiply-add order as window_spmm_forward_kernel
+// (so the same bits), with the staging the first GPU run showed to dominate (GPU_NOTES: the FFMA
+// forward issued about 6 instructions per useful multiply-add) cut down:
+// - a block computes d_tiles consecutive 64-feature tiles, and the band's coefficient tiles
+//   (int64 edge ids, gathers of w and s) are staged once, for the first, when the band's chunks
+//   over all other modalities fit kFwdCfSlots<T> tiles (windows 17/17: 3 chunks per modality);
+//   longer bands restage them per tile;
+// - x is staged with 16-byte loads (vec: D a multiple of 4 and x 16-byte aligned, checked by the
+//   launcher), all of a thread's loads issued before its shared-memory stores.
+// grid: (M * ceil(N / kTileRows), ceil(D / (kTileD * d_tiles))), block: kSpmmThreads.
+template <typename T>
+constexpr int kFwdCfSlots = sizeof(T) == 4 ? 6 : 2;  // 6 x 32 x 36 x 4 B = 27 KB; fp64: 18 KB
+
+// Occupancy: at least kFwdMinBlocks<T> blocks per SM (fp32: 6, as its shared memory allows,
+// capping registers at 80 on sm_90 with no spills; unbounded, ptxas took 127 and 4 blocks per SM;
+// fp64 spilled at 80 and keeps 3).
+template <typename T>
+constexpr int kFwdMinBlocks = sizeof(T) == 4 ? 6 : 3;
+
+template <typename T>
+__global__ void __launch_bounds__(kSpmmThreads, kFwdMinBlocks<T>)
+    window_spmm_forward_staged_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ s,
+                                      T* __restrict__ y, WindowArgs a, int64_t D, int64_t d_tiles, bool vec) {
+  constexpr int kLd = kChunk + 4;                                    // cf row stride (as the kernel above)
+  constexpr int kVecPerThread = kChunk * kTileD / 4 / kSpmmThreads;  // 16-byte groups of 4 per thread: 4
+  __shared__ __align__(16) T xs[kChunk * kTileD];                    // [k][d]
+  __shared__ __align__(16) T cf[kFwdCfSlots<T> * kTileRows * kLd];   // [slot][r][k]
+  __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
+  const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
+  load_windows<kTileRows, T, T>(a, t0, nrows, tid, r_lo, r_hi, r_eb, r_band);
+  __syncthreads();
+  const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
+  const int64_t band_chunks = (a.M - 1) * ((band_hi - band_lo + kChunk - 1) / kChunk);
+  const bool cached = band_chunks <= kFwdCfSlots<T>;  // uniform per block
+  const int ry = tid / (kTileD / 4), dx = tid % (kTileD / 4);
+  const int rfirst = 4 * ry, rlast = static_cast<int>(gs_min(4 * ry + 3, nrows - 1));
+  const bool th_any = rfirst < nrows;
+  const int64_t th_lo = th_any ? r_lo[rfirst] : 0, th_hi = th_any ? r_hi[rlast] : 0;
+
+  for (int64_t dt = 0; dt < d_tiles; ++dt) {
+    const int64_t d0 = (static_cast<int64_t>(blockIdx.y) * d_tiles + dt) * kTileD;
+    if (d0 >= D) break;  // uniform per block
+    T acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[i][q] = T(0);
+    int slot = 0;  // the chunk's coefficient tile (cached: one per chunk; else tile 0, restaged)
+    for (int64_t n = 0; n < a.M; ++n) {
+      if (n == m) continue;
+      const int64_t p = modal_pair_index(m, n, a.M);
+      const T* __restrict__ xn = x + n * N * D;
+      const T* __restrict__ sn = s + n * N;
+      for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk, ++slot) {
+        const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
+        T* __restrict__ cft = cf + (cached ? slot : 0) * kTileRows * kLd;
+        __syncthreads();  // the previous chunk's products are done with xs (and an uncached cf)
+        if (vec) {
+          T v[kVecPerThread][4];
+#pragma unroll
+          for (int it = 0; it < kVecPerThread; ++it) {
+            const int idx = tid + it * kSpmmThreads;
+            const int k = idx / (kTileD / 4), dd = 4 * (idx % (kTileD / 4));
+            if (k < clen && d0 + dd < D) {  // D % 4 == 0: the whole group is inside
+              load4(&xn[(u0 + k) * D + d0 + dd], v[it]);
+            } else {
+#pragma unroll
+              for (int q = 0; q < 4; ++q) v[it][q] = T(0);
+            }
+          }
+#pragma unroll
+          for (int it = 0; it < kVecPerThread; ++it) {
+            const int idx = tid + it * kSpmmThreads;
+            const int k = idx / (kTileD / 4), dd = 4 * (idx % (kTileD / 4));
+#pragma unroll
+            for (int q = 0; q < 4; ++q) xs[k * kTileD + dd + q] = v[it][q];
+          }
+        } else {
+          stage_tile<kChunk, kTileD, kSpmmThreads>(xn, u0, clen, d0, D, tid, [&](int k, int dd, const T* v) {
+            xs[k * kTileD + dd] = v != nullptr ? *v : T(0);
+          });
+        }
+        if (!cached || dt == 0)
+          stage_row_coefs<T>(a, w, sn, r_lo, r_hi, r_eb, r_band, p, t0, u0, clen, tid,
+                             [&](int r, int k, T c) { cft[r * kLd + k] = c; });
+        __syncthreads();
+        if (th_any) {
+          const int kb = static_cast<int>(gs_min(gs_max(th_lo - u0, 0), kChunk)) & ~3;
+          const int ke = static_cast<int>(gs_max(gs_min(th_hi - u0, clen), 0));
+          for (int k = kb; k < ke; k += 4) {  // k + 3 < kChunk: kb, kChunk multiples of 4
+            T xv[4][4], cv[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) load4(&xs[(k + kk) * kTileD + 4 * dx], xv[kk]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) load4(&cft[(4 * ry + i) * kLd + k], cv[i]);
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+              for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[i][q] += cv[i][kk] * xv[kk][q];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = 4 * ry + i;
+      if (r >= nrows) continue;
+      const int64_t row = m * N + t0 + r;
+      const T si = s[row];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int64_t d = d0 + 4 * dx + q;
+        if (d < D) y[row * D + d] = si * acc[i][q];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Forward on tensor cores, for 16-bit storage (fp16 / bf16; tc_t = __half / __nv_bfloat16 for
 // the wmma fragments): the same block tile, band walk and staging as the kernel above, but the
 // chunk GEMM [32 rows x 32 k] @ [32 k x 64 d] runs as wmma 16x16x16 products with fp32
@@ -593,6 +721,140 @@ __global__ void __launch_bounds__(kSpmmThreads)
     if (colpart != nullptr) {  // uniform: every lane shuffles
       dot = group_sum(dot, kTileD / 4);
       if (valid && dx == 0) colpart[static_cast<int64_t>(blockIdx.y) * a.M * N + col] = dot;
+    }
+  }
+}
+
+// Backward pass A, staged (fp32 / fp64; GRAPHSMILE_CUDA_FFMA_DTILES, as the staged forward): the
+// kernel above with d_tiles feature tiles per block, the band's coefficient tiles (and the source
+// rows' windows they need) staged once for all of them when the band's chunks fit
+// kFwdCfSlots<T>, and g staged with 16-byte loads (vec). Same sums in the same order: the same
+// bits. colpart gets one partial per 64-feature tile, as before (index blockIdx.y * d_tiles + dt).
+// grid: (M * ceil(N / kTileRows), ceil(D / (kTileD * d_tiles))), block: kSpmmThreads.
+// Occupancy: fp32 5 blocks per SM (37.5 KB of shared memory each, plus the 1 KB per block the
+// SM reserves: 6 would need 231 KB of its 228), 102 registers, no spills on sm_90; fp64 3.
+template <typename T>
+constexpr int kColsMinBlocks = sizeof(T) == 4 ? 5 : 3;
+
+template <typename T>
+__global__ void __launch_bounds__(kSpmmThreads, kColsMinBlocks<T>)
+    window_spmm_cols_staged_kernel(const T* __restrict__ g, const T* __restrict__ x, const T* __restrict__ w,
+                                   const T* __restrict__ s, T* __restrict__ gx, T* __restrict__ colpart, WindowArgs a,
+                                   int64_t D, int64_t d_tiles, bool vec) {
+  constexpr int kLd = kTileRows + 4;
+  constexpr int kVecPerThread = kChunk * kTileD / 4 / kSpmmThreads;
+  __shared__ __align__(16) T gsrc[kChunk * kTileD];                 // [k][d]: source rows t
+  __shared__ __align__(16) T cf[kFwdCfSlots<T> * kChunk * kLd];     // [slot][k][r]: r = target column
+  __shared__ int64_t c_lo[kTileRows], c_hi[kTileRows];
+  __shared__ int64_t s_lo[kChunk], s_hi[kChunk], s_eb[kChunk], s_band[kChunk];
+  __shared__ T s_s[kChunk];
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) - n * tiles) * kTileRows;
+  const int ncols = static_cast<int>(gs_min(kTileRows, N - c0));
+  load_col_windows<kTileRows>(a, c0, ncols, tid, c_lo, c_hi);
+  __syncthreads();
+  const int64_t band_lo = c_lo[0], band_hi = c_hi[ncols - 1];
+  const int64_t band_chunks = (a.M - 1) * ((band_hi - band_lo + kChunk - 1) / kChunk);
+  const bool cached = band_chunks <= kFwdCfSlots<T>;  // uniform per block
+  const int ry = tid / (kTileD / 4), dx = tid % (kTileD / 4);
+  const int rfirst = 4 * ry, rlast = static_cast<int>(gs_min(4 * ry + 3, ncols - 1));
+  const bool th_any = rfirst < ncols;
+  const int64_t th_lo = th_any ? c_lo[rfirst] : 0, th_hi = th_any ? c_hi[rlast] : 0;
+
+  for (int64_t dt = 0; dt < d_tiles; ++dt) {
+    const int64_t dtile = static_cast<int64_t>(blockIdx.y) * d_tiles + dt;
+    const int64_t d0 = dtile * kTileD;
+    if (d0 >= D) break;  // uniform per block
+    T acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[i][q] = T(0);
+    int slot = 0;
+    for (int64_t m = 0; m < a.M; ++m) {
+      if (m == n) continue;
+      const int64_t p = modal_pair_index(m, n, a.M);
+      const T* __restrict__ gm = g + m * N * D;
+      for (int64_t t0 = band_lo; t0 < band_hi; t0 += kChunk, ++slot) {
+        const int clen = static_cast<int>(gs_min(kChunk, band_hi - t0));
+        T* __restrict__ cft = cf + (cached ? slot : 0) * kChunk * kLd;
+        __syncthreads();  // the previous chunk is done with gsrc (and an uncached cf, s_*)
+        if (vec) {
+          T v[kVecPerThread][4];
+#pragma unroll
+          for (int it = 0; it < kVecPerThread; ++it) {
+            const int idx = tid + it * kSpmmThreads;
+            const int k = idx / (kTileD / 4), dd = 4 * (idx % (kTileD / 4));
+            if (k < clen && d0 + dd < D) {
+              load4(&gm[(t0 + k) * D + d0 + dd], v[it]);
+            } else {
+#pragma unroll
+              for (int q = 0; q < 4; ++q) v[it][q] = T(0);
+            }
+          }
+#pragma unroll
+          for (int it = 0; it < kVecPerThread; ++it) {
+            const int idx = tid + it * kSpmmThreads;
+            const int k = idx / (kTileD / 4), dd = 4 * (idx % (kTileD / 4));
+#pragma unroll
+            for (int q = 0; q < 4; ++q) gsrc[k * kTileD + dd + q] = v[it][q];
+          }
+        } else {
+          stage_tile<kChunk, kTileD, kSpmmThreads>(gm, t0, clen, d0, D, tid, [&](int k, int dd, const T* v) {
+            gsrc[k * kTileD + dd] = v != nullptr ? *v : T(0);
+          });
+        }
+        if (!cached || dt == 0) {  // uniform per block
+          load_windows<kChunk>(a, t0, clen, tid, s_lo, s_hi, s_eb, s_band, s + m * N + t0, s_s);
+          __syncthreads();
+          stage_col_coefs(a, w, s_lo, s_hi, s_eb, s_band, s_s, p, t0, c0, ncols, tid,
+                          [&](int k, int r, T c) { cft[k * kLd + r] = c; });
+        }
+        __syncthreads();
+        if (th_any) {
+          const int kb = static_cast<int>(gs_min(gs_max(th_lo - t0, 0), kChunk)) & ~3;
+          const int ke = static_cast<int>(gs_max(gs_min(th_hi - t0, clen), 0));
+          for (int k = kb; k < ke; k += 4) {
+            T gv[4][4], cv[4][4];
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) load4(&gsrc[(k + kk) * kTileD + 4 * dx], gv[kk]);
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) load4(&cft[(k + kk) * kLd + 4 * ry], cv[kk]);
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+              for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[i][q] += cv[kk][i] * gv[kk][q];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = 4 * ry + i;
+      const bool valid = r < ncols;
+      const int64_t col = n * N + c0 + r;
+      T dot = T(0);
+      if (valid) {
+        const T sc = s[col];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int64_t d = d0 + 4 * dx + q;
+          if (d < D) {
+            if (gx != nullptr) gx[col * D + d] = sc * acc[i][q];
+            if (colpart != nullptr) dot += x[col * D + d] * acc[i][q];
+          }
+        }
+      }
+      if (colpart != nullptr) {  // uniform: every lane shuffles
+        dot = group_sum(dot, kTileD / 4);
+        if (valid && dx == 0) colpart[dtile * a.M * N + col] = dot;
+      }
     }
   }
 }

@@ -19,6 +19,7 @@
 #                build here (sm_90, all cores); then a smoke check against the reference
 #   cuda         pytest tests/test_cuda.py
 #   ops_cuda     bench/ops.py --preset gpu-targets (T1 bandwidth fp32+bf16 D 256/512, T2 shift), cuda
+#   ab_ffma      fp32 bandwidth with the staged forward (GRAPHSMILE_CUDA_FFMA_DTILES=8 and 2)
 #   model_cuda   bench/model.py --preset gpu-targets (T3: IEMOCAP batch, 16x1000, 1x20000), cuda + original
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path,
 #                with each epoch's top kernels)
@@ -55,9 +56,9 @@ export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda model_cuda epoch epoch_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda epoch epoch_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
 # the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
-NEEDS_EXT="cuda ops_cuda model_cuda epoch epoch_compiled ab_tc ab_nll stack profile"
+NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda epoch epoch_compiled ab_tc ab_nll stack profile"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -177,7 +178,7 @@ fi
 touch "$OUT/logs/ext.ok"
 '
 NEED_EXT=0
-for s in cuda ops_cuda triton ops_triton model_cuda epoch epoch_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
+for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda epoch epoch_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
@@ -199,6 +200,10 @@ stage cuda 150 40 '$PYTEST $XDIST tests/test_cuda.py --junitxml=$OUT/logs/cuda.x
 # CUDA-event time of a 50-100 us layer includes the host's launch gaps
 KT=""; [ "$GS_DEVICE" = cuda ] && KT="--kernel-times"
 stage ops_cuda 120 45 "$OPS --preset gpu-targets --providers $BE,floor,dense,unfused --reps 3 $KT"
+# the staged fp32 forward (GRAPHSMILE_CUDA_FFMA_DTILES: coefficients once per block for 8 or 2
+# feature tiles, 16-byte x loads) beside ops_cuda's original forward: records carry cuda_ffma_dtiles
+FFMA_AB="$OPS --preset gpu-bandwidth --dtype float32 --providers $BE --reps 3 $KT"
+stage ab_ffma 80 30 "GRAPHSMILE_CUDA_FFMA_DTILES=8 $FFMA_AB; GRAPHSMILE_CUDA_FFMA_DTILES=2 $FFMA_AB"
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
 # torch.compile of the whole model (T4: fewer, fused kernels per step); its warm-up epoch compiles

@@ -821,6 +821,38 @@ def test_tensor_core_forward_feature_tiles(dtype, monkeypatch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: DT_IDS[d])
+def test_staged_ffma_kernels_same_bits(dtype, monkeypatch):
+    """GRAPHSMILE_CUDA_FFMA_DTILES (read on every call) = 1, 3, 8: the staged fp32/fp64 forward
+    and backward pass A give the original FFMA kernels' bits (y, grad_x, grad_w), with 16-byte
+    loads (D % 4 == 0, aligned) and without (D = 130; x and grad_y 4/8 bytes off alignment),
+    cached and restaged coefficients; a bad value is an error naming the variable."""
+    for lens, M, wp, wf, D in (([37, 1, 18, 5, 70], 3, 17, 17, 300), ([300, 20], 2, -1, -1, 200),
+                               ([60, 7], 2, 17, 17, 130)):
+        x, w, g = _window_inputs(lens, M, wp, wf, D, "per_edge")
+        x, w, g = x.to(dtype), w.to(dtype), g.to(dtype)
+
+        def shifted(t):  # the same values 4/8 bytes off 16-byte alignment
+            out = torch.empty(t.numel() + 1, dtype=t.dtype, device=CUDA)[1:].view_as(t)
+            return out.copy_(t)
+
+        for xx, gg in ((x, g), (shifted(x), shifted(g))):
+            outs = {}
+            for d_tiles in ("", "1", "3", "8"):
+                monkeypatch.setenv("GRAPHSMILE_CUDA_FFMA_DTILES", d_tiles)
+                xl, wl = xx.detach().requires_grad_(), w.detach().clone().requires_grad_()  # xl keeps xx's address
+                y = ops.window_propagate(xl, wl, lens, M, wp, wf, "per_edge", backend="cuda")
+                y.backward(gg)
+                outs[d_tiles] = (y.detach(), xl.grad, wl.grad)
+            for d_tiles in ("1", "3", "8"):
+                for name, a, b in zip(("y", "grad_x", "grad_w"), outs[d_tiles], outs[""]):
+                    assert torch.equal(a, b), (name, lens, M, wp, wf, D, d_tiles, xx.data_ptr() % 16)
+    monkeypatch.setenv("GRAPHSMILE_CUDA_FFMA_DTILES", "-1")
+    with pytest.raises(ValueError, match="GRAPHSMILE_CUDA_FFMA_DTILES must be an integer from 0 to 64, got '-1'"):
+        ops.window_propagate(x, w, lens, M, wp, wf, "per_edge", backend="cuda")
+
+
+@needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: DT_IDS[d])
 def test_ffma_kernels_with_tensor_cores_off(tmp_path, dtype):
     """fp16/bf16 run on tensor cores by default (sm_80+); GRAPHSMILE_CUDA_TENSOR_CORES=0 (read

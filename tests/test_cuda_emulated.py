@@ -289,6 +289,39 @@ def test_window_spmm_tc_forward_feature_tiles(emu, monkeypatch):
         _compare(f"window_spmm tc {tag}", ys["4"], exact["y"], theirs["y"], BF16)
 
 
+@pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])
+def test_window_spmm_staged_kernels_same_bits(emu, monkeypatch, dt):
+    """The staged fp32/fp64 forward and backward pass A (GRAPHSMILE_CUDA_FFMA_DTILES = 1, 3, 8:
+    coefficients staged once per block for its feature tiles, x / grad_y with 16-byte loads where
+    D % 4 == 0) give the original FFMA kernels' bits (same per-thread sums in the same order), in
+    every output: y, grad_x, grad_w, and grad_norm through pass A's per-tile partials. Cases: the band's
+    chunks cached (windows 17/17, M = 2; fp32 also M = 3) and restaged (windows 40/40 at M = 3;
+    fp64 keeps 2 tiles), D = 300 (vector loads, a partial last tile), D = 130 and 33 (scalar
+    loads), the relative mode, a singleton dialogue."""
+    cases = [([37, 1, 18, 5], 2, 17, 17, 300, "per_edge"), ([40, 30], 3, 17, 17, 130, "per_edge"),
+             ([100], 3, 40, 40, 68, "per_edge"), ([70, 9], 2, 2, 5, 33, "relative"), ([1], 2, 0, 0, 4, "per_edge")]
+    for k, (lens, M, wp, wf, D, mode) in enumerate(cases):
+        x, w, g, gs = _window_inputs(lens, M, wp, wf, D, mode, seed=7300 + k)
+        s = reference.window_norm(w, lens, M, wp, wf, MODES[mode])
+        arrays = dict(lengths=torch.tensor(lens, dtype=torch.long), w=w.to(dt).reshape(-1), s=s.to(dt), x=x.to(dt))
+        ints = dict(M=M, wp=wp, wf=wf, mode=MODES[mode], D=D)
+        bwd = dict(ints, need_gx=1, need_gw=1, need_gs=1)
+        outs = {}
+        for d_tiles in ("0", "1", "3", "8"):
+            monkeypatch.setenv("GRAPHSMILE_CUDA_FFMA_DTILES", d_tiles)
+            out = _run(emu, [("spmm", "window_spmm", dt, ints, arrays),
+                             ("bwd", "window_spmm_backward", dt, bwd, dict(arrays, g=g.to(dt)))])
+            outs[d_tiles] = dict(_split_policies(out["spmm"]), **_split_policies(out["bwd"]))
+        tag = f"{lens} M={M} win {wp},{wf} D={D} {mode}"
+        for d_tiles in ("1", "3", "8"):
+            for name in ("y", "gx", "gw", "gs"):  # gs sums pass A's per-tile partials
+                assert torch.equal(_bits(outs[d_tiles][name]), _bits(outs["0"][name])), (
+                    f"staged {name} {tag}: d_tiles {d_tiles} != original")
+        exact = _window_reference(F64, x, w, g, gs, s, lens, M, wp, wf, mode)
+        for name in ("y", "gx", "gw", "gs"):
+            _compare(f"staged {name} {tag}", outs["8"][name], exact[name], exact[name], dt)
+
+
 def test_window_zero_and_negative_degrees(emu):
     """d == 0 gives s = 0 and a zero gradient through the degree; d < 0 gives NaN (the original's
     masked rsqrt), in the norm kernels; spmm with a zero-degree row."""

@@ -95,6 +95,22 @@ int64_t tc_feature_tiles() {
   return v;
 }
 
+// Feature tiles per block of the staged fp32/fp64 forward and backward pass A
+// (window_spmm_forward_staged_kernel, window_spmm_cols_staged_kernel: coefficients staged once for
+// all of their tiles, x / grad_y with 16-byte loads), from
+// GRAPHSMILE_CUDA_FFMA_DTILES (read on every call). Unset, empty or 0: the original FFMA forward
+// and pass A (window_spmm_forward_kernel, window_spmm_cols_kernel), the default until a GPU run
+// has timed them side by side.
+int64_t ffma_feature_tiles() {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_FFMA_DTILES");
+  if (e == nullptr || *e == '\0') return 0;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  TORCH_CHECK_VALUE(*end == '\0' && v >= 0 && v <= 64, "graphsmile: the environment variable ",
+                    "GRAPHSMILE_CUDA_FFMA_DTILES must be an integer from 0 to 64, got '", e, "'");
+  return v;
+}
+
 template <typename T>
 struct TypeTag {
   using type = T;
@@ -231,6 +247,19 @@ at::Tensor window_spmm_cuda(const at::Tensor& x_, const at::Tensor& edge_weight,
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     if (launched) return;
+    if constexpr (std::is_same<scalar_t, acc_t>::value) {  // fp32 / fp64
+      const int64_t d_tiles = ffma_feature_tiles();
+      if (d_tiles > 0) {
+        const dim3 st_grid(grid.x, cuda_host::grid_y(ceil_div(D, gpu::kTileD * d_tiles), "window_spmm (feature tiles)"));
+        // 16-byte loads of x: every row start 16-byte aligned
+        const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+        gpu::window_spmm_forward_staged_kernel<scalar_t><<<st_grid, gpu::kSpmmThreads, 0, stream>>>(
+            x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D,
+            d_tiles, vec);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+    }
     gpu::window_spmm_forward_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -279,7 +308,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
             colpart_ptr, dm.args, D);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
-      if (!launched) {
+      bool staged = false;
+      if constexpr (std::is_same<scalar_t, acc_t>::value) {  // fp32 / fp64: the staged pass A
+        const int64_t d_tiles = launched ? 0 : ffma_feature_tiles();
+        if (d_tiles > 0) {
+          staged = true;
+          const dim3 st_grid(row_tiles, cuda_host::grid_y(ceil_div(D, gpu::kTileD * d_tiles), "window_spmm_backward (feature tiles)"));
+          const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0;
+          gpu::window_spmm_cols_staged_kernel<scalar_t><<<st_grid, gpu::kSpmmThreads, 0, stream>>>(
+              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx_ptr,
+              colpart_ptr, dm.args, D, d_tiles, vec);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      }
+      if (!launched && !staged) {
         gpu::window_spmm_cols_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
             g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx_ptr,
             colpart_ptr, dm.args, D);

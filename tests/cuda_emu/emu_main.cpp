@@ -183,6 +183,15 @@ int64_t tc_feature_tiles() {
   if (v < 1 || v > 64) die("GRAPHSMILE_CUDA_TC_DTILES must be 1 to 64");
   return v;
 }
+// As the forward launcher: feature tiles per block of the staged fp32/fp64 forward,
+// GRAPHSMILE_CUDA_FFMA_DTILES (0 or unset: the original FFMA forward).
+int64_t ffma_feature_tiles() {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_FFMA_DTILES");
+  if (e == nullptr || *e == '\0') return 0;
+  const long v = std::strtol(e, nullptr, 10);
+  if (v < 0 || v > 64) die("GRAPHSMILE_CUDA_FFMA_DTILES must be 0 to 64");
+  return v;
+}
 // The emulated storage types with a wmma fragment type (the launchers' TensorCoreType).
 template <typename scalar_t>
 constexpr bool kTensorCoreType = std::is_same<scalar_t, BF16>::value;
@@ -300,7 +309,20 @@ void run_window_spmm(const Job& j, Outputs& out) {
         });
       }
     }
-    if (!tc) {
+    bool staged = false;
+    if constexpr (std::is_same<scalar_t, acc_t>::value) {
+      const int64_t d_tiles = ffma_feature_tiles();
+      if (!tc && d_tiles > 0) {
+        staged = true;
+        const dim3 st_grid(grid.x, grid_y(ceil_div(D, gpu::kTileD * d_tiles)));
+        const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(x.data()) % 16 == 0;
+        cuda_emu::launch("window_spmm_forward_staged_kernel", st_grid, dim3(gpu::kSpmmThreads), [&] {
+          gpu::window_spmm_forward_staged_kernel<scalar_t>(x.data(), w.data(), s.data(), y.data(), meta.args, D, d_tiles,
+                                                           vec);
+        });
+      }
+    }
+    if (!tc && !staged) {
       cuda_emu::launch("window_spmm_forward_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
         gpu::window_spmm_forward_kernel<scalar_t, acc_t>(x.data(), w.data(), s.data(), y.data(), meta.args, D);
       });
@@ -344,7 +366,21 @@ void run_window_spmm_backward(const Job& j, Outputs& out) {
           });
         }
       }
-      if (!tc) {
+      bool staged = false;
+      if constexpr (std::is_same<scalar_t, acc_t>::value) {
+        const int64_t d_tiles = ffma_feature_tiles();
+        if (!tc && d_tiles > 0) {
+          staged = true;
+          const dim3 st_grid(row_tiles, grid_y(ceil_div(D, gpu::kTileD * d_tiles)));
+          const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data()) % 16 == 0;
+          cuda_emu::launch("window_spmm_cols_staged_kernel", st_grid, dim3(gpu::kSpmmThreads), [&] {
+            gpu::window_spmm_cols_staged_kernel<scalar_t>(g.data(), x.data(), w.data(), s.data(),
+                                                          need_gx ? gx.data() : nullptr, colpart_ptr, meta.args, D,
+                                                          d_tiles, vec);
+          });
+        }
+      }
+      if (!tc && !staged) {
         cuda_emu::launch("window_spmm_cols_kernel", grid, dim3(gpu::kSpmmThreads), [&] {
           gpu::window_spmm_cols_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(),
                                                         need_gx ? gx.data() : nullptr, colpart_ptr, meta.args, D);
