@@ -1052,6 +1052,161 @@ __global__ void __launch_bounds__(kDotThreads)
   }
 }
 
+// Backward pass B, staged (fp32 / fp64; with GRAPHSMILE_CUDA_FFMA_DTILES > 0, as the staged
+// forward and pass A): the kernel above with the g and x tiles of each 32-feature step staged by
+// 16-byte loads (vec: D % 4 == 0 and g, x 16-byte aligned), all of a thread's 8 loads issued
+// before its shared-memory stores: the first GPU run found this kernel latency-bound (1.16 ms at
+// fp32 D = 512 16x3200; 44% SM, 20% DRAM, 3% L1 hits), waiting on one scalar load at a time.
+// Same dots in the same order: the same bits. Without vec it is the kernel above.
+template <typename T>
+__device__ __forceinline__ void stage_dot_tiles_vec(const T* __restrict__ gm, int nrows, const T* __restrict__ xc,
+                                                    int clen, int64_t f0, int64_t D, int tid, T* gt, T* xt) {
+  constexpr int kLd = kDotD + 4;
+  constexpr int kGroups = kDotD / 4;                           // 16-byte groups per tile row: 8
+  constexpr int kPerThread = kTileRows * kGroups / kDotThreads;  // 4 (kChunk == kTileRows)
+  T gv[kPerThread][4], xv[kPerThread][4];
+#pragma unroll
+  for (int it = 0; it < kPerThread; ++it) {
+    const int idx = tid + it * kDotThreads;
+    const int r = idx / kGroups, dd = 4 * (idx % kGroups);
+    const bool in_d = f0 + dd < D;  // D % 4 == 0: the whole group
+    if (r < nrows && in_d) {
+      load4(&gm[r * D + f0 + dd], gv[it]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) gv[it][q] = T(0);
+    }
+    if (r < clen && in_d) {
+      load4(&xc[r * D + f0 + dd], xv[it]);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) xv[it][q] = T(0);
+    }
+  }
+#pragma unroll
+  for (int it = 0; it < kPerThread; ++it) {
+    const int idx = tid + it * kDotThreads;
+    const int r = idx / kGroups, dd = 4 * (idx % kGroups);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      gt[r * kLd + dd + q] = gv[it][q];
+      xt[r * kLd + dd + q] = xv[it][q];
+    }
+  }
+}
+
+// Occupancy: fp32 at least 10 blocks (20 warps) per SM: 96 registers, no spills on sm_90
+// (unbounded, the batched loads took 115 and 8 blocks; 12 blocks spilled; the original kernel has
+// 80 registers, 12 blocks); fp64 6.
+template <typename T>
+constexpr int kRowsMinBlocks = sizeof(T) == 4 ? 10 : 6;
+
+template <typename T>
+__global__ void __launch_bounds__(kDotThreads, kRowsMinBlocks<T>)
+    window_spmm_rows_staged_kernel(const T* __restrict__ g, const T* __restrict__ x, const T* __restrict__ w,
+                                   const T* __restrict__ s, T* __restrict__ gw, T* __restrict__ tmp,
+                                   const T* __restrict__ colpart, int64_t n_colpart, T* __restrict__ gs, WindowArgs a,
+                                   int64_t D, bool vec) {
+  static_assert(kChunk == kTileRows, "stage_dot_tiles_vec stages two tiles of the same shape");
+  __shared__ __align__(16) T gt[kTileRows * (kDotD + 4)];  // [r][d], rows padded
+  __shared__ __align__(16) T xt[kChunk * (kDotD + 4)];     // [k][d]
+  __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
+  __shared__ T r_s[kTileRows];
+  __shared__ T c_s[kChunk];
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
+  const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
+  load_windows<kTileRows>(a, t0, nrows, tid, r_lo, r_hi, r_eb, r_band, s + m * N + t0, r_s);
+  __syncthreads();
+  const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
+  const int ry = tid >> 3, kx = tid & 7;  // rows ry + 8i, columns kx + 8j
+  const bool edge_grad = gw != nullptr || tmp != nullptr;
+  const T* __restrict__ gm = g + (m * N + t0) * D;
+  T rowsum[4] = {T(0), T(0), T(0), T(0)};
+
+  for (int64_t n = 0; n < a.M; ++n) {
+    if (n == m) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
+      const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
+      const T* __restrict__ xc = x + (n * N + u0) * D;
+      __syncthreads();  // the previous chunk's epilogue is done with c_s
+      if (tid < kChunk) c_s[tid] = tid < clen ? s[n * N + u0 + tid] : T(0);
+      T dots[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) dots[i][j] = T(0);
+      for (int64_t f0 = 0; f0 < D; f0 += kDotD) {
+        __syncthreads();  // the previous step is done with gt / xt
+        if (vec) {
+          stage_dot_tiles_vec(gm, nrows, xc, clen, f0, D, tid, gt, xt);
+        } else {
+          stage_tile<kTileRows, kDotD, kDotThreads>(gm, 0, nrows, f0, D, tid, [&](int r, int dd, const T* v) {
+            gt[r * (kDotD + 4) + dd] = v != nullptr ? *v : T(0);
+          });
+          stage_tile<kChunk, kDotD, kDotThreads>(xc, 0, clen, f0, D, tid, [&](int k, int dd, const T* v) {
+            xt[k * (kDotD + 4) + dd] = v != nullptr ? *v : T(0);
+          });
+        }
+        __syncthreads();
+#pragma unroll 2
+        for (int dd = 0; dd < kDotD; dd += 4) {
+          T gv[4][4], xv[4][4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) load4(&gt[(ry + 8 * i) * (kDotD + 4) + dd], gv[i]);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) load4(&xt[(kx + 8 * j) * (kDotD + 4) + dd], xv[j]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+              for (int q = 0; q < 4; ++q) dots[i][j] += gv[i][q] * xv[j][q];
+        }
+      }
+      __syncthreads();  // c_s visible (also when D == 0)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = ry + 8 * i;
+        if (r >= nrows) continue;
+        const int64_t lo = r_lo[r], hi = r_hi[r];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int k = kx + 8 * j;
+          const int64_t u = u0 + k;
+          if (k >= clen || u < lo || u >= hi) continue;
+          const T sj = c_s[k], dot = dots[i][j];
+          const int64_t e = r_eb[r] + p * r_band[r] + u;
+          if (edge_grad) {
+            const T v = r_s[r] * sj * dot;
+            if (gw != nullptr) gw[e] = v;
+            else tmp[e] = v;
+          }
+          if (gs != nullptr) rowsum[i] += w[edge_slot(a, e, p, t0 + r, u)] * sj * dot;
+        }
+      }
+    }
+  }
+  if (gs != nullptr) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const T part = group_sum(rowsum[i], 8);  // the 8 column-threads of rows ry + 8i
+      const int r = ry + 8 * i;
+      if (kx == 0 && r < nrows) {
+        const int64_t row = m * N + t0 + r;
+        T total = T(0);
+        for (int64_t dc = 0; dc < n_colpart; ++dc) total += colpart[dc * a.M * N + row];
+        gs[row] = total + part;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backward pass B on tensor cores, for 16-bit storage: the per-edge dots of a 32-row tile and a
 // 32-column chunk, G[32 x D] @ X_chunk^T[D x 32], as wmma over D in steps of kTcDotD (x read as a

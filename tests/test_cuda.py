@@ -824,7 +824,7 @@ def test_tensor_core_forward_feature_tiles(dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: DT_IDS[d])
 def test_staged_ffma_kernels_same_bits(dtype, monkeypatch):
     """GRAPHSMILE_CUDA_FFMA_DTILES (read on every call) = 1, 3, 8: the staged fp32/fp64 forward
-    and backward pass A give the original FFMA kernels' bits (y, grad_x, grad_w), with 16-byte
+    and backward passes A and B give the original FFMA kernels' bits (y, grad_x, grad_w), with 16-byte
     loads (D % 4 == 0, aligned) and without (D = 130; x and grad_y 4/8 bytes off alignment),
     cached and restaged coefficients; a bad value is an error naming the variable."""
     for lens, M, wp, wf, D in (([37, 1, 18, 5, 70], 3, 17, 17, 300), ([300, 20], 2, -1, -1, 200),

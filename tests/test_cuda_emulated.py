@@ -291,9 +291,9 @@ def test_window_spmm_tc_forward_feature_tiles(emu, monkeypatch):
 
 @pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])
 def test_window_spmm_staged_kernels_same_bits(emu, monkeypatch, dt):
-    """The staged fp32/fp64 forward and backward pass A (GRAPHSMILE_CUDA_FFMA_DTILES = 1, 3, 8:
-    coefficients staged once per block for its feature tiles, x / grad_y with 16-byte loads where
-    D % 4 == 0) give the original FFMA kernels' bits (same per-thread sums in the same order), in
+    """The staged fp32/fp64 forward and backward passes A and B (GRAPHSMILE_CUDA_FFMA_DTILES = 1,
+    3, 8: coefficients staged once per block for its feature tiles, x / grad_y with 16-byte loads
+    where D % 4 == 0) give the original FFMA kernels' bits (same per-thread sums in the same order), in
     every output: y, grad_x, grad_w, and grad_norm through pass A's per-tile partials. Cases: the band's
     chunks cached (windows 17/17, M = 2; fp32 also M = 3) and restaged (windows 40/40 at M = 3;
     fp64 keeps 2 tiles), D = 300 (vector loads, a partial last tile), D = 130 and 33 (scalar

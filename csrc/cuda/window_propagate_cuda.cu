@@ -97,10 +97,10 @@ int64_t tc_feature_tiles() {
 
 // Feature tiles per block of the staged fp32/fp64 forward and backward pass A
 // (window_spmm_forward_staged_kernel, window_spmm_cols_staged_kernel: coefficients staged once for
-// all of their tiles, x / grad_y with 16-byte loads), from
-// GRAPHSMILE_CUDA_FFMA_DTILES (read on every call). Unset, empty or 0: the original FFMA forward
-// and pass A (window_spmm_forward_kernel, window_spmm_cols_kernel), the default until a GPU run
-// has timed them side by side.
+// all of their tiles, x / grad_y with 16-byte loads), from GRAPHSMILE_CUDA_FFMA_DTILES (read on
+// every call); any n > 0 also runs pass B staged (window_spmm_rows_staged_kernel: 16-byte loads).
+// Unset, empty or 0: the original FFMA kernels, the default until a GPU run has timed them side
+// by side.
 int64_t ffma_feature_tiles() {
   const char* e = std::getenv("GRAPHSMILE_CUDA_FFMA_DTILES");
   if (e == nullptr || *e == '\0') return 0;
@@ -341,7 +341,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
                                                          colpart_ptr, n_colpart, gs_ptr, dm.args, D);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
-      if (!launched) {
+      bool staged = false;
+      if constexpr (std::is_same<scalar_t, acc_t>::value) {  // fp32 / fp64: the staged pass B
+        if (!launched && ffma_feature_tiles() > 0) {
+          staged = true;
+          const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+          gpu::window_spmm_rows_staged_kernel<scalar_t><<<row_tiles, gpu::kDotThreads, 0, stream>>>(
+              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr,
+              tmp_ptr, colpart_ptr, n_colpart, gs_ptr, dm.args, D, vec);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      }
+      if (!launched && !staged) {
         gpu::window_spmm_rows_kernel<scalar_t, acc_t><<<row_tiles, gpu::kDotThreads, 0, stream>>>(
             g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr,
             tmp_ptr, colpart_ptr, n_colpart, gs_ptr, dm.args, D);

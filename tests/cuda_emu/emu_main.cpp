@@ -400,7 +400,20 @@ void run_window_spmm_backward(const Job& j, Outputs& out) {
           });
         }
       }
-      if (!tc) {
+      bool staged = false;
+      if constexpr (std::is_same<scalar_t, acc_t>::value) {
+        if (!tc && ffma_feature_tiles() > 0) {
+          staged = true;
+          const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data()) % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(x.data()) % 16 == 0;
+          cuda_emu::launch("window_spmm_rows_staged_kernel", dim3(row_tiles), dim3(gpu::kDotThreads), [&] {
+            gpu::window_spmm_rows_staged_kernel<scalar_t>(g.data(), x.data(), w.data(), s.data(), gw_ptr, tmp_ptr,
+                                                          colpart_ptr, has_colpart ? n_dtiles : 0,
+                                                          need_gs ? gs.data() : nullptr, meta.args, D, vec);
+          });
+        }
+      }
+      if (!tc && !staged) {
         cuda_emu::launch("window_spmm_rows_kernel", dim3(row_tiles), dim3(gpu::kDotThreads), [&] {
           gpu::window_spmm_rows_kernel<scalar_t, acc_t>(g.data(), x.data(), w.data(), s.data(), gw_ptr, tmp_ptr,
                                                         colpart_ptr, has_colpart ? n_dtiles : 0,
