@@ -134,6 +134,10 @@ def env_info(device: str, dtype: str) -> Dict[str, Any]:
         ffma = os.environ.get("GRAPHSMILE_CUDA_FFMA_DTILES", "")
         if ffma not in ("", "0"):
             info["cuda_ffma_dtiles"] = ffma
+        # the split backward pass B's feature steps per block, likewise only when it runs
+        fsplit = os.environ.get("GRAPHSMILE_CUDA_ROWS_FSPLIT", "")
+        if fsplit not in ("", "0"):
+            info["cuda_rows_fsplit"] = fsplit
     info.update(git_info())
     return info
 

@@ -61,7 +61,7 @@ def _config_key(r: Dict[str, Any]) -> Tuple:
     # the CUDA kernel variants of the A/B stages (scripts/gpu_session.sh ab_ffma, ab_tc, ab_nll) are other
     # configurations: their records must never stand in for the defaults' in a table
     variant = tuple(r.get(k) for k in ("cuda_tensor_cores", "cuda_tc_dtiles", "cuda_shift_nll", "cuda_fast_math",
-                                       "cuda_ffma_dtiles"))
+                                       "cuda_ffma_dtiles", "cuda_rows_fsplit"))
     return (r.get("bench"), r.get("device_name"), r.get("dtype"), r.get("D"), r.get("layers"), r.get("win_p"),
             r.get("win_f"), shift_win, r.get("preset") or r.get("bench_preset"), r.get("threads"), variant)
 

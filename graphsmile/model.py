@@ -251,7 +251,7 @@ class HeterGConvEdge(nn.Module):
             # gradient E entries long instead of edge_capacity (500,000): the full-size
             # gradient is then materialised once per module, not once per layer. A batch with
             # E > capacity still reaches the op's capacity error (the slice has < E entries).
-            w = w[: ops.num_edges(lens, M, self.win_p, self.win_f)]
+            w = w[: ops.index.edge_count(lens, M, self.win_p, self.win_f)]  # lens validated above
         s = ops.window_norm(w, *args)  # once per forward, shared by every layer
         if x.dtype != w.dtype:
             # Mixed precision: the op wants equal dtypes. The degrees were summed in the

@@ -1208,6 +1208,133 @@ __global__ void __launch_bounds__(kDotThreads, kRowsMinBlocks<T>)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Backward pass B split over the features (fp32 / fp64; GRAPHSMILE_CUDA_ROWS_FSPLIT = f > 0): for
+// small batches. Pass B has one block per 32-row tile (48 at 16 IEMOCAP-length dialogues, on a
+// GPU of 132 SMs), each walking all of D. Here block (tile, split) computes the dots of its tile
+// over features [split * f * 32, (split + 1) * f * 32) and stores them raw, per edge, in
+// part[split * E + e] (E-sized per split: never [E, D]); window_spmm_rows_finish_kernel then sums
+// each edge's partials in split order and does pass B's epilogue. Deterministic (fixed orders);
+// the bits differ from the unsplit kernel's (another association of each dot's sum).
+// grid: (M * ceil(N / kTileRows), splits), block: kDotThreads.
+template <typename T>
+__global__ void __launch_bounds__(kDotThreads, kRowsMinBlocks<T>)
+    window_spmm_rows_split_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ part, int64_t E,
+                                  WindowArgs a, int64_t D, int64_t f_steps, bool vec) {
+  __shared__ __align__(16) T gt[kTileRows * (kDotD + 4)];
+  __shared__ __align__(16) T xt[kChunk * (kDotD + 4)];
+  __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
+
+  const int tid = threadIdx.x;
+  const int64_t N = a.N;
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
+  const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
+  const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
+  const int64_t f_begin = static_cast<int64_t>(blockIdx.y) * f_steps * kDotD;
+  const int64_t f_end = gs_min(D, f_begin + f_steps * kDotD);
+  T* __restrict__ out = part + static_cast<int64_t>(blockIdx.y) * E;
+  load_windows<kTileRows, T, T>(a, t0, nrows, tid, r_lo, r_hi, r_eb, r_band);
+  __syncthreads();
+  const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
+  const int ry = tid >> 3, kx = tid & 7;
+  const T* __restrict__ gm = g + (m * N + t0) * D;
+
+  for (int64_t n = 0; n < a.M; ++n) {
+    if (n == m) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
+      const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
+      const T* __restrict__ xc = x + (n * N + u0) * D;
+      T dots[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) dots[i][j] = T(0);
+      for (int64_t f0 = f_begin; f0 < f_end; f0 += kDotD) {
+        __syncthreads();  // the previous step is done with gt / xt
+        if (vec) {
+          stage_dot_tiles_vec(gm, nrows, xc, clen, f0, D, tid, gt, xt);
+        } else {
+          stage_tile<kTileRows, kDotD, kDotThreads>(gm, 0, nrows, f0, D, tid, [&](int r, int dd, const T* v) {
+            gt[r * (kDotD + 4) + dd] = v != nullptr ? *v : T(0);
+          });
+          stage_tile<kChunk, kDotD, kDotThreads>(xc, 0, clen, f0, D, tid, [&](int k, int dd, const T* v) {
+            xt[k * (kDotD + 4) + dd] = v != nullptr ? *v : T(0);
+          });
+        }
+        __syncthreads();
+#pragma unroll 2
+        for (int dd = 0; dd < kDotD; dd += 4) {
+          T gv[4][4], xv[4][4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) load4(&gt[(ry + 8 * i) * (kDotD + 4) + dd], gv[i]);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) load4(&xt[(kx + 8 * j) * (kDotD + 4) + dd], xv[j]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+              for (int q = 0; q < 4; ++q) dots[i][j] += gv[i][q] * xv[j][q];
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = ry + 8 * i;
+        if (r >= nrows) continue;
+        const int64_t lo = r_lo[r], hi = r_hi[r];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int k = kx + 8 * j;
+          const int64_t u = u0 + k;
+          if (k >= clen || u < lo || u >= hi) continue;
+          out[r_eb[r] + p * r_band[r] + u] = dots[i][j];
+        }
+      }
+    }
+  }
+}
+
+// The split pass B's epilogue, one warp per row r = m*N + t, lanes over the row's edges (as the
+// norm kernels): dot_e = sum over splits of part[split * E + e] (split order); grad_a_e =
+// s_r s_c dot_e into gw (per_edge) or tmp (relative); gs_r = sum_dc colpart[dc][r] + the row's
+// sum_e a_e s_c dot_e (fixed butterfly).
+template <typename T>
+__global__ void __launch_bounds__(kNormWarps * 32)
+    window_spmm_rows_finish_kernel(const T* __restrict__ part, int64_t splits, int64_t E, const T* __restrict__ w,
+                                   const T* __restrict__ s, T* __restrict__ gw, T* __restrict__ tmp,
+                                   const T* __restrict__ colpart, int64_t n_colpart, T* __restrict__ gs, WindowArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + (threadIdx.x >> 5);
+  if (row >= a.M * a.N) return;  // uniform per warp
+  const int64_t m = row / a.N, t = row - m * a.N;
+  const RowWindow rw = row_window(a, t);
+  const T sr = s[row];
+  T rowsum = T(0);
+  for (int64_t n = 0; n < a.M; ++n) {
+    if (n == m) continue;
+    const int64_t p = modal_pair_index(m, n, a.M);
+    const int64_t e0 = rw.ebase + p * rw.band;
+    for (int64_t u = rw.lo + lane; u < rw.hi; u += 32) {
+      const int64_t e = e0 + u;
+      T dot = T(0);
+      for (int64_t sp = 0; sp < splits; ++sp) dot += part[sp * E + e];
+      const T sc = s[n * a.N + u];
+      if (gw != nullptr) gw[e] = sr * sc * dot;
+      else if (tmp != nullptr) tmp[e] = sr * sc * dot;
+      if (gs != nullptr) rowsum += w[edge_slot(a, e, p, t, u)] * sc * dot;
+    }
+  }
+  if (gs != nullptr) {
+    rowsum = group_sum(rowsum, 32);
+    if (lane == 0) {
+      T total = T(0);
+      for (int64_t dc = 0; dc < n_colpart; ++dc) total += colpart[dc * a.M * a.N + row];
+      gs[row] = total + rowsum;
+    }
+  }
+}
+
 // Backward pass B on tensor cores, for 16-bit storage: the per-edge dots of a 32-row tile and a
 // 32-column chunk, G[32 x D] @ X_chunk^T[D x 32], as wmma over D in steps of kTcDotD (x read as a
 // col-major B), stored to shared memory; then window_spmm_rows_kernel's epilogue with 4 threads

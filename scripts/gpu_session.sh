@@ -23,6 +23,8 @@
 #   model_cuda   bench/model.py --preset gpu-targets (T3: IEMOCAP batch, 16x1000, 1x20000), cuda + original
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path,
 #                with each epoch's top kernels)
+#   ab_step      the T3 training steps with the staged kernels and the split pass B
+#                (GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4)
 #   epoch_compiled  bench/epoch.py --paths device,compiled (the model under torch.compile)
 #   ops_triton   bench/ops.py --preset gpu-targets, triton (TRITON_PRINT_AUTOTUNING=1: the tiles
 #                the autotuner picks, for triton_kernels.PINNED)
@@ -56,9 +58,9 @@ export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda epoch epoch_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda epoch ab_step epoch_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
 # the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
-NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda epoch epoch_compiled ab_tc ab_nll stack profile"
+NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda epoch ab_step epoch_compiled ab_tc ab_nll stack profile"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -178,7 +180,7 @@ fi
 touch "$OUT/logs/ext.ok"
 '
 NEED_EXT=0
-for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda epoch epoch_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
+for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda epoch ab_step epoch_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
@@ -206,6 +208,9 @@ FFMA_AB="$OPS --preset gpu-bandwidth --dtype float32 --providers $BE --reps 3 $K
 stage ab_ffma 80 30 "GRAPHSMILE_CUDA_FFMA_DTILES=8 $FFMA_AB; GRAPHSMILE_CUDA_FFMA_DTILES=2 $FFMA_AB"
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
+# the small-batch training step (T3) with the staged kernels and pass B split over the features
+# (GRAPHSMILE_CUDA_ROWS_FSPLIT=4: 128 features per block) beside model_cuda's defaults
+stage ab_step 60 25 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4 $MODEL --preset gpu-targets --providers $BE --reps 3 --no-check"
 # torch.compile of the whole model (T4: fewer, fused kernels per step); its warm-up epoch compiles
 stage epoch_compiled 150 60 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --paths device,compiled --out $OUT/results/epoch.jsonl'
 stage ops_triton 120 45 "TRITON_PRINT_AUTOTUNING=1 $OPS --preset gpu-targets --providers triton,floor --reps 3 $KT"

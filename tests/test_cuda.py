@@ -853,6 +853,31 @@ def test_staged_ffma_kernels_same_bits(dtype, monkeypatch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=lambda d: DT_IDS[d])
+def test_split_pass_b(dtype, monkeypatch):
+    """GRAPHSMILE_CUDA_ROWS_FSPLIT = 1, 4 (32-feature steps per block of backward pass B): the
+    same gradients as the unsplit pass B to rounding (another association of each dot), the
+    same bits on a second run; a bad value is an error naming the variable."""
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for lens, M, wp, wf, D, mode in (([25, 27, 46, 42, 38, 69], 3, 17, 17, 300, "per_edge"),
+                                     ([60, 7], 2, 3, 2, 130, "relative")):
+        x, w, g = _window_inputs(lens, M, wp, wf, D, mode)
+        x, w, g = x.to(dtype), w.to(dtype), g.to(dtype)
+        monkeypatch.setenv("GRAPHSMILE_CUDA_ROWS_FSPLIT", "0")
+        plain = _propagate("cuda", x, w, g, lens, M, wp, wf, mode)
+        for f_steps in ("1", "4"):
+            monkeypatch.setenv("GRAPHSMILE_CUDA_ROWS_FSPLIT", f_steps)
+            got = _propagate("cuda", x, w, g, lens, M, wp, wf, mode)
+            again = _propagate("cuda", x, w, g, lens, M, wp, wf, mode)
+            for name, a, b, c in zip(("y", "grad_x", "grad_w"), got, plain, again):
+                torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name} split {f_steps}: {m}")
+                assert torch.equal(a, c), (name, f_steps)
+    monkeypatch.setenv("GRAPHSMILE_CUDA_ROWS_FSPLIT", "x")
+    with pytest.raises(ValueError, match="GRAPHSMILE_CUDA_ROWS_FSPLIT must be an integer from 0 to 1024, got 'x'"):
+        _propagate("cuda", x, w, g, lens, M, wp, wf, mode)
+
+
+@needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda d: DT_IDS[d])
 def test_ffma_kernels_with_tensor_cores_off(tmp_path, dtype):
     """fp16/bf16 run on tensor cores by default (sm_80+); GRAPHSMILE_CUDA_TENSOR_CORES=0 (read

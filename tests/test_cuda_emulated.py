@@ -322,6 +322,40 @@ def test_window_spmm_staged_kernels_same_bits(emu, monkeypatch, dt):
             _compare(f"staged {name} {tag}", outs["8"][name], exact[name], exact[name], dt)
 
 
+@pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])
+def test_window_spmm_split_pass_b(emu, monkeypatch, dt):
+    """Backward pass B split over the features (GRAPHSMILE_CUDA_ROWS_FSPLIT = f 32-feature steps
+    per block; partial dots per edge and split, summed in split order by the finish kernel):
+    grad_w and grad_norm match the reference (and the unsplit kernel to rounding), the bits do not
+    depend on the schedule, and every output is written (NaN-poisoned buffers). Splits of 1, 2
+    and 3 steps over D = 300 (the last split partial), D = 33 (one split, scalar loads), the
+    relative mode, both staged settings of the other passes."""
+    cases = [([37, 1, 18, 5], 2, 17, 17, 300, "per_edge"), ([40, 30], 3, 17, 17, 33, "per_edge"),
+             ([70, 9], 2, 2, 5, 96, "relative")]
+    for k, (lens, M, wp, wf, D, mode) in enumerate(cases):
+        x, w, g, gs = _window_inputs(lens, M, wp, wf, D, mode, seed=7400 + k)
+        s = reference.window_norm(w, lens, M, wp, wf, MODES[mode])
+        arrays = dict(lengths=torch.tensor(lens, dtype=torch.long), w=w.to(dt).reshape(-1), s=s.to(dt), x=x.to(dt),
+                      g=g.to(dt))
+        bwd = dict(M=M, wp=wp, wf=wf, mode=MODES[mode], D=D, need_gx=1, need_gw=1, need_gs=1)
+        exact = _window_reference(F64, x, w, g, gs, s, lens, M, wp, wf, mode)
+        monkeypatch.setenv("GRAPHSMILE_CUDA_ROWS_FSPLIT", "0")
+        plain = _split_policies(_run(emu, [("bwd", "window_spmm_backward", dt, bwd, arrays)])["bwd"])
+        for f_steps, ffma in (("1", "0"), ("2", "8"), ("3", "0")):
+            monkeypatch.setenv("GRAPHSMILE_CUDA_ROWS_FSPLIT", f_steps)
+            monkeypatch.setenv("GRAPHSMILE_CUDA_FFMA_DTILES", ffma)
+            got = _split_policies(_run(emu, [("bwd", "window_spmm_backward", dt, bwd, arrays)])["bwd"])
+            tag = f"split {f_steps} {lens} M={M} win {wp},{wf} D={D} {mode}"
+            assert torch.equal(_bits(got["gx"]), _bits(plain["gx"])), f"{tag}: grad_x is pass A's"
+            for name in ("gw", "gs"):
+                _compare(f"{tag} {name}", got[name], exact[name], exact[name], dt)
+                torch.testing.assert_close(got[name], plain[name], rtol=1e-5 if dt == F32 else 1e-12,
+                                           atol=1e-5 if dt == F32 else 1e-12)
+            if mode == "per_edge":
+                E = num_edges(lens, M, wp, wf)
+                assert torch.all(got["gw"][E:] == 0), f"{tag}: entries past E must be 0"
+
+
 def test_window_zero_and_negative_degrees(emu):
     """d == 0 gives s = 0 and a zero gradient through the degree; d < 0 gives NaN (the original's
     masked rsqrt), in the norm kernels; spmm with a zero-degree row."""

@@ -250,6 +250,27 @@ def test_low_precision_error_within_plain_torch(backend, dtype):
     assert err_ours <= 2 * err_theirs + 1e-3, (err_ours, err_theirs)
 
 
+def test_edge_count_cache_is_exact_and_bounded(monkeypatch):
+    """The memoised edge count equals the edges the loops enumerate, for every key, also after
+    the bounded cache was cleared; a changed lengths list is a new key."""
+    from graphsmile.ops import index
+
+    monkeypatch.setattr(index, "_EDGE_COUNTS_MAX", 3)
+    index._EDGE_COUNTS.clear()
+    rng = random.Random(77)
+    cases = [(random_lengths(rng, 4, 12), rng.choice([2, 3]), rng.choice([-1, 0, 2]), rng.choice([-1, 1, 5]))
+             for _ in range(6)]
+    for _ in range(2):  # the second round hits the cache (or recomputes after a clear)
+        for lens, M, wp, wf in cases:
+            want = len(loops.edges(lens, M, wp, wf))
+            assert index.edge_count(lens, M, wp, wf) == want == ops.num_edges(lens, M, wp, wf)
+            assert len(index._EDGE_COUNTS) <= 3
+    lens = [4, 5]
+    e1 = index.edge_count(lens, 2, 1, 1)
+    lens.append(6)  # the key is a snapshot of the list, not the list
+    assert index.edge_count(lens, 2, 1, 1) == len(loops.edges(lens, 2, 1, 1)) > e1
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mode", ["per_edge", "relative"])

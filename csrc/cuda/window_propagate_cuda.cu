@@ -111,6 +111,19 @@ int64_t ffma_feature_tiles() {
   return v;
 }
 
+// Backward pass B split over the features (window_spmm_rows_split_kernel + _finish_kernel, fp32 /
+// fp64): GRAPHSMILE_CUDA_ROWS_FSPLIT = f, 32-feature steps per block (read on every call). Unset,
+// empty or 0: unsplit. For small batches, whose pass B has few blocks; opt-in until measured.
+int64_t rows_feature_split() {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_ROWS_FSPLIT");
+  if (e == nullptr || *e == '\0') return 0;
+  char* end = nullptr;
+  const long v = std::strtol(e, &end, 10);
+  TORCH_CHECK_VALUE(*end == '\0' && v >= 0 && v <= 1024, "graphsmile: the environment variable ",
+                    "GRAPHSMILE_CUDA_ROWS_FSPLIT must be an integer from 0 to 1024, got '", e, "'");
+  return v;
+}
+
 template <typename T>
 struct TypeTag {
   using type = T;
@@ -342,8 +355,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       bool staged = false;
+      if constexpr (std::is_same<scalar_t, acc_t>::value) {  // fp32 / fp64: pass B split over the features
+        const int64_t f_steps = launched || D == 0 ? 0 : rows_feature_split();
+        if (f_steps > 0) {
+          staged = true;
+          const int64_t splits = ceil_div(D, f_steps * gpu::kDotD);
+          const int64_t E = std::max<int64_t>(meta.num_edges, 1);
+          at::Tensor part = at::empty({checked_mul(splits, E, "the split pass B's partial dots")},
+                                      x.options().dtype(acc_type));
+          const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+          const dim3 split_grid(row_tiles, cuda_host::grid_y(splits, "window_spmm_backward (feature splits)"));
+          gpu::window_spmm_rows_split_kernel<scalar_t><<<split_grid, gpu::kDotThreads, 0, stream>>>(
+              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), part.data_ptr<acc_t>(), E, dm.args, D, f_steps, vec);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          const unsigned int blocks = cuda_host::grid_x(ceil_div(rows, gpu::kNormWarps), "window_spmm_backward");
+          gpu::window_spmm_rows_finish_kernel<scalar_t><<<blocks, gpu::kNormWarps * 32, 0, stream>>>(
+              part.data_ptr<acc_t>(), splits, E, w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr, tmp_ptr,
+              colpart_ptr, n_colpart, gs_ptr, dm.args);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      }
       if constexpr (std::is_same<scalar_t, acc_t>::value) {  // fp32 / fp64: the staged pass B
-        if (!launched && ffma_feature_tiles() > 0) {
+        if (!launched && !staged && ffma_feature_tiles() > 0) {
           staged = true;
           const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0 &&
                            reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;

@@ -12,7 +12,7 @@ from typing import Sequence, Union
 import torch
 
 from . import _backend, dense, reference
-from .index import Lengths, check_window, lengths_to_list, num_edges
+from .index import Lengths, check_window, edge_count, lengths_to_list, num_edges
 
 WEIGHT_MODES = {"per_edge": 0, "relative": 1}
 
@@ -29,7 +29,7 @@ def _check_edge_weight(edge_weight, lens, num_modal, win_p, win_f, mode) -> None
     if mode == 0:
         if edge_weight.dim() != 1:
             raise ValueError(f"edge_weight must be 1-D in per_edge mode, got shape {tuple(edge_weight.shape)}")
-        E = num_edges(lens, num_modal, win_p, win_f)
+        E = edge_count(lens, num_modal, win_p, win_f)  # lens and windows validated by the caller
         if edge_weight.numel() < E:
             raise ValueError(
                 f"edge_weight has {edge_weight.numel()} entries but this batch has E = {E} edges "

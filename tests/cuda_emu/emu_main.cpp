@@ -192,6 +192,15 @@ int64_t ffma_feature_tiles() {
   if (v < 0 || v > 64) die("GRAPHSMILE_CUDA_FFMA_DTILES must be 0 to 64");
   return v;
 }
+// As the backward launcher: 32-feature steps per block of the split pass B,
+// GRAPHSMILE_CUDA_ROWS_FSPLIT (0 or unset: unsplit).
+int64_t rows_feature_split() {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_ROWS_FSPLIT");
+  if (e == nullptr || *e == '\0') return 0;
+  const long v = std::strtol(e, nullptr, 10);
+  if (v < 0 || v > 1024) die("GRAPHSMILE_CUDA_ROWS_FSPLIT must be 0 to 1024");
+  return v;
+}
 // The emulated storage types with a wmma fragment type (the launchers' TensorCoreType).
 template <typename scalar_t>
 constexpr bool kTensorCoreType = std::is_same<scalar_t, BF16>::value;
@@ -402,7 +411,27 @@ void run_window_spmm_backward(const Job& j, Outputs& out) {
       }
       bool staged = false;
       if constexpr (std::is_same<scalar_t, acc_t>::value) {
-        if (!tc && ffma_feature_tiles() > 0) {
+        const int64_t f_steps = tc || D == 0 ? 0 : rows_feature_split();
+        if (f_steps > 0) {
+          staged = true;
+          const int64_t splits = ceil_div(D, f_steps * gpu::kDotD);
+          const int64_t E = std::max<int64_t>(meta.E, 1);
+          std::vector<acc_t> part(static_cast<size_t>(splits * E), poison<acc_t>());
+          const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data()) % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(x.data()) % 16 == 0;
+          cuda_emu::launch("window_spmm_rows_split_kernel", dim3(row_tiles, grid_y(splits)), dim3(gpu::kDotThreads), [&] {
+            gpu::window_spmm_rows_split_kernel<scalar_t>(g.data(), x.data(), part.data(), E, meta.args, D, f_steps, vec);
+          });
+          cuda_emu::launch("window_spmm_rows_finish_kernel", dim3(grid_x(ceil_div(rows, gpu::kNormWarps))),
+                           dim3(gpu::kNormWarps * 32), [&] {
+            gpu::window_spmm_rows_finish_kernel<scalar_t>(part.data(), splits, E, w.data(), s.data(), gw_ptr, tmp_ptr,
+                                                          colpart_ptr, has_colpart ? n_dtiles : 0,
+                                                          need_gs ? gs.data() : nullptr, meta.args);
+          });
+        }
+      }
+      if constexpr (std::is_same<scalar_t, acc_t>::value) {
+        if (!tc && !staged && ffma_feature_tiles() > 0) {
           staged = true;
           const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data()) % 16 == 0 &&
                            reinterpret_cast<uintptr_t>(x.data()) % 16 == 0;
