@@ -177,6 +177,84 @@ void launch_relative_reduce(const Edges& edges, scalar_t* out, const gpu::Window
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The staged fp32/fp64 kernels' launches (GRAPHSMILE_CUDA_FFMA_DTILES, GRAPHSMILE_CUDA_ROWS_FSPLIT).
+// Function templates, so that `if constexpr` drops them for 16-bit storage, whose pointers do not
+// fit the kernels' single type T: in the dispatch lambda, not a template, both branches compile.
+// Each returns whether it launched.
+template <typename scalar_t>
+bool launch_forward_staged(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s, const at::Tensor& y,
+                           const gpu::WindowArgs& args, int64_t D, unsigned int row_blocks, cudaStream_t stream) {
+  if constexpr (!std::is_same<scalar_t, at::opmath_type<scalar_t>>::value) {
+    return false;
+  } else {
+    const int64_t d_tiles = ffma_feature_tiles();
+    if (d_tiles <= 0) return false;
+    const dim3 grid(row_blocks, cuda_host::grid_y(ceil_div(D, gpu::kTileD * d_tiles), "window_spmm (feature tiles)"));
+    // 16-byte loads of x: every row start 16-byte aligned
+    const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+    gpu::window_spmm_forward_staged_kernel<scalar_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), args, D,
+        d_tiles, vec);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+bool launch_cols_staged(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
+                        scalar_t* gx_ptr, acc_t* colpart_ptr, const gpu::WindowArgs& args, int64_t D,
+                        unsigned int row_tiles, cudaStream_t stream) {
+  if constexpr (!std::is_same<scalar_t, acc_t>::value) {
+    return false;
+  } else {
+    const int64_t d_tiles = ffma_feature_tiles();
+    if (d_tiles <= 0) return false;
+    const dim3 grid(row_tiles, cuda_host::grid_y(ceil_div(D, gpu::kTileD * d_tiles), "window_spmm_backward (feature tiles)"));
+    const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0;
+    gpu::window_spmm_cols_staged_kernel<scalar_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
+        g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx_ptr,
+        colpart_ptr, args, D, d_tiles, vec);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
+
+// Pass B: split over the features (GRAPHSMILE_CUDA_ROWS_FSPLIT), else staged (..._FFMA_DTILES).
+template <typename scalar_t, typename acc_t>
+bool launch_rows_staged(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w, const at::Tensor& s,
+                        scalar_t* gw_ptr, acc_t* tmp_ptr, const acc_t* colpart_ptr, int64_t n_colpart,
+                        scalar_t* gs_ptr, const gpu::WindowArgs& args, int64_t D, int64_t num_edges,
+                        unsigned int row_tiles, cudaStream_t stream) {
+  if constexpr (!std::is_same<scalar_t, acc_t>::value) {
+    return false;
+  } else {
+    const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0 &&
+                     reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+    const int64_t f_steps = D == 0 ? 0 : rows_feature_split();
+    if (f_steps > 0) {
+      const int64_t splits = ceil_div(D, f_steps * gpu::kDotD);
+      const int64_t E = std::max<int64_t>(num_edges, 1);
+      at::Tensor part = at::empty({checked_mul(splits, E, "the split pass B's partial dots")}, g.options());
+      const dim3 split_grid(row_tiles, cuda_host::grid_y(splits, "window_spmm_backward (feature splits)"));
+      gpu::window_spmm_rows_split_kernel<scalar_t><<<split_grid, gpu::kDotThreads, 0, stream>>>(
+          g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), part.data_ptr<scalar_t>(), E, args, D, f_steps, vec);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const unsigned int blocks = cuda_host::grid_x(ceil_div(args.M * args.N, gpu::kNormWarps), "window_spmm_backward");
+      gpu::window_spmm_rows_finish_kernel<scalar_t><<<blocks, gpu::kNormWarps * 32, 0, stream>>>(
+          part.data_ptr<scalar_t>(), splits, E, w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr, tmp_ptr,
+          colpart_ptr, n_colpart, gs_ptr, args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return true;
+    }
+    if (ffma_feature_tiles() <= 0) return false;
+    gpu::window_spmm_rows_staged_kernel<scalar_t><<<row_tiles, gpu::kDotThreads, 0, stream>>>(
+        g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr, tmp_ptr,
+        colpart_ptr, n_colpart, gs_ptr, args, D, vec);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return true;
+  }
+}
+
 at::Tensor window_norm_cuda(const at::Tensor& edge_weight, const at::Tensor& lengths, int64_t num_nodes, int64_t M,
                             int64_t wp, int64_t wf, int64_t mode) {
   WindowMeta meta = check_norm_inputs(edge_weight, lengths, num_nodes, M, wp, wf, mode, c10::DeviceType::CUDA);
@@ -260,19 +338,7 @@ at::Tensor window_spmm_cuda(const at::Tensor& x_, const at::Tensor& edge_weight,
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     if (launched) return;
-    if constexpr (std::is_same<scalar_t, acc_t>::value) {  // fp32 / fp64
-      const int64_t d_tiles = ffma_feature_tiles();
-      if (d_tiles > 0) {
-        const dim3 st_grid(grid.x, cuda_host::grid_y(ceil_div(D, gpu::kTileD * d_tiles), "window_spmm (feature tiles)"));
-        // 16-byte loads of x: every row start 16-byte aligned
-        const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
-        gpu::window_spmm_forward_staged_kernel<scalar_t><<<st_grid, gpu::kSpmmThreads, 0, stream>>>(
-            x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D,
-            d_tiles, vec);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        return;
-      }
-    }
+    if (launch_forward_staged<scalar_t>(x, w, s, y, dm.args, D, grid.x, stream)) return;
     gpu::window_spmm_forward_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), dm.args, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -321,19 +387,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
             colpart_ptr, dm.args, D);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
-      bool staged = false;
-      if constexpr (std::is_same<scalar_t, acc_t>::value) {  // fp32 / fp64: the staged pass A
-        const int64_t d_tiles = launched ? 0 : ffma_feature_tiles();
-        if (d_tiles > 0) {
-          staged = true;
-          const dim3 st_grid(row_tiles, cuda_host::grid_y(ceil_div(D, gpu::kTileD * d_tiles), "window_spmm_backward (feature tiles)"));
-          const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0;
-          gpu::window_spmm_cols_staged_kernel<scalar_t><<<st_grid, gpu::kSpmmThreads, 0, stream>>>(
-              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx_ptr,
-              colpart_ptr, dm.args, D, d_tiles, vec);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
-      }
+      const bool staged = !launched && launch_cols_staged<scalar_t, acc_t>(g, x, w, s, gx_ptr, colpart_ptr, dm.args, D,
+                                                                           row_tiles, stream);
       if (!launched && !staged) {
         gpu::window_spmm_cols_kernel<scalar_t, acc_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
             g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx_ptr,
@@ -354,39 +409,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_spmm_backward_cuda(
                                                          colpart_ptr, n_colpart, gs_ptr, dm.args, D);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
-      bool staged = false;
-      if constexpr (std::is_same<scalar_t, acc_t>::value) {  // fp32 / fp64: pass B split over the features
-        const int64_t f_steps = launched || D == 0 ? 0 : rows_feature_split();
-        if (f_steps > 0) {
-          staged = true;
-          const int64_t splits = ceil_div(D, f_steps * gpu::kDotD);
-          const int64_t E = std::max<int64_t>(meta.num_edges, 1);
-          at::Tensor part = at::empty({checked_mul(splits, E, "the split pass B's partial dots")},
-                                      x.options().dtype(acc_type));
-          const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0 &&
-                           reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
-          const dim3 split_grid(row_tiles, cuda_host::grid_y(splits, "window_spmm_backward (feature splits)"));
-          gpu::window_spmm_rows_split_kernel<scalar_t><<<split_grid, gpu::kDotThreads, 0, stream>>>(
-              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), part.data_ptr<acc_t>(), E, dm.args, D, f_steps, vec);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          const unsigned int blocks = cuda_host::grid_x(ceil_div(rows, gpu::kNormWarps), "window_spmm_backward");
-          gpu::window_spmm_rows_finish_kernel<scalar_t><<<blocks, gpu::kNormWarps * 32, 0, stream>>>(
-              part.data_ptr<acc_t>(), splits, E, w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr, tmp_ptr,
-              colpart_ptr, n_colpart, gs_ptr, dm.args);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
-      }
-      if constexpr (std::is_same<scalar_t, acc_t>::value) {  // fp32 / fp64: the staged pass B
-        if (!launched && !staged && ffma_feature_tiles() > 0) {
-          staged = true;
-          const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0 &&
-                           reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
-          gpu::window_spmm_rows_staged_kernel<scalar_t><<<row_tiles, gpu::kDotThreads, 0, stream>>>(
-              g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr,
-              tmp_ptr, colpart_ptr, n_colpart, gs_ptr, dm.args, D, vec);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
-      }
+      const bool staged = !launched && launch_rows_staged<scalar_t, acc_t>(g, x, w, s, gw_ptr, tmp_ptr, colpart_ptr,
+                                                                           n_colpart, gs_ptr, dm.args, D,
+                                                                           meta.num_edges, row_tiles, stream);
       if (!launched && !staged) {
         gpu::window_spmm_rows_kernel<scalar_t, acc_t><<<row_tiles, gpu::kDotThreads, 0, stream>>>(
             g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gw_ptr,
