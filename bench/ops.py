@@ -502,25 +502,24 @@ def correctness_check(section: str, providers: List[str], args) -> Dict[str, Dic
                      device=args.device, dtype=args.dtype)
     results: Dict[str, List[torch.Tensor]] = {}
     errors: Dict[str, str] = {}
+
+    def run_once(provider: str, dtype_name: str, dtype: torch.dtype) -> List[Optional[torch.Tensor]]:
+        """The provider's output and gradients on the check batch, as float64 CPU tensors."""
+        s = SETUPS[section](dict(spec_base, provider=provider, dtype=dtype_name), args.device, dtype)
+        out = s["forward"]()
+        s["backward"](out)
+        out = s.get("output", _identity)(out)
+        return [t.detach().double().cpu() if t is not None else None for t in [out] + s["grads"]()]
+
     # the reference backend is always run here, timed or not
     for p in (["reference"] if "reference" not in providers else []) + providers:
         if p == "floor":
             continue
         try:
-            s = SETUPS[section](dict(spec_base, provider=p), args.device, dt)
-            out = s["forward"]()
-            s["backward"](out)
-            out = s.get("output", _identity)(out)
-            results[p] = [t.detach().double().cpu() if t is not None else None for t in [out] + s["grads"]()]
+            results[p] = run_once(p, args.dtype, dt)
         except Exception as exc:
             errors[p] = f"{type(exc).__name__}: {exc}"[:300]
-    exact = None
-    if low_precision and "reference" in results:
-        s = SETUPS[section](dict(spec_base, provider="reference", dtype="float64"), args.device, torch.float64)
-        o = s["forward"]()
-        s["backward"](o)
-        o = s.get("output", _identity)(o)
-        exact = [t.detach().double().cpu() if t is not None else None for t in [o] + s["grads"]()]
+    exact = run_once("reference", "float64", torch.float64) if low_precision and "reference" in results else None
 
     def rel_err(got, want):
         worst = 0.0

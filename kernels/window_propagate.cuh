@@ -193,6 +193,96 @@ __device__ __forceinline__ void stage_col_coefs(const WindowArgs& a, const scala
   }
 }
 
+// 16-byte staging (D % 4 == 0, src 16-byte aligned) of a [kRows x kCols] tile of the row-major
+// [*, D] matrix src: rows row0 + k (k < nvalid), columns d0 + dd (< D), 0 outside. load() issues
+// all of a thread's loads into registers, so they are in flight together, before store() writes
+// them to dst[k * ld + dd].
+template <int kRows, int kCols, int kThreads, typename T>
+struct VecTile {
+  static_assert(kCols % 4 == 0 && (kRows * kCols / 4) % kThreads == 0, "VecTile: whole groups per thread");
+  static constexpr int kGroups = kCols / 4;
+  static constexpr int kPerThread = kRows * kGroups / kThreads;
+  T v[kPerThread][4];
+
+  __device__ __forceinline__ void load(const T* __restrict__ src, int64_t row0, int nvalid, int64_t d0, int64_t D,
+                                       int tid) {
+#pragma unroll
+    for (int it = 0; it < kPerThread; ++it) {
+      const int idx = tid + it * kThreads;
+      const int k = idx / kGroups, dd = 4 * (idx % kGroups);
+      if (k < nvalid && d0 + dd < D) {  // D % 4 == 0: the whole group is inside
+        load4(&src[(row0 + k) * D + d0 + dd], v[it]);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) v[it][q] = T(0);
+      }
+    }
+  }
+  __device__ __forceinline__ void store(T* dst, int ld, int tid) const {
+#pragma unroll
+    for (int it = 0; it < kPerThread; ++it) {
+      const int idx = tid + it * kThreads;
+      const int k = idx / kGroups, dd = 4 * (idx % kGroups);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) dst[k * ld + dd + q] = v[it][q];
+    }
+  }
+};
+
+// A chunk's [kChunk x kTileD] tile of src (rows row0 + k, k < nvalid) into dst[k * kTileD + dd]
+// in acc_t: 16-byte loads when vec (scalar_t == acc_t only), else stage_tile.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage_chunk(const scalar_t* __restrict__ src, int64_t row0, int nvalid, int64_t d0,
+                                            int64_t D, int tid, bool vec, acc_t* dst) {
+  if constexpr (std::is_same<scalar_t, acc_t>::value) {
+    if (vec) {
+      VecTile<kChunk, kTileD, kSpmmThreads, acc_t> t;
+      t.load(src, row0, nvalid, d0, D, tid);
+      t.store(dst, kTileD, tid);
+      return;
+    }
+  }
+  stage_tile<kChunk, kTileD, kSpmmThreads>(src, row0, nvalid, d0, D, tid, [&](int k, int dd, const scalar_t* v) {
+    dst[k * kTileD + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
+  });
+}
+
+// One thread's product of a staged chunk (source rows u0 .. u0 + clen - 1) over the k-range of
+// its rows' window union [th_lo, th_hi), k rounded down to a multiple of 4 (the coefficients are 0
+// outside each row's window; kb and kChunk are multiples of 4, so k + 3 < kChunk):
+//   forward (kTransposed false): acc[i][q] += cf[(4 ry + i) * ld + k] * src[k * kTileD + 4 dx + q];
+//   pass A (kTransposed true):   acc[i][q] += cf[k * ld + 4 ry + i] * src[k * kTileD + 4 dx + q].
+template <bool kTransposed, typename acc_t>
+__device__ __forceinline__ void chunk_fma(acc_t (&acc)[4][4], const acc_t* src, const acc_t* cf, int ld, int ry,
+                                          int dx, int64_t th_lo, int64_t th_hi, int64_t u0, int clen) {
+  const int kb = static_cast<int>(gs_min(gs_max(th_lo - u0, 0), kChunk)) & ~3;
+  const int ke = static_cast<int>(gs_max(gs_min(th_hi - u0, clen), 0));
+  for (int k = kb; k < ke; k += 4) {
+    acc_t sv[4][4], cv[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) load4(&src[(k + kk) * kTileD + 4 * dx], sv[kk]);
+    if constexpr (kTransposed) {
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) load4(&cf[(k + kk) * ld + 4 * ry], cv[kk]);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[i][q] += cv[kk][i] * sv[kk][q];
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) load4(&cf[(4 * ry + i) * ld + k], cv[i]);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[i][q] += cv[i][kk] * sv[kk][q];
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // d_r = sum of the weights of the edges leaving row r (utterance t of modality m), summed by the
 // 32 lanes of a warp in a fixed order; the xor butterfly leaves the same bits in every lane.
@@ -349,29 +439,11 @@ __global__ void __launch_bounds__(kSpmmThreads)
     for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
       const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
       __syncthreads();  // the previous chunk's GEMM is done with xs / cf
-      stage_tile<kChunk, kTileD, kSpmmThreads>(xn, u0, clen, d0, D, tid, [&](int k, int dd, const scalar_t* v) {
-        xs[k * kTileD + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
-      });
+      stage_chunk<scalar_t, acc_t>(xn, u0, clen, d0, D, tid, /*vec=*/false, xs);
       stage_row_coefs<acc_t>(a, w, sn, r_lo, r_hi, r_eb, r_band, p, t0, u0, clen, tid,
                              [&](int r, int k, acc_t c) { cf[r * (kChunk + 4) + k] = c; });
       __syncthreads();
-      if (th_any) {
-        const int kb = static_cast<int>(gs_min(gs_max(th_lo - u0, 0), kChunk)) & ~3;
-        const int ke = static_cast<int>(gs_max(gs_min(th_hi - u0, clen), 0));
-        for (int k = kb; k < ke; k += 4) {  // k + 3 < kChunk: kb, kChunk multiples of 4
-          acc_t xv[4][4], cv[4][4];
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk) load4(&xs[(k + kk) * kTileD + 4 * dx], xv[kk]);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) load4(&cf[(4 * ry + i) * (kChunk + 4) + k], cv[i]);
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-              for (int q = 0; q < 4; ++q) acc[i][q] += cv[i][kk] * xv[kk][q];
-        }
-      }
+      if (th_any) chunk_fma<false>(acc, xs, cf, kChunk + 4, ry, dx, th_lo, th_hi, u0, clen);
     }
   }
 #pragma unroll
@@ -413,8 +485,7 @@ template <typename T>
 __global__ void __launch_bounds__(kSpmmThreads, kFwdMinBlocks<T>)
     window_spmm_forward_staged_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ s,
                                       T* __restrict__ y, WindowArgs a, int64_t D, int64_t d_tiles, bool vec) {
-  constexpr int kLd = kChunk + 4;                                    // cf row stride (as the kernel above)
-  constexpr int kVecPerThread = kChunk * kTileD / 4 / kSpmmThreads;  // 16-byte groups of 4 per thread: 4
+  constexpr int kLd = kChunk + 4;  // cf row stride (as the kernel above)
   __shared__ __align__(16) T xs[kChunk * kTileD];                    // [k][d]
   __shared__ __align__(16) T cf[kFwdCfSlots<T> * kTileRows * kLd];   // [slot][r][k]
   __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
@@ -453,52 +524,12 @@ __global__ void __launch_bounds__(kSpmmThreads, kFwdMinBlocks<T>)
         const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
         T* __restrict__ cft = cf + (cached ? slot : 0) * kTileRows * kLd;
         __syncthreads();  // the previous chunk's products are done with xs (and an uncached cf)
-        if (vec) {
-          T v[kVecPerThread][4];
-#pragma unroll
-          for (int it = 0; it < kVecPerThread; ++it) {
-            const int idx = tid + it * kSpmmThreads;
-            const int k = idx / (kTileD / 4), dd = 4 * (idx % (kTileD / 4));
-            if (k < clen && d0 + dd < D) {  // D % 4 == 0: the whole group is inside
-              load4(&xn[(u0 + k) * D + d0 + dd], v[it]);
-            } else {
-#pragma unroll
-              for (int q = 0; q < 4; ++q) v[it][q] = T(0);
-            }
-          }
-#pragma unroll
-          for (int it = 0; it < kVecPerThread; ++it) {
-            const int idx = tid + it * kSpmmThreads;
-            const int k = idx / (kTileD / 4), dd = 4 * (idx % (kTileD / 4));
-#pragma unroll
-            for (int q = 0; q < 4; ++q) xs[k * kTileD + dd + q] = v[it][q];
-          }
-        } else {
-          stage_tile<kChunk, kTileD, kSpmmThreads>(xn, u0, clen, d0, D, tid, [&](int k, int dd, const T* v) {
-            xs[k * kTileD + dd] = v != nullptr ? *v : T(0);
-          });
-        }
+        stage_chunk<T, T>(xn, u0, clen, d0, D, tid, vec, xs);
         if (!cached || dt == 0)
           stage_row_coefs<T>(a, w, sn, r_lo, r_hi, r_eb, r_band, p, t0, u0, clen, tid,
                              [&](int r, int k, T c) { cft[r * kLd + k] = c; });
         __syncthreads();
-        if (th_any) {
-          const int kb = static_cast<int>(gs_min(gs_max(th_lo - u0, 0), kChunk)) & ~3;
-          const int ke = static_cast<int>(gs_max(gs_min(th_hi - u0, clen), 0));
-          for (int k = kb; k < ke; k += 4) {  // k + 3 < kChunk: kb, kChunk multiples of 4
-            T xv[4][4], cv[4][4];
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) load4(&xs[(k + kk) * kTileD + 4 * dx], xv[kk]);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) load4(&cft[(4 * ry + i) * kLd + k], cv[i]);
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-              for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) acc[i][q] += cv[i][kk] * xv[kk][q];
-          }
-        }
+        if (th_any) chunk_fma<false>(acc, xs, cft, kLd, ry, dx, th_lo, th_hi, u0, clen);
       }
     }
 #pragma unroll
@@ -674,31 +705,13 @@ __global__ void __launch_bounds__(kSpmmThreads)
     for (int64_t t0 = band_lo; t0 < band_hi; t0 += kChunk) {
       const int clen = static_cast<int>(gs_min(kChunk, band_hi - t0));
       __syncthreads();  // the previous chunk is done with gsrc / cf / s_*
-      stage_tile<kChunk, kTileD, kSpmmThreads>(gm, t0, clen, d0, D, tid, [&](int k, int dd, const scalar_t* v) {
-        gsrc[k * kTileD + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
-      });
+      stage_chunk<scalar_t, acc_t>(gm, t0, clen, d0, D, tid, /*vec=*/false, gsrc);
       load_windows<kChunk>(a, t0, clen, tid, s_lo, s_hi, s_eb, s_band, s + m * N + t0, s_s);
       __syncthreads();
       stage_col_coefs(a, w, s_lo, s_hi, s_eb, s_band, s_s, p, t0, c0, ncols, tid,
                       [&](int k, int r, acc_t c) { cf[k * (kTileRows + 4) + r] = c; });
       __syncthreads();
-      if (th_any) {
-        const int kb = static_cast<int>(gs_min(gs_max(th_lo - t0, 0), kChunk)) & ~3;
-        const int ke = static_cast<int>(gs_max(gs_min(th_hi - t0, clen), 0));
-        for (int k = kb; k < ke; k += 4) {
-          acc_t gv[4][4], cv[4][4];
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk) load4(&gsrc[(k + kk) * kTileD + 4 * dx], gv[kk]);
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk) load4(&cf[(k + kk) * (kTileRows + 4) + 4 * ry], cv[kk]);
-#pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-              for (int q = 0; q < 4; ++q) acc[i][q] += cv[kk][i] * gv[kk][q];
-        }
-      }
+      if (th_any) chunk_fma<true>(acc, gsrc, cf, kTileRows + 4, ry, dx, th_lo, th_hi, t0, clen);
     }
   }
 #pragma unroll
@@ -742,7 +755,6 @@ __global__ void __launch_bounds__(kSpmmThreads, kColsMinBlocks<T>)
                                    const T* __restrict__ s, T* __restrict__ gx, T* __restrict__ colpart, WindowArgs a,
                                    int64_t D, int64_t d_tiles, bool vec) {
   constexpr int kLd = kTileRows + 4;
-  constexpr int kVecPerThread = kChunk * kTileD / 4 / kSpmmThreads;
   __shared__ __align__(16) T gsrc[kChunk * kTileD];                 // [k][d]: source rows t
   __shared__ __align__(16) T cf[kFwdCfSlots<T> * kChunk * kLd];     // [slot][k][r]: r = target column
   __shared__ int64_t c_lo[kTileRows], c_hi[kTileRows];
@@ -783,31 +795,7 @@ __global__ void __launch_bounds__(kSpmmThreads, kColsMinBlocks<T>)
         const int clen = static_cast<int>(gs_min(kChunk, band_hi - t0));
         T* __restrict__ cft = cf + (cached ? slot : 0) * kChunk * kLd;
         __syncthreads();  // the previous chunk is done with gsrc (and an uncached cf, s_*)
-        if (vec) {
-          T v[kVecPerThread][4];
-#pragma unroll
-          for (int it = 0; it < kVecPerThread; ++it) {
-            const int idx = tid + it * kSpmmThreads;
-            const int k = idx / (kTileD / 4), dd = 4 * (idx % (kTileD / 4));
-            if (k < clen && d0 + dd < D) {
-              load4(&gm[(t0 + k) * D + d0 + dd], v[it]);
-            } else {
-#pragma unroll
-              for (int q = 0; q < 4; ++q) v[it][q] = T(0);
-            }
-          }
-#pragma unroll
-          for (int it = 0; it < kVecPerThread; ++it) {
-            const int idx = tid + it * kSpmmThreads;
-            const int k = idx / (kTileD / 4), dd = 4 * (idx % (kTileD / 4));
-#pragma unroll
-            for (int q = 0; q < 4; ++q) gsrc[k * kTileD + dd + q] = v[it][q];
-          }
-        } else {
-          stage_tile<kChunk, kTileD, kSpmmThreads>(gm, t0, clen, d0, D, tid, [&](int k, int dd, const T* v) {
-            gsrc[k * kTileD + dd] = v != nullptr ? *v : T(0);
-          });
-        }
+        stage_chunk<T, T>(gm, t0, clen, d0, D, tid, vec, gsrc);
         if (!cached || dt == 0) {  // uniform per block
           load_windows<kChunk>(a, t0, clen, tid, s_lo, s_hi, s_eb, s_band, s + m * N + t0, s_s);
           __syncthreads();
@@ -815,23 +803,7 @@ __global__ void __launch_bounds__(kSpmmThreads, kColsMinBlocks<T>)
                           [&](int k, int r, T c) { cft[k * kLd + r] = c; });
         }
         __syncthreads();
-        if (th_any) {
-          const int kb = static_cast<int>(gs_min(gs_max(th_lo - t0, 0), kChunk)) & ~3;
-          const int ke = static_cast<int>(gs_max(gs_min(th_hi - t0, clen), 0));
-          for (int k = kb; k < ke; k += 4) {
-            T gv[4][4], cv[4][4];
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) load4(&gsrc[(k + kk) * kTileD + 4 * dx], gv[kk]);
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) load4(&cft[(k + kk) * kLd + 4 * ry], cv[kk]);
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-              for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) acc[i][q] += cv[kk][i] * gv[kk][q];
-          }
-        }
+        if (th_any) chunk_fma<true>(acc, gsrc, cft, kLd, ry, dx, th_lo, th_hi, t0, clen);
       }
     }
 #pragma unroll
@@ -947,22 +919,127 @@ __global__ void __launch_bounds__(kSpmmThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
+// Pass B's dots of a 32-row tile (g rows gm[r * D + .], r < nrows) with a chunk of columns
+// (xc[k * D + .], k < clen) over the features [f_begin, f_end), staged 32 at a time into gt / xt
+// (row stride kDotD + 4; vec: 16-byte loads, scalar_t == acc_t only):
+//   dots[i][j] = sum_d g[ry + 8i][d] * x[kx + 8j][d].
+// Every thread of the block calls it (barriers).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void rows_chunk_dots(acc_t (&dots)[4][4], const scalar_t* __restrict__ gm, int nrows,
+                                                const scalar_t* __restrict__ xc, int clen, int64_t f_begin,
+                                                int64_t f_end, int64_t D, int tid, bool vec, acc_t* gt, acc_t* xt,
+                                                int ry, int kx) {
+  constexpr int kLd = kDotD + 4;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) dots[i][j] = acc_t(0);
+  for (int64_t f0 = f_begin; f0 < f_end; f0 += kDotD) {
+    __syncthreads();  // the previous step is done with gt / xt
+    bool staged = false;
+    if constexpr (std::is_same<scalar_t, acc_t>::value) {
+      if (vec) {  // all of a thread's 8 loads in flight before its stores
+        VecTile<kTileRows, kDotD, kDotThreads, acc_t> gv, xv;
+        gv.load(gm, 0, nrows, f0, D, tid);
+        xv.load(xc, 0, clen, f0, D, tid);
+        gv.store(gt, kLd, tid);
+        xv.store(xt, kLd, tid);
+        staged = true;
+      }
+    }
+    if (!staged) {
+      stage_tile<kTileRows, kDotD, kDotThreads>(gm, 0, nrows, f0, D, tid, [&](int r, int dd, const scalar_t* v) {
+        gt[r * kLd + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
+      });
+      stage_tile<kChunk, kDotD, kDotThreads>(xc, 0, clen, f0, D, tid, [&](int k, int dd, const scalar_t* v) {
+        xt[k * kLd + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
+      });
+    }
+    __syncthreads();
+#pragma unroll 2
+    for (int dd = 0; dd < kDotD; dd += 4) {
+      acc_t gv[4][4], xv[4][4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) load4(&gt[(ry + 8 * i) * kLd + dd], gv[i]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) load4(&xt[(kx + 8 * j) * kLd + dd], xv[j]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) dots[i][j] += gv[i][q] * xv[j][q];
+    }
+  }
+}
+
+// Pass B's epilogue of one chunk for one thread: for each of its (row r, column k) pairs that is
+// an edge e (t0 + r -> u0 + k of pair p): grad_a_e = s_r s_u dot_e into gw (per_edge, scalar_t)
+// or tmp (relative, acc_t) when either is given, and rowsum[i] += a_e s_u dot_e when gs is needed.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void rows_chunk_epilogue(const acc_t (&dots)[4][4], acc_t (&rowsum)[4], const WindowArgs& a,
+                                                    const scalar_t* __restrict__ w, scalar_t* __restrict__ gw,
+                                                    acc_t* __restrict__ tmp, bool need_rowsum, const int64_t* r_lo,
+                                                    const int64_t* r_hi, const int64_t* r_eb, const int64_t* r_band,
+                                                    const acc_t* r_s, const acc_t* c_s, int64_t p, int64_t t0,
+                                                    int64_t u0, int nrows, int clen, int ry, int kx) {
+  const bool edge_grad = gw != nullptr || tmp != nullptr;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = ry + 8 * i;
+    if (r >= nrows) continue;
+    const int64_t lo = r_lo[r], hi = r_hi[r];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int k = kx + 8 * j;
+      const int64_t u = u0 + k;
+      if (k >= clen || u < lo || u >= hi) continue;
+      const acc_t sj = c_s[k], dot = dots[i][j];
+      const int64_t e = r_eb[r] + p * r_band[r] + u;
+      if (edge_grad) {
+        const acc_t v = r_s[r] * sj * dot;
+        if (gw != nullptr) gw[e] = static_cast<scalar_t>(v);
+        else tmp[e] = v;
+      }
+      if (need_rowsum) rowsum[i] += to_acc<acc_t>(w[edge_slot(a, e, p, t0 + r, u)]) * sj * dot;
+    }
+  }
+}
+
+// Pass B's grad_norm of the tile's rows: gs[row] = sum_dc colpart[dc][row] (fixed order) + the
+// row part, reduced over the 8 column-threads of rows ry + 8i with a fixed butterfly.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void rows_store_gs(const acc_t (&rowsum)[4], const acc_t* __restrict__ colpart,
+                                              int64_t n_colpart, scalar_t* __restrict__ gs, const WindowArgs& a,
+                                              int64_t m, int64_t t0, int nrows, int ry, int kx) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const acc_t part = group_sum(rowsum[i], 8);  // the 8 column-threads of rows ry + 8i
+    const int r = ry + 8 * i;
+    if (kx == 0 && r < nrows) {
+      const int64_t row = m * a.N + t0 + r;
+      acc_t total = acc_t(0);
+      for (int64_t dc = 0; dc < n_colpart; ++dc) total += colpart[dc * a.M * a.N + row];
+      gs[row] = static_cast<scalar_t>(total + part);
+    }
+  }
+}
+
 // Backward pass B, over rows r = m*N + t: dot_e = <g_r, x_c> for each edge e = (r, c = n*N + u).
 //   edge_grad: grad_a_e = s_r s_c dot_e (per_edge: gw[e] in scalar_t; relative: tmp[e] in acc_t).
 //   gs: grad_s_r = sum_{dc} colpart[dc][r] + sum_e a_e s_c dot_e.
 // grid: M * ceil(N / kTileRows), block: kDotThreads.
+// One 32-row tile of pass B (the kernels below and window_spmm_rows_staged_kernel): per chunk of
+// the band, the dots (rows_chunk_dots) and their epilogue; then grad_norm of the rows. The
+// shared arrays come from the kernel.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kDotThreads)
-    window_spmm_rows_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                            const scalar_t* __restrict__ w, const scalar_t* __restrict__ s,
-                            scalar_t* __restrict__ gw, acc_t* __restrict__ tmp, const acc_t* __restrict__ colpart,
-                            int64_t n_colpart, scalar_t* __restrict__ gs, WindowArgs a, int64_t D) {
-  __shared__ __align__(16) acc_t gt[kTileRows * (kDotD + 4)];  // [r][d], rows padded
-  __shared__ __align__(16) acc_t xt[kChunk * (kDotD + 4)];     // [k][d]
-  __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
-  __shared__ acc_t r_s[kTileRows];
-  __shared__ acc_t c_s[kChunk];
-
+__device__ __forceinline__ void rows_tile(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                          const scalar_t* __restrict__ w, const scalar_t* __restrict__ s,
+                                          scalar_t* __restrict__ gw, acc_t* __restrict__ tmp,
+                                          const acc_t* __restrict__ colpart, int64_t n_colpart,
+                                          scalar_t* __restrict__ gs, const WindowArgs& a, int64_t D, bool vec,
+                                          acc_t* gt, acc_t* xt, int64_t* r_lo, int64_t* r_hi, int64_t* r_eb,
+                                          int64_t* r_band, acc_t* r_s, acc_t* c_s) {
   const int tid = threadIdx.x;
   const int64_t N = a.N;
   const int64_t tiles = (N + kTileRows - 1) / kTileRows;
@@ -973,7 +1050,6 @@ __global__ void __launch_bounds__(kDotThreads)
   __syncthreads();
   const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
   const int ry = tid >> 3, kx = tid & 7;  // rows ry + 8i, columns kx + 8j
-  const bool edge_grad = gw != nullptr || tmp != nullptr;
   const scalar_t* __restrict__ gm = g + (m * N + t0) * D;
   acc_t rowsum[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 
@@ -986,70 +1062,28 @@ __global__ void __launch_bounds__(kDotThreads)
       __syncthreads();  // the previous chunk's epilogue is done with c_s
       if (tid < kChunk) c_s[tid] = tid < clen ? to_acc<acc_t>(s[n * N + u0 + tid]) : acc_t(0);
       acc_t dots[4][4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) dots[i][j] = acc_t(0);
-      for (int64_t f0 = 0; f0 < D; f0 += kDotD) {
-        __syncthreads();  // the previous step is done with gt / xt
-        stage_tile<kTileRows, kDotD, kDotThreads>(gm, 0, nrows, f0, D, tid, [&](int r, int dd, const scalar_t* v) {
-          gt[r * (kDotD + 4) + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
-        });
-        stage_tile<kChunk, kDotD, kDotThreads>(xc, 0, clen, f0, D, tid, [&](int k, int dd, const scalar_t* v) {
-          xt[k * (kDotD + 4) + dd] = v != nullptr ? to_acc<acc_t>(*v) : acc_t(0);
-        });
-        __syncthreads();
-#pragma unroll 2
-        for (int dd = 0; dd < kDotD; dd += 4) {
-          acc_t gv[4][4], xv[4][4];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) load4(&gt[(ry + 8 * i) * (kDotD + 4) + dd], gv[i]);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) load4(&xt[(kx + 8 * j) * (kDotD + 4) + dd], xv[j]);
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-              for (int q = 0; q < 4; ++q) dots[i][j] += gv[i][q] * xv[j][q];
-        }
-      }
+      rows_chunk_dots(dots, gm, nrows, xc, clen, 0, D, D, tid, vec, gt, xt, ry, kx);
       __syncthreads();  // c_s visible (also when D == 0)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = ry + 8 * i;
-        if (r >= nrows) continue;
-        const int64_t lo = r_lo[r], hi = r_hi[r];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int k = kx + 8 * j;
-          const int64_t u = u0 + k;
-          if (k >= clen || u < lo || u >= hi) continue;
-          const acc_t sj = c_s[k], dot = dots[i][j];
-          const int64_t e = r_eb[r] + p * r_band[r] + u;
-          if (edge_grad) {
-            const acc_t v = r_s[r] * sj * dot;
-            if (gw != nullptr) gw[e] = static_cast<scalar_t>(v);
-            else tmp[e] = v;
-          }
-          if (gs != nullptr) rowsum[i] += to_acc<acc_t>(w[edge_slot(a, e, p, t0 + r, u)]) * sj * dot;
-        }
-      }
+      rows_chunk_epilogue(dots, rowsum, a, w, gw, tmp, gs != nullptr, r_lo, r_hi, r_eb, r_band, r_s, c_s, p, t0, u0,
+                          nrows, clen, ry, kx);
     }
   }
-  if (gs != nullptr) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const acc_t part = group_sum(rowsum[i], 8);  // the 8 column-threads of rows ry + 8i
-      const int r = ry + 8 * i;
-      if (kx == 0 && r < nrows) {
-        const int64_t row = m * N + t0 + r;
-        acc_t total = acc_t(0);
-        for (int64_t dc = 0; dc < n_colpart; ++dc) total += colpart[dc * a.M * N + row];
-        gs[row] = static_cast<scalar_t>(total + part);
-      }
-    }
-  }
+  if (gs != nullptr) rows_store_gs(rowsum, colpart, n_colpart, gs, a, m, t0, nrows, ry, kx);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kDotThreads)
+    window_spmm_rows_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                            const scalar_t* __restrict__ w, const scalar_t* __restrict__ s,
+                            scalar_t* __restrict__ gw, acc_t* __restrict__ tmp, const acc_t* __restrict__ colpart,
+                            int64_t n_colpart, scalar_t* __restrict__ gs, WindowArgs a, int64_t D) {
+  __shared__ __align__(16) acc_t gt[kTileRows * (kDotD + 4)];  // [r][d], rows padded
+  __shared__ __align__(16) acc_t xt[kChunk * (kDotD + 4)];     // [k][d]
+  __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
+  __shared__ acc_t r_s[kTileRows];
+  __shared__ acc_t c_s[kChunk];
+  rows_tile<scalar_t, acc_t>(g, x, w, s, gw, tmp, colpart, n_colpart, gs, a, D, /*vec=*/false, gt, xt, r_lo, r_hi, r_eb,
+                             r_band, r_s, c_s);
 }
 
 // Backward pass B, staged (fp32 / fp64; with GRAPHSMILE_CUDA_FFMA_DTILES > 0, as the staged
@@ -1058,43 +1092,6 @@ __global__ void __launch_bounds__(kDotThreads)
 // before its shared-memory stores: the first GPU run found this kernel latency-bound (1.16 ms at
 // fp32 D = 512 16x3200; 44% SM, 20% DRAM, 3% L1 hits), waiting on one scalar load at a time.
 // Same dots in the same order: the same bits. Without vec it is the kernel above.
-template <typename T>
-__device__ __forceinline__ void stage_dot_tiles_vec(const T* __restrict__ gm, int nrows, const T* __restrict__ xc,
-                                                    int clen, int64_t f0, int64_t D, int tid, T* gt, T* xt) {
-  constexpr int kLd = kDotD + 4;
-  constexpr int kGroups = kDotD / 4;                           // 16-byte groups per tile row: 8
-  constexpr int kPerThread = kTileRows * kGroups / kDotThreads;  // 4 (kChunk == kTileRows)
-  T gv[kPerThread][4], xv[kPerThread][4];
-#pragma unroll
-  for (int it = 0; it < kPerThread; ++it) {
-    const int idx = tid + it * kDotThreads;
-    const int r = idx / kGroups, dd = 4 * (idx % kGroups);
-    const bool in_d = f0 + dd < D;  // D % 4 == 0: the whole group
-    if (r < nrows && in_d) {
-      load4(&gm[r * D + f0 + dd], gv[it]);
-    } else {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) gv[it][q] = T(0);
-    }
-    if (r < clen && in_d) {
-      load4(&xc[r * D + f0 + dd], xv[it]);
-    } else {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) xv[it][q] = T(0);
-    }
-  }
-#pragma unroll
-  for (int it = 0; it < kPerThread; ++it) {
-    const int idx = tid + it * kDotThreads;
-    const int r = idx / kGroups, dd = 4 * (idx % kGroups);
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      gt[r * kLd + dd + q] = gv[it][q];
-      xt[r * kLd + dd + q] = xv[it][q];
-    }
-  }
-}
-
 // Occupancy: fp32 at least 10 blocks (20 warps) per SM: 96 registers, no spills on sm_90
 // (unbounded, the batched loads took 115 and 8 blocks; 12 blocks spilled; the original kernel has
 // 80 registers, 12 blocks); fp64 6.
@@ -1107,104 +1104,12 @@ __global__ void __launch_bounds__(kDotThreads, kRowsMinBlocks<T>)
                                    const T* __restrict__ s, T* __restrict__ gw, T* __restrict__ tmp,
                                    const T* __restrict__ colpart, int64_t n_colpart, T* __restrict__ gs, WindowArgs a,
                                    int64_t D, bool vec) {
-  static_assert(kChunk == kTileRows, "stage_dot_tiles_vec stages two tiles of the same shape");
-  __shared__ __align__(16) T gt[kTileRows * (kDotD + 4)];  // [r][d], rows padded
-  __shared__ __align__(16) T xt[kChunk * (kDotD + 4)];     // [k][d]
+  __shared__ __align__(16) T gt[kTileRows * (kDotD + 4)];
+  __shared__ __align__(16) T xt[kChunk * (kDotD + 4)];
   __shared__ int64_t r_lo[kTileRows], r_hi[kTileRows], r_eb[kTileRows], r_band[kTileRows];
   __shared__ T r_s[kTileRows];
   __shared__ T c_s[kChunk];
-
-  const int tid = threadIdx.x;
-  const int64_t N = a.N;
-  const int64_t tiles = (N + kTileRows - 1) / kTileRows;
-  const int64_t m = static_cast<int64_t>(blockIdx.x) / tiles;
-  const int64_t t0 = (static_cast<int64_t>(blockIdx.x) - m * tiles) * kTileRows;
-  const int nrows = static_cast<int>(gs_min(kTileRows, N - t0));
-  load_windows<kTileRows>(a, t0, nrows, tid, r_lo, r_hi, r_eb, r_band, s + m * N + t0, r_s);
-  __syncthreads();
-  const int64_t band_lo = r_lo[0], band_hi = r_hi[nrows - 1];
-  const int ry = tid >> 3, kx = tid & 7;  // rows ry + 8i, columns kx + 8j
-  const bool edge_grad = gw != nullptr || tmp != nullptr;
-  const T* __restrict__ gm = g + (m * N + t0) * D;
-  T rowsum[4] = {T(0), T(0), T(0), T(0)};
-
-  for (int64_t n = 0; n < a.M; ++n) {
-    if (n == m) continue;
-    const int64_t p = modal_pair_index(m, n, a.M);
-    for (int64_t u0 = band_lo; u0 < band_hi; u0 += kChunk) {
-      const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
-      const T* __restrict__ xc = x + (n * N + u0) * D;
-      __syncthreads();  // the previous chunk's epilogue is done with c_s
-      if (tid < kChunk) c_s[tid] = tid < clen ? s[n * N + u0 + tid] : T(0);
-      T dots[4][4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) dots[i][j] = T(0);
-      for (int64_t f0 = 0; f0 < D; f0 += kDotD) {
-        __syncthreads();  // the previous step is done with gt / xt
-        if (vec) {
-          stage_dot_tiles_vec(gm, nrows, xc, clen, f0, D, tid, gt, xt);
-        } else {
-          stage_tile<kTileRows, kDotD, kDotThreads>(gm, 0, nrows, f0, D, tid, [&](int r, int dd, const T* v) {
-            gt[r * (kDotD + 4) + dd] = v != nullptr ? *v : T(0);
-          });
-          stage_tile<kChunk, kDotD, kDotThreads>(xc, 0, clen, f0, D, tid, [&](int k, int dd, const T* v) {
-            xt[k * (kDotD + 4) + dd] = v != nullptr ? *v : T(0);
-          });
-        }
-        __syncthreads();
-#pragma unroll 2
-        for (int dd = 0; dd < kDotD; dd += 4) {
-          T gv[4][4], xv[4][4];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) load4(&gt[(ry + 8 * i) * (kDotD + 4) + dd], gv[i]);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) load4(&xt[(kx + 8 * j) * (kDotD + 4) + dd], xv[j]);
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-              for (int q = 0; q < 4; ++q) dots[i][j] += gv[i][q] * xv[j][q];
-        }
-      }
-      __syncthreads();  // c_s visible (also when D == 0)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = ry + 8 * i;
-        if (r >= nrows) continue;
-        const int64_t lo = r_lo[r], hi = r_hi[r];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int k = kx + 8 * j;
-          const int64_t u = u0 + k;
-          if (k >= clen || u < lo || u >= hi) continue;
-          const T sj = c_s[k], dot = dots[i][j];
-          const int64_t e = r_eb[r] + p * r_band[r] + u;
-          if (edge_grad) {
-            const T v = r_s[r] * sj * dot;
-            if (gw != nullptr) gw[e] = v;
-            else tmp[e] = v;
-          }
-          if (gs != nullptr) rowsum[i] += w[edge_slot(a, e, p, t0 + r, u)] * sj * dot;
-        }
-      }
-    }
-  }
-  if (gs != nullptr) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const T part = group_sum(rowsum[i], 8);  // the 8 column-threads of rows ry + 8i
-      const int r = ry + 8 * i;
-      if (kx == 0 && r < nrows) {
-        const int64_t row = m * N + t0 + r;
-        T total = T(0);
-        for (int64_t dc = 0; dc < n_colpart; ++dc) total += colpart[dc * a.M * N + row];
-        gs[row] = total + part;
-      }
-    }
-  }
+  rows_tile<T, T>(g, x, w, s, gw, tmp, colpart, n_colpart, gs, a, D, vec, gt, xt, r_lo, r_hi, r_eb, r_band, r_s, c_s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1246,38 +1151,7 @@ __global__ void __launch_bounds__(kDotThreads, kRowsMinBlocks<T>)
       const int clen = static_cast<int>(gs_min(kChunk, band_hi - u0));
       const T* __restrict__ xc = x + (n * N + u0) * D;
       T dots[4][4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) dots[i][j] = T(0);
-      for (int64_t f0 = f_begin; f0 < f_end; f0 += kDotD) {
-        __syncthreads();  // the previous step is done with gt / xt
-        if (vec) {
-          stage_dot_tiles_vec(gm, nrows, xc, clen, f0, D, tid, gt, xt);
-        } else {
-          stage_tile<kTileRows, kDotD, kDotThreads>(gm, 0, nrows, f0, D, tid, [&](int r, int dd, const T* v) {
-            gt[r * (kDotD + 4) + dd] = v != nullptr ? *v : T(0);
-          });
-          stage_tile<kChunk, kDotD, kDotThreads>(xc, 0, clen, f0, D, tid, [&](int k, int dd, const T* v) {
-            xt[k * (kDotD + 4) + dd] = v != nullptr ? *v : T(0);
-          });
-        }
-        __syncthreads();
-#pragma unroll 2
-        for (int dd = 0; dd < kDotD; dd += 4) {
-          T gv[4][4], xv[4][4];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) load4(&gt[(ry + 8 * i) * (kDotD + 4) + dd], gv[i]);
-#pragma unroll
-          for (int j = 0; j < 4; ++j) load4(&xt[(kx + 8 * j) * (kDotD + 4) + dd], xv[j]);
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-              for (int q = 0; q < 4; ++q) dots[i][j] += gv[i][q] * xv[j][q];
-        }
-      }
+      rows_chunk_dots(dots, gm, nrows, xc, clen, f_begin, f_end, D, tid, vec, gt, xt, ry, kx);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int r = ry + 8 * i;

@@ -82,47 +82,34 @@ bool tensor_cores_for(const at::Tensor& x) {
          tensor_core_code_loaded(x.get_device());
 }
 
-// Feature tiles per block of the tensor-core forward (window_spmm_forward_tc_kernel: the band's
-// coefficients staged once for all of them): gpu::kTcDTiles, or GRAPHSMILE_CUDA_TC_DTILES (read on
-// every call; 1 restages them for every tile, as before, to compare).
-int64_t tc_feature_tiles() {
-  const char* e = std::getenv("GRAPHSMILE_CUDA_TC_DTILES");
-  if (e == nullptr || *e == '\0') return gpu::kTcDTiles;
+// The integer in environment variable `name` (read on every call), `fallback` when unset or
+// empty; an error naming the variable unless it is an integer from lo to hi.
+int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* e = std::getenv(name);
+  if (e == nullptr || *e == '\0') return fallback;
   char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  TORCH_CHECK_VALUE(*end == '\0' && v >= 1 && v <= 64, "graphsmile: the environment variable GRAPHSMILE_CUDA_TC_DTILES ",
-                    "must be an integer from 1 to 64, got '", e, "'");
+  const long long v = std::strtoll(e, &end, 10);
+  TORCH_CHECK_VALUE(*end == '\0' && v >= lo && v <= hi, "graphsmile: the environment variable ", name,
+                    " must be an integer from ", lo, " to ", hi, ", got '", e, "'");
   return v;
 }
+
+// Feature tiles per block of the tensor-core forward (window_spmm_forward_tc_kernel: the band's
+// coefficients staged once for all of them): gpu::kTcDTiles, or GRAPHSMILE_CUDA_TC_DTILES (1
+// restages them for every tile, as before, to compare).
+int64_t tc_feature_tiles() { return env_int("GRAPHSMILE_CUDA_TC_DTILES", gpu::kTcDTiles, 1, 64); }
 
 // Feature tiles per block of the staged fp32/fp64 forward and backward pass A
 // (window_spmm_forward_staged_kernel, window_spmm_cols_staged_kernel: coefficients staged once for
-// all of their tiles, x / grad_y with 16-byte loads), from GRAPHSMILE_CUDA_FFMA_DTILES (read on
-// every call); any n > 0 also runs pass B staged (window_spmm_rows_staged_kernel: 16-byte loads).
-// Unset, empty or 0: the original FFMA kernels, the default until a GPU run has timed them side
-// by side.
-int64_t ffma_feature_tiles() {
-  const char* e = std::getenv("GRAPHSMILE_CUDA_FFMA_DTILES");
-  if (e == nullptr || *e == '\0') return 0;
-  char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  TORCH_CHECK_VALUE(*end == '\0' && v >= 0 && v <= 64, "graphsmile: the environment variable ",
-                    "GRAPHSMILE_CUDA_FFMA_DTILES must be an integer from 0 to 64, got '", e, "'");
-  return v;
-}
+// all of their tiles, x / grad_y with 16-byte loads), from GRAPHSMILE_CUDA_FFMA_DTILES; any n > 0
+// also runs pass B staged (window_spmm_rows_staged_kernel: 16-byte loads). Unset, empty or 0: the
+// original FFMA kernels, the default until a GPU run has timed them side by side.
+int64_t ffma_feature_tiles() { return env_int("GRAPHSMILE_CUDA_FFMA_DTILES", 0, 0, 64); }
 
 // Backward pass B split over the features (window_spmm_rows_split_kernel + _finish_kernel, fp32 /
-// fp64): GRAPHSMILE_CUDA_ROWS_FSPLIT = f, 32-feature steps per block (read on every call). Unset,
-// empty or 0: unsplit. For small batches, whose pass B has few blocks; opt-in until measured.
-int64_t rows_feature_split() {
-  const char* e = std::getenv("GRAPHSMILE_CUDA_ROWS_FSPLIT");
-  if (e == nullptr || *e == '\0') return 0;
-  char* end = nullptr;
-  const long v = std::strtol(e, &end, 10);
-  TORCH_CHECK_VALUE(*end == '\0' && v >= 0 && v <= 1024, "graphsmile: the environment variable ",
-                    "GRAPHSMILE_CUDA_ROWS_FSPLIT must be an integer from 0 to 1024, got '", e, "'");
-  return v;
-}
+// fp64): GRAPHSMILE_CUDA_ROWS_FSPLIT = f, 32-feature steps per block. Unset, empty or 0: unsplit.
+// For small batches, whose pass B has few blocks; opt-in until measured.
+int64_t rows_feature_split() { return env_int("GRAPHSMILE_CUDA_ROWS_FSPLIT", 0, 0, 1024); }
 
 template <typename T>
 struct TypeTag {

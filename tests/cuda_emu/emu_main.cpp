@@ -174,33 +174,20 @@ bool tensor_cores() {
   const char* e = std::getenv("GRAPHSMILE_CUDA_TENSOR_CORES");
   return !(e && std::strcmp(e, "0") == 0);
 }
-// As the forward launcher: feature tiles per block of the tensor-core forward,
-// GRAPHSMILE_CUDA_TC_DTILES or gpu::kTcDTiles.
-int64_t tc_feature_tiles() {
-  const char* e = std::getenv("GRAPHSMILE_CUDA_TC_DTILES");
-  if (e == nullptr || *e == '\0') return gpu::kTcDTiles;
-  const long v = std::strtol(e, nullptr, 10);
-  if (v < 1 || v > 64) die("GRAPHSMILE_CUDA_TC_DTILES must be 1 to 64");
+// As the launchers' env_int: the integer in `name`, `fallback` when unset or empty.
+int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* e = std::getenv(name);
+  if (e == nullptr || *e == '\0') return fallback;
+  const long long v = std::strtoll(e, nullptr, 10);
+  if (v < lo || v > hi) die(std::string(name) + " must be " + std::to_string(lo) + " to " + std::to_string(hi));
   return v;
 }
-// As the forward launcher: feature tiles per block of the staged fp32/fp64 forward,
-// GRAPHSMILE_CUDA_FFMA_DTILES (0 or unset: the original FFMA forward).
-int64_t ffma_feature_tiles() {
-  const char* e = std::getenv("GRAPHSMILE_CUDA_FFMA_DTILES");
-  if (e == nullptr || *e == '\0') return 0;
-  const long v = std::strtol(e, nullptr, 10);
-  if (v < 0 || v > 64) die("GRAPHSMILE_CUDA_FFMA_DTILES must be 0 to 64");
-  return v;
-}
-// As the backward launcher: 32-feature steps per block of the split pass B,
-// GRAPHSMILE_CUDA_ROWS_FSPLIT (0 or unset: unsplit).
-int64_t rows_feature_split() {
-  const char* e = std::getenv("GRAPHSMILE_CUDA_ROWS_FSPLIT");
-  if (e == nullptr || *e == '\0') return 0;
-  const long v = std::strtol(e, nullptr, 10);
-  if (v < 0 || v > 1024) die("GRAPHSMILE_CUDA_ROWS_FSPLIT must be 0 to 1024");
-  return v;
-}
+// As the launchers: feature tiles per block of the tensor-core forward, of the staged fp32/fp64
+// forward and pass A (0: the original FFMA kernels), and the split pass B's 32-feature steps per
+// block (0: unsplit).
+int64_t tc_feature_tiles() { return env_int("GRAPHSMILE_CUDA_TC_DTILES", gpu::kTcDTiles, 1, 64); }
+int64_t ffma_feature_tiles() { return env_int("GRAPHSMILE_CUDA_FFMA_DTILES", 0, 0, 64); }
+int64_t rows_feature_split() { return env_int("GRAPHSMILE_CUDA_ROWS_FSPLIT", 0, 0, 1024); }
 // The emulated storage types with a wmma fragment type (the launchers' TensorCoreType).
 template <typename scalar_t>
 constexpr bool kTensorCoreType = std::is_same<scalar_t, BF16>::value;
