@@ -1,6 +1,7 @@
 // The graphsmile operator library: schemas, defined once. Kernels are registered per dispatch
-// key in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); autograd formulas and fake (meta)
-// implementations are registered from Python in graphsmile/ops/_registry.py.
+// key in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); the window ops' autograd in
+// csrc/autograd.cpp; the shift ops' autograd and every op's fake (meta) implementation from
+// Python, in graphsmile/ops/_registry.py.
 //
 // Importing graphsmile._C loads this library; it exposes no Python functions of its own (the
 // ops are reached through torch.ops.graphsmile.*).

@@ -244,15 +244,16 @@ class HeterGConvEdge(nn.Module):
         M = self.num_modal
         if self.num_layers == 0:
             return tuple(x.chunk(M, dim=0))
-        args = (lens, M, self.win_p, self.win_f, self.weight_mode, self.backend)
+        # the batch's graph, its arguments checked once for the norm and every layer's spmm
+        graph = ops.WindowGraph(lens, M, self.win_p, self.win_f, self.weight_mode, self.backend)
         w = self.edge_weight
         if self.weight_mode == "per_edge":
             # Only the first E weights are used. Slicing here makes every layer's weight
             # gradient E entries long instead of edge_capacity (500,000): the full-size
             # gradient is then materialised once per module, not once per layer. A batch with
             # E > capacity still reaches the op's capacity error (the slice has < E entries).
-            w = w[: ops.index.edge_count(lens, M, self.win_p, self.win_f)]  # lens validated above
-        s = ops.window_norm(w, *args)  # once per forward, shared by every layer
+            w = w[: graph.num_edges]
+        s = graph.norm(w)  # once per forward, shared by every layer
         if x.dtype != w.dtype:
             # Mixed precision: the op wants equal dtypes. The degrees were summed in the
             # parameter's precision above.
@@ -260,8 +261,8 @@ class HeterGConvEdge(nn.Module):
 
         def propagate(z: torch.Tensor) -> torch.Tensor:
             if z.dtype != w.dtype:  # e.g. autocast produced a different dtype for this layer
-                return ops.window_spmm(z, w.to(z.dtype), s.to(z.dtype), *args)
-            return ops.window_spmm(z, w, s, *args)
+                return graph.spmm(z, w.to(z.dtype), s.to(z.dtype))
+            return graph.spmm(z, w, s)
 
         out = x
         h = x

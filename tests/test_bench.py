@@ -107,6 +107,37 @@ def test_ops_bench_smoke(tmp_path):
         assert (tmp_path / f"ops_{section}.png").stat().st_size > 1000
 
 
+def test_host_bench(tmp_path):
+    """bench/host.py: the step variants' phase times and op counts, the per-call times, and the
+    side-by-side mode (this tree against itself, one child each). The counts are what the
+    host-time work relies on: the optimiser step is a handful of ops (fused AdamW), not a loop
+    over the parameters, and each graph layer's propagation is one graphsmile op."""
+    out = tmp_path / "host.jsonl"
+    stdout = _run([str(BENCH / "host.py"), "--steps", "2", "--reps", "1", "--call-reps", "20", "--out", str(out)])
+    assert "window ops' share of the total" in stdout and "raw ops fwd+bwd" in stdout
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    steps = {r["variant"]: r for r in recs if r["op"] == "train_step"}
+    calls = {r["variant"]: r for r in recs if r["op"] == "call"}
+    assert set(steps) == {"model", "no_window_ops"}
+    assert {"graph.spmm fwd", "graph.spmm fwd+bwd", "window_spmm fwd+bwd", "raw ops fwd+bwd (no autograd)"} <= set(calls)
+    for r in steps.values():
+        for k in ("fwd_s", "bwd_s", "opt_s", "total_s"):
+            assert r[k]["reps"] == 2 and 0 < r[k]["median"], (k, r[k])
+        assert r["N"] == 32 and r["device"] == "cpu" and r["git_commit"] and "date" in r
+        assert 0 < r["ops_dispatched"]["opt"] <= 20, r["ops_dispatched"]
+    model_fwd = dict(map(tuple, steps["model"]["top_ops"]["fwd"]))
+    assert "graphsmile.window_spmm" not in dict(map(tuple, steps["no_window_ops"]["top_ops"]["fwd"]))
+    assert model_fwd.get("graphsmile.window_spmm", 21) == 21  # 3 modules x 7 layers (when among the top 8)
+    assert all(c["time_s"] > 0 for c in calls.values())
+    # side by side: the same tree twice
+    out2 = tmp_path / "compare.jsonl"
+    stdout = _run([str(BENCH / "host.py"), "--steps", "2", "--reps", "1", "--call-reps", "10", "--compare-tree", str(REPO),
+                   "--out", str(out2)])
+    assert "this / other" in stdout
+    recs = [json.loads(line) for line in out2.read_text().splitlines()]
+    assert {r["compare"] for r in recs} == {"this", "other"} and len(recs) == 2 * len(steps) + 2 * len(calls)
+
+
 def test_bench_child_process():
     """The default isolation: one measurement in a fresh interpreter, peak RSS recorded."""
     spec = dict(section="stack", provider="floor", lengths=[4, 3], dim=8, layers=2, win_p=2, win_f=2, shift_win=3,

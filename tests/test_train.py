@@ -347,3 +347,41 @@ finally:
     want = single.evaluate(sp.test, 0).metrics
     for k, v in want.items():
         assert res["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+# --- the optimiser ---------------------------------------------------------------------------
+
+
+def test_optimizer_is_the_originals_adamw_with_the_fused_kernel():
+    """make_optimizer: AdamW(amsgrad, lr, weight_decay=l2) with torch's fused kernel on the CPU
+    (torch >= 2.4): its steps equal the default kernel's to rounding. A checkpoint's kernel
+    flags (another machine's choice) do not replace this machine's on load."""
+    from graphsmile.config import GraphSmileConfig
+    from graphsmile.train.trainer import load_optimizer_state, make_optimizer
+
+    cfg = GraphSmileConfig.preset("IEMOCAP", lr=1e-2)
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    runs = {}
+    for kind in ("fused", "default"):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = make_optimizer(params, cfg) if kind == "fused" else torch.optim.AdamW(
+            params, lr=cfg.lr, weight_decay=cfg.l2, amsgrad=True)
+        for step in range(5):
+            opt.zero_grad()
+            sum((p * (step + 1.0)).pow(2).sum() for p in params).backward()
+            opt.step()
+        runs[kind] = (params, opt)
+    fused_opt = runs["fused"][1]
+    group = fused_opt.param_groups[0]
+    assert group["fused"] is True and group["amsgrad"] and group["lr"] == 1e-2 and group["weight_decay"] == cfg.l2
+    for a, b in zip(runs["fused"][0], runs["default"][0]):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a.detach(), start[0] if a.dim() == 2 else start[1])
+    # a checkpoint written by the default kernel: its state loads, the fused choice stays
+    state = runs["default"][1].state_dict()
+    assert state["param_groups"][0].get("fused") in (None, False)
+    load_optimizer_state(fused_opt, state)
+    assert fused_opt.param_groups[0]["fused"] is True
+    assert torch.equal(fused_opt.state[runs["fused"][0][0]]["max_exp_avg_sq"],
+                       state["state"][0]["max_exp_avg_sq"])

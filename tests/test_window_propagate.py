@@ -436,3 +436,121 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(gx, rgx)
     torch.testing.assert_close(gw, rgw)
+
+
+# --- WindowGraph (the graph's arguments checked once) and the C++ autograd kernels ----------
+
+
+@pytest.mark.parametrize("mode", ["per_edge", "relative"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_window_graph_equals_free_functions(backend, mode):
+    """WindowGraph.norm / .spmm give the free functions' values and gradients bit for bit; its
+    attributes are the graph's N and E."""
+    lens, M, wp, wf = [5, 1, 7], 3, 2, 1
+    x, w = _inputs(lens, M, wp, wf, mode)
+    graph = ops.WindowGraph(torch.tensor(lens), M, wp, wf, mode, backend)
+    assert graph.lengths == lens and graph.num_nodes == 13 and graph.num_edges == ops.num_edges(lens, M, wp, wf)
+    assert "N=13" in repr(graph) and f"backend={backend!r}" in repr(graph)
+    g = torch.randn(x.shape, dtype=x.dtype)
+    outs = []
+    for use_graph in (True, False):
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        if use_graph:
+            s = graph.norm(ww)
+            y = graph.spmm(xx, ww, s)
+        else:
+            s = ops.window_norm(ww, lens, M, wp, wf, mode, backend)
+            y = ops.window_spmm(xx, ww, s, lens, M, wp, wf, mode, backend)
+        (y * g).sum().backward()
+        outs.append((s.detach(), y.detach(), xx.grad, ww.grad))
+    for name, a, b in zip(("norm", "y", "grad_x", "grad_w"), *outs):
+        assert torch.equal(a, b), name
+
+
+def test_window_graph_errors_name_the_argument():
+    lens, M, wp, wf = [4, 2], 2, 1, 1
+    x, w = _inputs(lens, M, wp, wf, "per_edge")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.WindowGraph(lens, M, wp, wf, backend="gpu")
+    with pytest.raises(ValueError, match="relative.*finite windows"):
+        ops.WindowGraph(lens, M, -1, 1, weight_mode="relative")
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 0"):
+        ops.WindowGraph([4, 0], M, wp, wf)
+    graph = ops.WindowGraph(lens, M, wp, wf)
+    s = graph.norm(w)
+    with pytest.raises(ValueError, match="x has 10 rows but num_modal \\* sum\\(lengths\\) = 2 \\* 6 = 12"):
+        graph.spmm(x[:10], w, s)
+    with pytest.raises(ValueError, match="edge_weight has 3 entries but this batch has E = "):
+        graph.spmm(x, w[:3], s)
+    with pytest.raises(ValueError, match="norm must be a 1-D tensor with 12 entries"):
+        graph.spmm(x, w, s[:5])
+    with pytest.raises(TypeError, match="x has dtype torch.float64 but edge_weight has dtype torch.float32"):
+        graph.spmm(x, w.float(), s)
+
+
+@pytest.mark.skipif(not ops.HAS_EXTENSION, reason="needs the compiled extension")
+@pytest.mark.parametrize("needs", ["x", "w", "s", "xw", "xws"])
+def test_cpp_autograd_partial_inputs_and_create_graph(needs):
+    """The window ops' autograd is registered in C++ (csrc/autograd.cpp) for every device. With
+    only some inputs requiring grad, the others get none and the ones asked for equal the
+    reference's; under create_graph=True they are the same, and differentiating them again
+    raises the op's error."""
+    for op in ("window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{op}", "Autograd"), op
+    lens, M, wp, wf = [6, 3], 2, 2, 0
+    x, w = _inputs(lens, M, wp, wf, "per_edge")
+    s = ops.window_norm(w, lens, M, wp, wf, backend="reference")
+    g = torch.randn(x.shape, dtype=x.dtype)
+
+    def grads(backend, create_graph):
+        ins = {"x": x.clone(), "w": w.clone(), "s": s.clone()}
+        for k in needs:
+            ins[k].requires_grad_()
+        y = ops.window_spmm(ins["x"], ins["w"], ins["s"], lens, M, wp, wf, backend=backend)
+        return torch.autograd.grad((y * g).sum(), [ins[k] for k in needs], create_graph=create_graph), ins
+
+    want, _ = grads("reference", False)
+    for create_graph in (False, True):
+        got, ins = grads("cpu", create_graph)
+        for k, a, b in zip(needs, got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m: f"grad_{k}: {m}")
+            assert a.shape == ins[k].shape
+        if create_graph:
+            with pytest.raises(RuntimeError, match="gradient of window_spmm cannot be differentiated again"):
+                torch.autograd.grad(sum(t.sum() for t in got), [ins[k] for k in needs], allow_unused=True)
+        else:
+            assert all(t.grad_fn is None for t in got)
+    # window_norm: its gradient through the C++ kernel, and its refusal
+    ww = w.clone().requires_grad_()
+    (gw,) = torch.autograd.grad(ops.window_norm(ww, lens, M, wp, wf, backend="cpu").pow(2).sum(), ww, create_graph=True)
+    wr = w.clone().requires_grad_()
+    (gw_ref,) = torch.autograd.grad(ops.window_norm(wr, lens, M, wp, wf, backend="reference").pow(2).sum(), wr)
+    torch.testing.assert_close(gw.detach(), gw_ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="gradient of window_norm cannot be differentiated again"):
+        torch.autograd.grad(gw.sum(), ww)
+
+
+@pytest.mark.skipif(not ops.HAS_EXTENSION, reason="needs the compiled extension")
+def test_extension_without_autograd_kernels_is_refused():
+    """An extension built from sources older than csrc/autograd.cpp would leave the window ops
+    without gradients: graphsmile refuses it as it does one that does not load (reference
+    backend, one warning saying why)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch\n"
+        "real = torch._C._dispatch_has_kernel_for_dispatch_key\n"
+        "torch._C._dispatch_has_kernel_for_dispatch_key = lambda op, key: key != 'Autograd' and real(op, key)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import graphsmile.ops as ops\n"
+        "assert not ops.HAS_EXTENSION\n"
+        "assert any('older sources' in str(w.message) for w in caught), [str(w.message) for w in caught]\n"
+        "x = torch.randn(4, 3, requires_grad=True)\n"
+        "w = torch.ones(ops.num_edges([2], 2, 1, 1), requires_grad=True)\n"
+        "ops.window_propagate(x, w, [2], 2, 1, 1).sum().backward()\n"
+        "assert x.grad is not None and w.grad is not None\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -5,7 +5,8 @@ Public, stable API:
 - :func:`window_edge_index` -- the windowed cross-modal edges in canonical order.
 - :func:`window_propagate` -- ``diag(s) A diag(s) x`` over those edges (SPEC 3).
 - :func:`window_norm`, :func:`window_spmm` -- the same in two steps, so that a stack of layers
-  computes the normalisation once.
+  computes the normalisation once; :class:`WindowGraph` -- both as methods of one batch's
+  graph, whose arguments are checked once (what the model's graph modules use).
 - :func:`shift_pair_logits`, :func:`shift_pair_embeddings`, :func:`shift_pair_labels` --
   sentiment-shift pairs (SPEC 4).
 - :func:`shift_pair_nll` -- the shift head and its loss fused: NLL and confusion counts over
@@ -26,7 +27,7 @@ from .index import (
     window_edge_index,
 )
 from .shift import shift_pair_embeddings, shift_pair_logits, shift_pair_nll
-from .window import WEIGHT_MODES, window_norm, window_propagate, window_spmm
+from .window import WEIGHT_MODES, WindowGraph, window_norm, window_propagate, window_spmm
 
 if _ext.HAS_EXTENSION:
     from . import _registry  # noqa: F401
@@ -36,6 +37,7 @@ HAS_EXTENSION = _ext.HAS_EXTENSION
 __all__ = [
     "BACKENDS",
     "WEIGHT_MODES",
+    "WindowGraph",
     "HAS_EXTENSION",
     "num_edges",
     "num_shift_pairs",

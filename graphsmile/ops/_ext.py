@@ -20,6 +20,11 @@ try:  # importing the module runs the TORCH_LIBRARY registrations
         raise ImportError("disabled by GRAPHSMILE_NO_EXTENSION=1")
     from graphsmile import _C  # noqa: F401
 
+    # The window ops' autograd is in C++ (csrc/autograd.cpp); an extension built from
+    # older sources would leave them without gradients (torch would only warn), so it is
+    # refused like one that does not load.
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("graphsmile::window_spmm", "Autograd"):
+        raise ImportError("graphsmile._C was built from older sources (no autograd kernels for the window ops)")
     HAS_EXTENSION = True
 except Exception as exc:  # ImportError, or an undefined-symbol OSError from a torch mismatch
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"

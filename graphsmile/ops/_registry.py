@@ -1,8 +1,14 @@
-"""Fake (meta) implementations and autograd formulas of the C++ ops ``torch.ops.graphsmile.*``.
+"""Fake (meta) implementations of the C++ ops ``torch.ops.graphsmile.*``, and the autograd
+formulas of the shift ops.
 
 Registered with ``torch.library`` so the ops work under ``torch.compile(fullgraph=True)`` and
 ``torch.library.opcheck``. Backward formulas call the registered backward ops, so they stay
 traceable. Imported only when the extension loaded.
+
+The window ops' autograd (``window_norm``, ``window_spmm``) is registered in C++
+(csrc/autograd.cpp): they run once per graph layer, and the Python autograd path's host time
+(about 40 us per forward call, 70 us per backward call) is a large share of a small training
+step on a GPU. The shift ops run once per step and keep the Python registration below.
 """
 from __future__ import annotations
 
@@ -60,37 +66,6 @@ def _shift_pair_nll_fake(a, b, sentiment, lengths, shift_win, with_grad):
 # --- autograd -----------------------------------------------------------------------------
 
 
-def _norm_setup(ctx, inputs, output):
-    edge_weight, lengths, num_nodes, num_modal, win_p, win_f, weight_mode = inputs
-    ctx.save_for_backward(output, edge_weight, lengths)
-    ctx.args = (num_modal, win_p, win_f, weight_mode)
-
-
-@first_order_backward("window_norm")
-def _norm_backward(ctx, grad_norm):
-    norm, edge_weight, lengths = ctx.saved_tensors
-    grad_w = None
-    if ctx.needs_input_grad[0]:
-        grad_w = torch.ops.graphsmile.window_norm_backward(grad_norm, norm, edge_weight, lengths, *ctx.args)
-    return grad_w, None, None, None, None, None, None
-
-
-def _spmm_setup(ctx, inputs, output):
-    x, edge_weight, norm, lengths, num_modal, win_p, win_f, weight_mode = inputs
-    ctx.save_for_backward(x, edge_weight, norm, lengths)
-    ctx.args = (num_modal, win_p, win_f, weight_mode)
-
-
-@first_order_backward("window_spmm")
-def _spmm_backward(ctx, grad_y):
-    x, edge_weight, norm, lengths = ctx.saved_tensors
-    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]), bool(ctx.needs_input_grad[2])]
-    if not any(mask):
-        return (None,) * 8
-    gx, gw, gs = torch.ops.graphsmile.window_spmm_backward(grad_y, x, edge_weight, norm, lengths, *ctx.args, mask)
-    return gx, gw, gs, None, None, None, None, None
-
-
 def _pair_setup(ctx, inputs, output):
     a, b, lengths, num_pairs, shift_win = inputs
     ctx.save_for_backward(lengths)
@@ -119,7 +94,5 @@ def _nll_backward(ctx, grad_loss, _grad_confusion, _grad_row, _grad_col):
     return ga, gb, None, None, None, None
 
 
-torch.library.register_autograd(_lib + "window_norm", _norm_backward, setup_context=_norm_setup)
-torch.library.register_autograd(_lib + "window_spmm", _spmm_backward, setup_context=_spmm_setup)
 torch.library.register_autograd(_lib + "shift_pair_sum", _pair_backward, setup_context=_pair_setup)
 torch.library.register_autograd(_lib + "shift_pair_nll", _nll_backward, setup_context=_nll_setup)
