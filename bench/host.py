@@ -81,6 +81,7 @@ def parse_args(argv=None):
     ap.add_argument("--compare-tree", metavar="PATH", help="another built checkout to measure side by side")
     ap.add_argument("--child-out", help=argparse.SUPPRESS)  # compare mode: a child's records, as JSON
     ap.add_argument("--tree-commit", help=argparse.SUPPRESS)  # compare mode: the child's tree's commit
+    ap.add_argument("--tree-dirty", type=int, choices=(0, 1), help=argparse.SUPPRESS)  # ... and whether it had changes
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.reps, args.call_reps = 5, 3, 300
@@ -259,12 +260,12 @@ def time_calls(args, lens, cfg) -> Dict[str, float]:
     return out
 
 
-def measure(args, tree_commit=None) -> List[Dict[str, Any]]:
+def measure(args, tree_commit=None, tree_dirty=None) -> List[Dict[str, Any]]:
     """This process's records: one per step variant (phase samples, medians, op counts) and one
     per call kind."""
     env = common.env_info(args.device, "float32")
     if tree_commit is not None:  # a child measuring another checkout: its commit, not this script's
-        env.update(git_commit=tree_commit, git_dirty=None)
+        env.update(git_commit=tree_commit, git_dirty=tree_dirty)
     step, cfg, lens, E = build_step(args)
     samples = time_steps(step, args)
     counts = {v: count_ops(step, v) for v in VARIANTS}
@@ -324,10 +325,13 @@ def compare(args, run_id: str) -> List[Dict[str, Any]]:
     trees = {"this": Path(__file__).resolve().parents[1], "other": Path(args.compare_tree).resolve()}
     if not (trees["other"] / "graphsmile" / "__init__.py").is_file():
         raise SystemExit(f"--compare-tree {args.compare_tree}: no graphsmile package there")
-    commits = {}
+    commits, dirty = {}, {}
     for k, t in trees.items():
         r = subprocess.run(["git", "-C", str(t), "rev-parse", "HEAD"], capture_output=True, text=True)
         commits[k] = r.stdout.strip() or None
+        r = subprocess.run(["git", "-C", str(t), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True)
+        dirty[k] = bool(r.stdout.strip()) if commits[k] else None
     merged: Dict[str, List[Dict[str, Any]]] = {"this": [], "other": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
@@ -336,7 +340,7 @@ def compare(args, run_id: str) -> List[Dict[str, Any]]:
                 env = dict(os.environ, PYTHONPATH=str(trees[k]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
                 cmd = [sys.executable, str(Path(__file__).resolve()), *child_args(args, 1, out)]
                 if commits[k]:
-                    cmd += ["--tree-commit", commits[k]]
+                    cmd += ["--tree-commit", commits[k], "--tree-dirty", str(int(dirty[k]))]
                 subprocess.run(cmd, env=env, check=True)
                 with open(out) as f:
                     recs = json.load(f)
@@ -366,7 +370,7 @@ def main(argv=None) -> int:
     if args.child_out:
         import json
 
-        records = measure(args, args.tree_commit)
+        records = measure(args, args.tree_commit, None if args.tree_dirty is None else bool(args.tree_dirty))
         with open(args.child_out, "w") as f:
             json.dump(records, f, default=common._json_default)
         return 0
