@@ -22,7 +22,8 @@
 #   ab_ffma      fp32 bandwidth with the staged forward (GRAPHSMILE_CUDA_FFMA_DTILES=8 and 2)
 #   model_cuda   bench/model.py --preset gpu-targets (T3: IEMOCAP batch, 16x1000, 1x20000), cuda + original
 #   host         bench/host.py: the host time of a training step whose kernels do nothing (the
-#                floor of T3/T4's launch-bound steps), per phase, and of one window_spmm call
+#                floor of T3/T4's launch-bound steps), per phase, and of one window_spmm call;
+#                cuda, then triton
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path,
 #                with each epoch's top kernels)
 #   ab_step      the T3 training steps with the staged kernels and the split pass B
@@ -62,7 +63,7 @@ export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
 STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host epoch ab_step epoch_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
 # the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
-NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda epoch ab_step epoch_compiled ab_tc ab_nll stack profile"
+NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda host epoch ab_step epoch_compiled ab_tc ab_nll stack profile"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -210,7 +211,9 @@ FFMA_AB="$OPS --preset gpu-bandwidth --dtype float32 --providers $BE --reps 3 $K
 stage ab_ffma 80 30 "GRAPHSMILE_CUDA_FFMA_DTILES=8 $FFMA_AB; GRAPHSMILE_CUDA_FFMA_DTILES=2 $FFMA_AB"
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 # the host time of a step (T3/T4 are bound by it): C++ autograd, WindowGraph, fused AdamW since the first run
-stage host 45 15 '$PY bench/host.py --device $GS_DEVICE $QUICK --out $OUT/results/host.jsonl'
+# (and with the Triton kernels, auto's choice for fp16/bf16: their launches are Python calls)
+HOST='$PY bench/host.py --device $GS_DEVICE $QUICK --out $OUT/results/host.jsonl'
+stage host 60 15 "$HOST && { [ \"\$GS_DEVICE\" != cuda ] || $HOST --backend triton --reps 3; }"
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
 # the small-batch training step (T3) with the staged kernels and pass B split over the features
 # (GRAPHSMILE_CUDA_ROWS_FSPLIT=4: 128 features per block) beside model_cuda's defaults

@@ -80,20 +80,29 @@ def test_metrics_and_seed_summary():
     assert shift_pair_counts([4], -1) == [16]
 
 
-def test_metrics_from_confusion_match_sklearn_on_arrays():
-    """The shift task's metrics come from [2, 2] counts; they must be scikit-learn's weighted
-    F1 and accuracy on the arrays those counts summarise, absent classes and all."""
+def test_metrics_match_sklearn():
+    """acc_f1 (from the arrays' confusion counts) and acc_f1_from_confusion (the shift task's
+    [2, 2] counts) are scikit-learn's accuracy_score and weighted f1_score (zero_division=0),
+    absent classes, class ids with gaps and all."""
+    from sklearn.metrics import accuracy_score, f1_score
+
     rng = np.random.default_rng(3)
     cases = [(np.array([0, 0, 1]), np.array([0, 0, 0])),        # a class never predicted
              (np.array([1, 1, 1]), np.array([1, 1, 1])),        # one class only
-             (np.array([0, 1]), np.array([1, 0]))]
+             (np.array([0, 1]), np.array([1, 0])),
+             (np.array([5, 2, 5, 9]), np.array([5, 5, 7, 9]))]  # ids with gaps; 7 only predicted
     cases += [(rng.integers(0, 2, n), rng.integers(0, 2, n)) for n in (1, 7, 100, 1000)]
-    cases += [(rng.integers(0, 3, 50), rng.integers(0, 3, 50))]  # any C
+    cases += [(rng.integers(0, 6, n), rng.integers(0, 6, n)) for n in (50, 5810)]  # any C
     for y, p in cases:
+        want_acc = 100.0 * accuracy_score(y, p)
+        want_f1 = 100.0 * f1_score(y, p, average="weighted", zero_division=0)
         C = int(max(y.max(), p.max())) + 1
-        want = M.acc_f1(y, p)
-        got = M.acc_f1_from_confusion(M.confusion(y, p, C))
-        assert got["acc"] == pytest.approx(want["acc"], abs=1e-9) and got["f1"] == pytest.approx(want["f1"], abs=1e-9), (y, p)
+        for got in (M.acc_f1(y, p), M.acc_f1_from_confusion(M.confusion(y, p, C))):
+            assert got["acc"] == pytest.approx(want_acc, abs=1e-9) and got["f1"] == pytest.approx(want_f1, abs=1e-9), (y, p)
+    empty = M.acc_f1(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert np.isnan(empty["acc"]) and np.isnan(empty["f1"])
+    with pytest.raises(ValueError, match="same length"):
+        M.acc_f1(np.array([0, 1]), np.array([0]))
     empty = M.acc_f1_from_confusion(np.zeros((2, 2)))
     assert np.isnan(empty["acc"]) and np.isnan(empty["f1"])
     with pytest.raises(ValueError, match=r"\[C, C\]"):
