@@ -142,7 +142,10 @@ _EDGE_COUNTS_MAX = 4096
 
 
 def edge_count(lens: list, num_modal: int, win_p: int, win_f: int) -> int:
-    """:func:`num_edges` for lengths and windows already validated (``lens``: Python ints)."""
+    """``E = M (M - 1) sum_b c(L_b)`` (``c``: :func:`band_count`, the edges of one modality
+    pair in a dialogue of length ``L_b``), as :func:`num_edges`, for lengths and windows already
+    validated: no checks here (``lens``: Python ints). Memoised per (lengths, M, windows), as a
+    batch's graph modules and layers ask for the same count."""
     if torch.compiler.is_compiling():
         return num_modal * (num_modal - 1) * sum(band_count(L, win_p, win_f) for L in lens)
     key = (tuple(lens), num_modal, win_p, win_f)

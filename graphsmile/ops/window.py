@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import _backend, dense, reference
-from .index import Lengths, check_window, edge_count, lengths_to_list, num_edges
+from .index import Lengths, check_window, edge_count, lengths_to_list
 
 WEIGHT_MODES = {"per_edge": 0, "relative": 1}
 
