@@ -4,6 +4,7 @@
     python bench/host.py --device cuda         # on a GPU: the same, with the CUDA kernels
     python bench/host.py --quick               # fewer repetitions (CI-sized)
     python bench/host.py --compare-tree /tmp/old   # A/B against another (built) checkout
+    python bench/host.py --compiled            # + the model under torch.compile (inductor)
 
 Why: on an H200 a training step of the IEMOCAP preset on a real-shaped batch (16 dialogues,
 759 utterances) took 22 ms while its kernels took about 12.8 ms (bench/GPU_NOTES.md, T3 and
@@ -21,6 +22,11 @@ Step variants, run interleaved (``--reps`` rounds of ``--steps`` steps each):
   ``w.sum() * 0 + 1`` over the nodes and each ``window_spmm`` by ``z * s[:, None]`` (one
   elementwise op each): what the rest of the step costs. The difference is the window ops'
   host time.
+- ``compiled`` (with ``--compiled``): the model's forward under ``torch.compile`` (inductor,
+  static shapes; ``--compiled BACKEND`` for another backend), as ``Trainer(compile=True)`` runs
+  it; compiled during the warm-up (about a
+  minute on 2 CPU cores). Its ops are not counted (a dispatch mode makes compiled code fall
+  back to eager).
 
 Per phase (forward, backward, optimiser step) the median wall time, and the number of ops
 dispatched below autograd (``aten`` and ``graphsmile`` ops, views included: on a GPU most
@@ -50,7 +56,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -77,6 +83,8 @@ def parse_args(argv=None):
     ap.add_argument("--call-reps", type=int, default=2000, help="calls per per-call measurement (default 2000)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: host time, not parallel kernels)")
     ap.add_argument("--quick", action="store_true", help="3 rounds of 5 steps, 300 calls")
+    ap.add_argument("--compiled", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                    help="also the variant 'compiled': the model's forward under torch.compile (default backend inductor)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "host.jsonl"))
     ap.add_argument("--compare-tree", metavar="PATH", help="another built checkout to measure side by side")
     ap.add_argument("--child-out", help=argparse.SUPPRESS)  # compare mode: a child's records, as JSON
@@ -183,26 +191,58 @@ def build_step(args):
         t3 = time.perf_counter()
         return {"fwd": t1 - t0, "bwd": t2 - t1, "opt": t3 - t2, "total": t3 - t0}
 
+    step.model = model
     return step, cfg, lens, E
 
 
-def count_ops(step: Callable, variant: str) -> Dict[str, Dict[str, Any]]:
-    """Ops dispatched per phase of one step (run under a counter per phase)."""
+class _Compiled:
+    """Within the block, the model's forward is the torch.compile'd one (inductor, static
+    shapes: one batch structure here), compiled on first use and kept across blocks."""
+
+    def __init__(self, model, backend: str = "inductor"):
+        self.model, self.backend = model, backend
+        self.eager = model.forward
+        self.compiled = None
+
+    def __enter__(self):
+        if self.compiled is None:
+            self.compiled = torch.compile(self.eager, dynamic=False, backend=self.backend)
+        self.model.forward = self.compiled
+        return self
+
+    def __exit__(self, *exc):
+        self.model.forward = self.eager
+
+
+def variant_context(variant: str, compiled: "Optional[_Compiled]"):
+    if variant == "no_window_ops":
+        return _NoWindowOps()
+    if variant == "compiled":
+        return compiled
+    return contextlib.nullcontext()
+
+
+def count_ops(step: Callable, variant: str) -> Optional[Dict[str, Dict[str, Any]]]:
+    """Ops dispatched per phase of one step (run under a counter per phase). None for the
+    compiled variant: a dispatch mode makes compiled code fall back to eager."""
+    if variant == "compiled":
+        return None
     counters = {p: OpCounter() for p in PHASES}
-    with (_NoWindowOps() if variant == "no_window_ops" else contextlib.nullcontext()):
+    with variant_context(variant, None):
         step(lambda phase: counters[phase])
     return {p: {"total": sum(c.counts.values()), "top": c.counts.most_common(8)} for p, c in counters.items()}
 
 
-def time_steps(step: Callable, args) -> Dict[str, Dict[str, List[float]]]:
-    samples = {v: {p: [] for p in (*PHASES, "total")} for v in VARIANTS}
-    for v in VARIANTS:  # warm-up: lazy initialisation, optimiser state, caches
-        with (_NoWindowOps() if v == "no_window_ops" else contextlib.nullcontext()):
+def time_steps(step: Callable, args, variants) -> Dict[str, Dict[str, List[float]]]:
+    samples = {v: {p: [] for p in (*PHASES, "total")} for v in variants}
+    compiled = _Compiled(step.model, args.compiled) if "compiled" in variants else None
+    for v in variants:  # warm-up: lazy initialisation, optimiser state, caches (and compilation)
+        with variant_context(v, compiled):
             for _ in range(3):
                 step()
     for _ in range(args.reps):
-        for v in VARIANTS:
-            with (_NoWindowOps() if v == "no_window_ops" else contextlib.nullcontext()):
+        for v in variants:
+            with variant_context(v, compiled):
                 for _ in range(args.steps):
                     r = step()
                     for k, t in r.items():
@@ -267,17 +307,18 @@ def measure(args, tree_commit=None, tree_dirty=None) -> List[Dict[str, Any]]:
     if tree_commit is not None:  # a child measuring another checkout: its commit, not this script's
         env.update(git_commit=tree_commit, git_dirty=tree_dirty)
     step, cfg, lens, E = build_step(args)
-    samples = time_steps(step, args)
-    counts = {v: count_ops(step, v) for v in VARIANTS}
+    variants = VARIANTS + (("compiled",) if args.compiled else ())
+    samples = time_steps(step, args, variants)
+    counts = {v: count_ops(step, v) for v in variants}
     calls = time_calls(args, lens, cfg)
-    base = dict(bench="host", preset="IEMOCAP", width=args.width, batch=args.batch, length=args.length,
+    base = dict(bench="host", preset="IEMOCAP", compile_backend=args.compiled, width=args.width, batch=args.batch, length=args.length,
                 N=sum(lens), E=E, backend=args.backend, steps=args.steps, reps=args.reps,
                 graphsmile_path=str(Path(gops.__file__).resolve().parents[1]), **env)
     records = []
-    for v in VARIANTS:
+    for v in variants:
         rec = dict(base, op="train_step", variant=v, samples=samples[v])
-        rec["ops_dispatched"] = {p: counts[v][p]["total"] for p in PHASES}
-        rec["top_ops"] = {p: counts[v][p]["top"] for p in PHASES}
+        rec["ops_dispatched"] = {p: counts[v][p]["total"] for p in PHASES} if counts[v] else None
+        rec["top_ops"] = {p: counts[v][p]["top"] for p in PHASES} if counts[v] else None
         records.append(rec)
     for name, t in calls.items():
         records.append(dict(base, op="call", variant=name, time_s=t, call_reps=args.call_reps))
@@ -297,12 +338,16 @@ def print_tables(records: List[Dict[str, Any]], label: str = "") -> None:
     for rec in steps:
         n = rec["ops_dispatched"]
         print(f"{label}{rec['variant']:14} " + " ".join(f"{fmt_s(rec[f'{k}_s']['median']):>9}" for k in (*PHASES, "total"))
-              + f"   {n['fwd']} / {n['bwd']} / {n['opt']}")
+              + (f"   {n['fwd']} / {n['bwd']} / {n['opt']}" if n else "   -"))
     by = {r["variant"]: r for r in steps}
     m, r = by["model"], by["no_window_ops"]
     for k in ("fwd", "bwd", "total"):
         d = m[f"{k}_s"]["median"] - r[f"{k}_s"]["median"]
         print(f"{label}  the window ops' share of the {k:5}: {fmt_s(d)} ({100 * d / m[f'{k}_s']['median']:.0f}%)")
+    if "compiled" in by:
+        c = by["compiled"]
+        print(f"{label}  compiled / model: " + "  ".join(
+            f"{k} {c[f'{k}_s']['median'] / m[f'{k}_s']['median']:.2f}" for k in (*PHASES, "total")))
     print(f"{label}per call of window_spmm at this size (host time; best of 3 batches of calls):")
     for rec in records:
         if rec["op"] == "call":
@@ -312,7 +357,7 @@ def print_tables(records: List[Dict[str, Any]], label: str = "") -> None:
 def child_args(args, reps: int, out: str) -> List[str]:
     return ["--device", args.device, "--backend", args.backend, "--width", str(args.width), "--batch", str(args.batch),
             "--length", str(args.length), "--steps", str(args.steps), "--reps", str(reps), "--call-reps",
-            str(args.call_reps), "--threads", str(args.threads), "--child-out", out]
+            str(args.call_reps), "--threads", str(args.threads), "--child-out", out] + (["--compiled", args.compiled] if args.compiled else [])
 
 
 def compare(args, run_id: str) -> List[Dict[str, Any]]:

@@ -113,12 +113,16 @@ def test_host_bench(tmp_path):
     host-time work relies on: the optimiser step is a handful of ops (fused AdamW), not a loop
     over the parameters, and each graph layer's propagation is one graphsmile op."""
     out = tmp_path / "host.jsonl"
-    stdout = _run([str(BENCH / "host.py"), "--steps", "2", "--reps", "1", "--call-reps", "20", "--out", str(out)])
-    assert "window ops' share of the total" in stdout and "raw ops fwd+bwd" in stdout
+    stdout = _run([str(BENCH / "host.py"), "--steps", "2", "--reps", "1", "--call-reps", "20", "--compiled", "aot_eager",
+                   "--out", str(out)])
+    assert "window ops' share of the total" in stdout and "raw ops fwd+bwd" in stdout and "compiled / model" in stdout
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     steps = {r["variant"]: r for r in recs if r["op"] == "train_step"}
     calls = {r["variant"]: r for r in recs if r["op"] == "call"}
-    assert set(steps) == {"model", "no_window_ops"}
+    assert set(steps) == {"model", "no_window_ops", "compiled"}
+    compiled = steps.pop("compiled")
+    assert compiled["ops_dispatched"] is None and compiled["compile_backend"] == "aot_eager"
+    assert compiled["total_s"]["reps"] == 2 and compiled["total_s"]["median"] > 0
     assert {"graph.spmm fwd", "graph.spmm fwd+bwd", "window_spmm fwd+bwd", "raw ops fwd+bwd (no autograd)"} <= set(calls)
     for r in steps.values():
         for k in ("fwd_s", "bwd_s", "opt_s", "total_s"):
