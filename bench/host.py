@@ -311,8 +311,8 @@ def measure(args, tree_commit=None, tree_dirty=None) -> List[Dict[str, Any]]:
     samples = time_steps(step, args, variants)
     counts = {v: count_ops(step, v) for v in variants}
     calls = time_calls(args, lens, cfg)
-    base = dict(bench="host", preset="IEMOCAP", compile_backend=args.compiled, width=args.width, batch=args.batch, length=args.length,
-                N=sum(lens), E=E, backend=args.backend, steps=args.steps, reps=args.reps,
+    base = dict(bench="host", preset="IEMOCAP", compile_backend=args.compiled, width=args.width, batch=args.batch,
+                length=args.length, N=sum(lens), E=E, backend=args.backend, steps=args.steps, reps=args.reps,
                 graphsmile_path=str(Path(gops.__file__).resolve().parents[1]), **env)
     records = []
     for v in variants:

@@ -42,27 +42,11 @@ using SpmmBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::
                                                                        const at::Tensor&, int64_t, int64_t, int64_t,
                                                                        int64_t, std::array<bool, 3>);
 
+// The handle of a registered op, looked up where it is called, once (a function-local static:
+// the schemas are registered before any call can reach these kernels).
 template <typename Fn>
 c10::TypedOperatorHandle<Fn> typed_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
-
-// Looked up once (the schemas are registered before any call can reach these kernels).
-const c10::TypedOperatorHandle<NormFn>& norm_op() {
-  static const auto op = typed_op<NormFn>("graphsmile::window_norm");
-  return op;
-}
-const c10::TypedOperatorHandle<NormBackwardFn>& norm_backward_op() {
-  static const auto op = typed_op<NormBackwardFn>("graphsmile::window_norm_backward");
-  return op;
-}
-const c10::TypedOperatorHandle<SpmmFn>& spmm_op() {
-  static const auto op = typed_op<SpmmFn>("graphsmile::window_spmm");
-  return op;
-}
-const c10::TypedOperatorHandle<SpmmBackwardFn>& spmm_backward_op() {
-  static const auto op = typed_op<SpmmBackwardFn>("graphsmile::window_spmm_backward");
-  return op;
 }
 
 // The same words as graphsmile/ops/_grad.py's message for the Python-registered ops.
@@ -88,7 +72,8 @@ struct WindowNormBackward : public torch::autograd::Function<WindowNormBackward>
   static Variable forward(AutogradContext*, const Variable& grad_norm, const Variable& norm, const Variable& w,
                           const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf, int64_t mode) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return norm_backward_op().call(grad_norm, norm, w, lengths, M, wp, wf, mode);
+    static const auto op = typed_op<NormBackwardFn>("graphsmile::window_norm_backward");
+    return op.call(grad_norm, norm, w, lengths, M, wp, wf, mode);
   }
   static variable_list backward(AutogradContext*, variable_list) { refuse_double_backward("window_norm"); }
 };
@@ -98,7 +83,8 @@ struct WindowSpmmBackward : public torch::autograd::Function<WindowSpmmBackward>
                                const Variable& s, const at::Tensor& lengths, int64_t M, int64_t wp, int64_t wf,
                                int64_t mode, std::array<bool, 3> mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [gx, gw, gs] = spmm_backward_op().call(grad_y, x, w, s, lengths, M, wp, wf, mode, mask);
+    static const auto op = typed_op<SpmmBackwardFn>("graphsmile::window_spmm_backward");
+    auto [gx, gw, gs] = op.call(grad_y, x, w, s, lengths, M, wp, wf, mode, mask);
     // A gradient the mask left out is undefined; autograd wants a tensor in every output slot,
     // so it becomes an empty placeholder the op's own autograd kernel never hands on.
     variable_list out{gx, gw, gs};
@@ -134,7 +120,8 @@ struct WindowNorm : public torch::autograd::Function<WindowNorm> {
     Variable s;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      s = norm_op().call(w, lengths, std::move(num_nodes), M, wp, wf, mode);
+      static const auto op = typed_op<NormFn>("graphsmile::window_norm");
+      s = op.call(w, lengths, std::move(num_nodes), M, wp, wf, mode);
     }
     ctx->save_for_backward({s, w, lengths});
     save_graph_args(ctx, M, wp, wf, mode);
@@ -159,7 +146,8 @@ struct WindowSpmm : public torch::autograd::Function<WindowSpmm> {
     Variable y;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      y = spmm_op().call(x, w, s, lengths, M, wp, wf, mode);
+      static const auto op = typed_op<SpmmFn>("graphsmile::window_spmm");
+      y = op.call(x, w, s, lengths, M, wp, wf, mode);
     }
     ctx->save_for_backward({x, w, s, lengths});
     save_graph_args(ctx, M, wp, wf, mode);

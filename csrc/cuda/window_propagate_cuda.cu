@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <tuple>
 #include <type_traits>
 
@@ -164,6 +165,15 @@ void launch_relative_reduce(const Edges& edges, scalar_t* out, const gpu::Window
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Whether the staged kernels may stage rows of these [*, D] tensors with 16-byte loads: D a
+// multiple of 4 and every tensor 16-byte aligned, so that every row start is.
+bool vec_loads(int64_t D, std::initializer_list<const at::Tensor*> tensors) {
+  if (D % 4 != 0) return false;
+  for (const at::Tensor* t : tensors)
+    if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 != 0) return false;
+  return true;
+}
+
 // The staged fp32/fp64 kernels' launches (GRAPHSMILE_CUDA_FFMA_DTILES, GRAPHSMILE_CUDA_ROWS_FSPLIT).
 // Function templates, so that `if constexpr` drops them for 16-bit storage, whose pointers do not
 // fit the kernels' single type T: in the dispatch lambda, not a template, both branches compile.
@@ -177,8 +187,7 @@ bool launch_forward_staged(const at::Tensor& x, const at::Tensor& w, const at::T
     const int64_t d_tiles = ffma_feature_tiles();
     if (d_tiles <= 0) return false;
     const dim3 grid(row_blocks, cuda_host::grid_y(ceil_div(D, gpu::kTileD * d_tiles), "window_spmm (feature tiles)"));
-    // 16-byte loads of x: every row start 16-byte aligned
-    const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+    const bool vec = vec_loads(D, {&x});
     gpu::window_spmm_forward_staged_kernel<scalar_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), args, D,
         d_tiles, vec);
@@ -197,7 +206,7 @@ bool launch_cols_staged(const at::Tensor& g, const at::Tensor& x, const at::Tens
     const int64_t d_tiles = ffma_feature_tiles();
     if (d_tiles <= 0) return false;
     const dim3 grid(row_tiles, cuda_host::grid_y(ceil_div(D, gpu::kTileD * d_tiles), "window_spmm_backward (feature tiles)"));
-    const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0;
+    const bool vec = vec_loads(D, {&g});
     gpu::window_spmm_cols_staged_kernel<scalar_t><<<grid, gpu::kSpmmThreads, 0, stream>>>(
         g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), gx_ptr,
         colpart_ptr, args, D, d_tiles, vec);
@@ -215,8 +224,7 @@ bool launch_rows_staged(const at::Tensor& g, const at::Tensor& x, const at::Tens
   if constexpr (!std::is_same<scalar_t, acc_t>::value) {
     return false;
   } else {
-    const bool vec = D % 4 == 0 && reinterpret_cast<uintptr_t>(g.data_ptr()) % 16 == 0 &&
-                     reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+    const bool vec = vec_loads(D, {&g, &x});
     const int64_t f_steps = D == 0 ? 0 : rows_feature_split();
     if (f_steps > 0) {
       const int64_t splits = ceil_div(D, f_steps * gpu::kDotD);

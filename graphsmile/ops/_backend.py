@@ -26,12 +26,17 @@ def triton_available() -> bool:
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def check_name(backend: str) -> None:
+    """A ValueError unless ``backend`` is one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def resolve(backend: str, device: torch.device, dtype: "torch.dtype | None" = None, prefer_triton_low_precision: bool = False) -> str:
     """Maps ``backend`` to a concrete one for tensors on ``device``; raises a clear error when
     the requested backend cannot run there. ``prefer_triton_low_precision`` (the window ops):
     "auto" on a GPU takes Triton, when installed, for fp16/bf16 ``dtype``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_name(backend)
     if backend == "auto":
         if device.type == "cpu":
             return "cpu" if _ext.has_kernel("CPU") else "reference"

@@ -35,9 +35,9 @@ def _check_edge_weight(edge_weight, graph: "WindowGraph") -> None:
                 f"({len(graph.lengths)} dialogues, {graph.num_nodes} utterances, num_modal={M}, win_p={wp}, win_f={wf}); "
                 "raise edge_capacity, shorten the windows, use smaller batches, or use edge_weights='relative'"
             )
-    elif edge_weight.numel() != graph.relative_entries:
+    elif edge_weight.numel() != M * (M - 1) * (wp + wf + 1):
         raise ValueError(
-            f"edge_weight in relative mode must have M*(M-1)*(win_p+win_f+1) = {graph.relative_entries} entries "
+            f"edge_weight in relative mode must have M*(M-1)*(win_p+win_f+1) = {M * (M - 1) * (wp + wf + 1)} entries "
             f"(shape [{M}, {M - 1}, {wp + wf + 1}]), got shape {tuple(edge_weight.shape)}"
         )
 
@@ -78,7 +78,7 @@ class WindowGraph:
     """
 
     __slots__ = ("lengths", "num_modal", "win_p", "win_f", "weight_mode", "mode_id", "backend", "num_nodes",
-                 "num_edges", "relative_entries", "_lengths_tensor")
+                 "num_edges", "_lengths_tensor")
 
     def __init__(self, lengths: Lengths, num_modal: int, win_p: int, win_f: int, weight_mode: str = "per_edge",
                  backend: str = "auto"):
@@ -87,14 +87,12 @@ class WindowGraph:
         self.mode_id = _mode(weight_mode)
         if self.mode_id == 1 and (win_p < 0 or win_f < 0):
             raise ValueError(f"weight_mode='relative' needs finite windows (win_p, win_f >= 0), got win_p={win_p}, win_f={win_f}")
-        if backend not in _backend.BACKENDS:
-            raise ValueError(f"backend must be one of {_backend.BACKENDS}, got {backend!r}")
+        _backend.check_name(backend)
         self.lengths = lens
         self.num_modal, self.win_p, self.win_f = num_modal, win_p, win_f
         self.weight_mode, self.backend = weight_mode, backend
         self.num_nodes = sum(lens)
         self.num_edges = edge_count(lens, num_modal, win_p, win_f)
-        self.relative_entries = num_modal * (num_modal - 1) * (win_p + win_f + 1)
         self._lengths_tensor = None
 
     def __repr__(self) -> str:

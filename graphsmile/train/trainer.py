@@ -205,6 +205,7 @@ def make_optimizer(params, config: GraphSmileConfig) -> torch.optim.AdamW:
     this was the largest share of it after the graph ops. The update is the same formula;
     its rounding may differ from the loop's in the last bits. ``params``: parameters or
     parameter groups, all on one device."""
+    params = list(params)  # a generator would be spent by the first attempt
     try:
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.l2, amsgrad=True, fused=True)
     except RuntimeError:  # no fused kernel for this device (or these dtypes): torch's default
