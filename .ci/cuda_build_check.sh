@@ -11,7 +11,8 @@
 # 4. checks that every csrc/cuda/*.cu produced an object file, lists compiler warnings from our
 #    sources (GRAPHSMILE_CUDA_WERROR=1 makes them fatal);
 # 5. imports graphsmile from outside the source tree and asserts that all seven
-#    torch.ops.graphsmile ops have CPU and CUDA kernels (no GPU needed for that).
+#    torch.ops.graphsmile ops have CPU and CUDA kernels, and upload_by_value its
+#    CompositeExplicitAutograd one (no GPU needed for that).
 # Exits non-zero on any failure. Set KEEP_BUILD_DIR=1 to keep the temp dir.
 set -euo pipefail
 
@@ -142,6 +143,9 @@ ops_ = ["window_norm", "window_norm_backward", "window_spmm", "window_spmm_backw
 missing = [(op, key) for op in ops_ for key in ("CPU", "CUDA")
            if not torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{op}", key)]
 assert not missing, f"missing kernels: {missing}"
+# the by-value upload (csrc/cuda/upload_cuda.cu): a CPU input and a CUDA output, so not a backend key
+assert torch._C._dispatch_has_kernel_for_dispatch_key("graphsmile::upload_by_value", "CompositeExplicitAutograd"), \
+    "missing kernel: upload_by_value (CompositeExplicitAutograd)"
 print(f"  graphsmile from {os.path.dirname(graphsmile.__file__)}: CPU + CUDA kernels for {', '.join(ops_)}")
 print(f"  torch.cuda.is_available() = {torch.cuda.is_available()}")
 EOF

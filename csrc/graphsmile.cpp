@@ -41,4 +41,7 @@ TORCH_LIBRARY(graphsmile, m) {
   // loss is d/da_i = (-row_r_i, row_r_i), d/db_j = (-col_r_j, col_r_j).
   m.def("shift_pair_nll(Tensor a, Tensor b, Tensor sentiment, Tensor lengths, int shift_win, bool with_grad) -> "
         "(Tensor, Tensor, Tensor, Tensor)");
+  // A 1-D int64 CPU tensor copied to a CUDA device by value (kernel arguments, no host memory read
+  // on the device): capturable in a CUDA graph. CUDA builds only (csrc/cuda/upload_cuda.cu).
+  m.def("upload_by_value(Tensor values, Device device) -> Tensor");
 }

@@ -77,5 +77,43 @@ __device__ __forceinline__ acc_t to_acc(const scalar_t& v) {
   return static_cast<acc_t>(v);
 }
 
+// ---- metadata by value ----------------------------------------------------------------------------
+
+// Up to kParamChunkValues int64 values carried by a kernel's argument (8 + 8 x 480 = 3,848 bytes,
+// under the 4,096-byte argument limit of every architecture) and written to device memory by one
+// block. The launchers send their per-batch metadata this way when it is small or when the stream
+// is being captured into a CUDA graph: a graph keeps a launch's arguments from capture time, so a
+// replay writes the same values and reads no host memory. (A copy from pinned host memory is read
+// again at every replay, from a block the caching host allocator may have handed out since.)
+constexpr int kParamChunkValues = 480;
+constexpr int kParamChunkThreads = 128;
+
+struct ParamChunk {
+  int64_t count;  // values used, 1 .. kParamChunkValues
+  int64_t values[kParamChunkValues];
+};
+// with the kernel's other argument (the destination pointer), within the 4,096 bytes
+static_assert(sizeof(ParamChunk) + sizeof(int64_t*) <= 4096, "ParamChunk must fit a kernel's arguments");
+
+// dst[i] = chunk.values[i] for i < chunk.count; one block of kParamChunkThreads threads. (A
+// template, so that the .cu files that include this header do not each define it.)
+template <int kUnused = 0>
+__global__ void __launch_bounds__(kParamChunkThreads) write_param_chunk_kernel(ParamChunk chunk, int64_t* __restrict__ dst) {
+  for (int64_t i = threadIdx.x; i < chunk.count; i += blockDim.x) dst[i] = chunk.values[i];
+}
+
+// Cuts values[0, n) into ParamChunks, in order, and calls launch(chunk, offset) for each: the
+// host side of the by-value upload, shared by the launchers and the emulator.
+template <typename Launch>
+inline void for_each_param_chunk(const int64_t* values, int64_t n, Launch&& launch) {
+  ParamChunk chunk;
+  for (int64_t offset = 0; offset < n; offset += kParamChunkValues) {
+    const int64_t count = n - offset < kParamChunkValues ? n - offset : kParamChunkValues;
+    chunk.count = count;
+    for (int64_t i = 0; i < count; ++i) chunk.values[i] = values[offset + i];
+    launch(chunk, offset);
+  }
+}
+
 }  // namespace gpu
 }  // namespace graphsmile

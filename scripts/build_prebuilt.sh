@@ -64,7 +64,8 @@ assert _ext.HAS_EXTENSION, _ext.LOAD_ERROR
 for op in ("window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward", "shift_pair_sum", "shift_pair_sum_backward", "shift_pair_nll"):
     for key in ("CPU", "CUDA"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{op}", key), (op, key)
-print("  loads; CPU and CUDA kernels registered for all seven ops")
+assert torch._C._dispatch_has_kernel_for_dispatch_key("graphsmile::upload_by_value", "CompositeExplicitAutograd")
+print("  loads; CPU and CUDA kernels registered for all seven ops, and upload_by_value")
 EOF
 
 mkdir -p "$OUT_DIR"

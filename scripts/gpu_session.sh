@@ -24,6 +24,8 @@
 #   host         bench/host.py: the host time of a training step whose kernels do nothing (the
 #                floor of T3/T4's launch-bound steps), per phase, and of one window_spmm call;
 #                cuda, then triton
+#   graphed      bench/graphed.py: the T3 steps (16xIEMOCAP, 16x1000) eager vs replayed from a CUDA
+#                graph, i.e. with the host's work removed; cuda and triton (GPU only)
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path,
 #                with each epoch's top kernels)
 #   ab_step      the T3 training steps with the staged kernels and the split pass B
@@ -61,9 +63,9 @@ export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host epoch ab_step epoch_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
 # the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
-NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda host epoch ab_step epoch_compiled ab_tc ab_nll stack profile"
+NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled ab_tc ab_nll stack profile"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -183,7 +185,7 @@ fi
 touch "$OUT/logs/ext.ok"
 '
 NEED_EXT=0
-for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda epoch ab_step epoch_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
+for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda host graphed epoch ab_step epoch_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
@@ -214,6 +216,9 @@ stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --
 # (and with the Triton kernels, auto's choice for fp16/bf16: their launches are Python calls)
 HOST='$PY bench/host.py --device $GS_DEVICE $QUICK --out $OUT/results/host.jsonl'
 stage host 60 15 "$HOST && { [ \"\$GS_DEVICE\" != cuda ] || $HOST --backend triton --reps 3; }"
+# the same T3 steps replayed from a CUDA graph: the step's GPU time with the host's work removed
+# (CUDA graphs need a GPU: nothing to do in a dry run)
+stage graphed 90 30 '[ "$GS_DEVICE" != cuda ] && echo "no CUDA graphs on $GS_DEVICE" || $PY bench/graphed.py $QUICK --reps 3 --out $OUT/results/graphed.jsonl'
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
 # the small-batch training step (T3) with the staged kernels and pass B split over the features
 # (GRAPHSMILE_CUDA_ROWS_FSPLIT=4: 128 features per block) beside model_cuda's defaults

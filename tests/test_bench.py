@@ -142,6 +142,31 @@ def test_host_bench(tmp_path):
     assert {r["compare"] for r in recs} == {"this", "other"} and len(recs) == 2 * len(steps) + 2 * len(calls)
 
 
+def test_graphed_bench(tmp_path):
+    """bench/graphed.py (the step eager vs replayed from a CUDA graph) needs a GPU: its
+    arguments and cases here; without a GPU it exits 2 saying why and writes nothing, with one
+    it runs the quick cases and records both variants."""
+    graphed = _load_script("graphed")
+    args = graphed.parse_args(["--quick", "--providers", "cuda"])
+    assert (args.batch, args.lengths, args.steps, args.providers) == (2, [30], 3, ["cuda"])
+    assert args.out.name == "graphed.jsonl" and args.out.parent.name == "quick"
+    labels = [c["label"] for c in graphed.cases(args)]
+    assert labels == ["2xIEMOCAP", "2x30"] and len(graphed.cases(args)[0]["lengths"]) == 2
+    with pytest.raises(SystemExit):
+        graphed.parse_args(["--providers", "cpu"])
+    out = tmp_path / "graphed.jsonl"
+    p = subprocess.run([sys.executable, str(BENCH / "graphed.py"), "--quick", "--providers", "cuda", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    if not torch.cuda.is_available():
+        assert p.returncode == 2 and "no CUDA device" in p.stderr and not out.exists(), (p.returncode, p.stderr)
+        return
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["case"] for r in recs] == labels and all(r["status"] == "ok" for r in recs)
+    for r in recs:
+        assert r["eager"]["reps"] == 9 and r["graphed"]["reps"] == 9 and r["graphed_s"] > 0 and r["device"] == "cuda"
+
+
 def test_bench_child_process():
     """The default isolation: one measurement in a fresh interpreter, peak RSS recorded."""
     spec = dict(section="stack", provider="floor", lengths=[4, 3], dim=8, layers=2, win_p=2, win_f=2, shift_win=3,

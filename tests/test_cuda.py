@@ -904,3 +904,154 @@ def test_ffma_kernels_with_tensor_cores_off(tmp_path, dtype):
     for name, t, f, th, ex in zip(("y", "grad_x", "grad_w"), tc, ffma, theirs, exact):
         _assert_lowp(f"{name} (tensor cores)", t, th, ex, dtype)
         _assert_lowp(f"{name} (FFMA)", f.to(t.device), th, ex, dtype)
+
+
+# --- CUDA graphs: per-batch tables by value ---------------------------------------------------
+# The launchers write their per-batch metadata with kernels whose arguments carry it when it is
+# small (<= 960 values) or when the stream is being captured; larger tables otherwise go through
+# pinned memory. Python's tables (packed_index, the Triton ops') go by value while capturing.
+
+
+@needs_gpu
+def test_upload_by_value_roundtrip():
+    gen = torch.Generator().manual_seed(0)
+    for n in (0, 1, 480, 481, 2000):
+        t = torch.randint(-2**40, 2**40, (n,), dtype=torch.int64, generator=gen)
+        got = ops.index.upload_by_value(t, CUDA)
+        assert got.device.type == "cuda" and got.dtype == torch.int64 and torch.equal(got.cpu(), t), n
+    t32 = torch.arange(-350, 350, dtype=torch.int32).view(7, 100)
+    got = ops.index.upload_by_value(t32, CUDA)
+    assert got.dtype == torch.int32 and got.shape == (7, 100) and torch.equal(got.cpu(), t32)
+    with pytest.raises(TypeError, match="integer tensor"):
+        ops.index.upload_by_value(torch.ones(3), CUDA)
+    with pytest.raises(RuntimeError, match="values must be a CPU tensor"):
+        torch.ops.graphsmile.upload_by_value(torch.ones(3, dtype=torch.long, device=CUDA), torch.device(CUDA))
+
+
+@needs_gpu
+@pytest.mark.parametrize("mode", ["per_edge", "relative"])
+def test_many_dialogues_metadata_through_pinned_memory(mode):
+    """300 dialogues: 1,200 metadata values, more than go by value outside a capture."""
+    rng = random.Random(7)
+    lens, M, wp, wf, D = [rng.randint(1, 4) for _ in range(300)], 2, 3, 2, 24
+    x, w, g = _window_inputs(lens, M, wp, wf, D, mode)
+
+    def run(backend, dt):
+        return _propagate(backend, x.to(dt), w.to(dt), g.to(dt), lens, M, wp, wf, mode)
+
+    _check_against_reference(("y", "grad_x", "grad_edge_weight"), run, torch.float64)
+
+
+def _captured(fn):
+    """fn() captured in a CUDA graph after two warm-up calls on a side stream (torch's recipe:
+    Triton's autotuner and lazy initialisation run outside the capture). Returns (graph, outputs)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def _churn(backend):
+    """Eager calls on other batches between capture and replay: device and pinned blocks are
+    freed and reused, the Triton ops' table cache is filled with other tables."""
+    for lens in ([3, 9], [50] * 30, [1, 2, 3] * 150):
+        N = sum(lens)
+        w = torch.rand(ops.num_edges(lens, 2, 4, 4), device=CUDA) + 0.5
+        s = ops.window_norm(w, lens, 2, 4, 4, backend=backend)
+        ops.window_spmm(torch.randn(2 * N, 8, device=CUDA), w, s, lens, 2, 4, 4, backend=backend)
+        torch.empty(1 << 22, dtype=torch.long).pin_memory()
+
+
+@needs_gpu
+@pytest.mark.parametrize("lens", [[5, 30, 17], [1, 2, 3] * 100], ids=["3dialogues", "300dialogues"])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_window_and_shift_ops_replay_in_a_cuda_graph(backend, lens):
+    """window_norm, window_spmm with its backward and the fused shift loss, captured once and
+    replayed on new input values after the allocator's blocks have been reused: the replay
+    equals eager calls on those values. 300 dialogues: 1,200 values of window metadata, three
+    by-value launches in the capture."""
+    if backend == "triton" and not ops._backend._TRITON:
+        pytest.skip("triton is not installed")
+    M, wp, wf, D, sw = 2, 4, 3, 40, 7
+    N = sum(lens)
+    E = ops.num_edges(lens, M, wp, wf)
+    gen = torch.Generator(device=CUDA).manual_seed(0)
+    x = torch.randn(M * N, D, device=CUDA, generator=gen).requires_grad_()
+    w = (torch.rand(E, device=CUDA, generator=gen) + 0.5).requires_grad_()
+    gy = torch.randn(M * N, D, device=CUDA, generator=gen)
+    head_w = torch.randn(2, 2 * D, device=CUDA, generator=gen) * 0.1
+    head_b = torch.randn(2, device=CUDA, generator=gen)
+    sent = torch.randint(0, 3, (N,), device=CUDA, generator=gen)
+
+    def step():
+        s = ops.window_norm(w, lens, M, wp, wf, backend=backend)
+        y = ops.window_spmm(x, w, s, lens, M, wp, wf, backend=backend)
+        gx, gw = torch.autograd.grad(y, (x, w), gy)
+        u = y[:N].detach()
+        loss, conf = ops.shift_pair_nll(u, u, lens, sw, head_w, head_b, sent, reduction="sum", backend=backend)
+        return y.detach(), gx, gw, loss, conf
+
+    graph, static_out = _captured(step)
+    _churn(backend)
+    with torch.no_grad():  # new values in the captured inputs
+        x.copy_(torch.randn(M * N, D, device=CUDA, generator=gen))
+        w.copy_(torch.rand(E, device=CUDA, generator=gen) + 0.5)
+        gy.copy_(torch.randn(M * N, D, device=CUDA, generator=gen))
+        sent.copy_(torch.randint(0, 3, (N,), device=CUDA, generator=gen))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = step()
+    for name, got, want in zip(("y", "grad_x", "grad_w", "shift loss", "confusion"), static_out, eager):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@needs_gpu
+def test_model_training_step_replays_in_a_cuda_graph():
+    """The whole model's forward and backward (backend cuda: packing, the three graph modules,
+    the fused shift loss) captured in a CUDA graph and replayed on new features: same loss and
+    gradients as an eager step on them."""
+    from graphsmile.config import GraphSmileConfig
+    from graphsmile.losses import nll_loss
+    from graphsmile.model import GraphSmile
+
+    lens = [7, 3, 12, 5]
+    cfg = GraphSmileConfig(dataset="IEMOCAP", hidden_dim=16, dim_t=12, dim_v=6, dim_a=5, win=(2, 1),
+                           heter_n_layers=(2, 1, 3), drop=0.0, shift_win=3, backend="cuda")
+    torch.manual_seed(0)
+    model = GraphSmile(cfg).to(CUDA).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    T, B = max(lens), len(lens)
+    mask = (torch.arange(T)[:, None] < torch.tensor(lens)[None, :]).to(CUDA)
+
+    def feat(d):
+        return torch.randn(T, B, d, device=CUDA) * mask[..., None]
+
+    texts = [feat(cfg.text_dim) for _ in range(4)]
+    visual, audio = feat(cfg.visual_dim), feat(cfg.audio_dim)
+    umask, qmask = mask.float(), torch.zeros(T, B, 2, device=CUDA)
+    emo_y = torch.randint(0, cfg.num_emotions, (sum(lens),), device=CUDA)
+    sen_y = torch.randint(0, 3, (sum(lens),), device=CUDA)
+    n_pairs = ops.num_shift_pairs(lens, cfg.shift_win)
+
+    def step():
+        emo, sen, (sft, _), _ = model(*texts, visual, audio, umask, qmask, lengths=lens, shift_sentiment=sen_y)
+        loss = nll_loss(emo, emo_y) + nll_loss(sen, sen_y) + sft / n_pairs
+        return (loss.detach(), *torch.autograd.grad(loss, params))
+
+    graph, static_out = _captured(step)
+    _churn("cuda")
+    with torch.no_grad():
+        for t in (*texts, visual, audio):
+            t.copy_(torch.randn_like(t) * mask[..., None])
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = step()
+    names = ["loss"] + [n for n, p in model.named_parameters() if p.requires_grad]
+    for name, got, want in zip(names, static_out, eager):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")

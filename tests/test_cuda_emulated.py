@@ -647,6 +647,26 @@ def test_shift_pair_nll_tiled_nan_rows(emu, kernel):
     assert out["counts"].view(-1, 4).sum().item() == num_shift_pairs(lens, sw)
 
 
+# --- the by-value upload of the launchers' metadata ----------------------------------------------
+
+
+def test_upload_by_value_chunks(emu):
+    """cuda_host::write_by_value (upload_meta's path for small tables and under CUDA-graph
+    capture, and the op upload_by_value): the table cut into kernel-argument chunks of 480
+    values, each written by one block. Every value lands once, in place, at chunk edges too."""
+    gen = torch.Generator().manual_seed(0)
+    jobs = []
+    sizes = (1, 2, 479, 480, 481, 960, 961, 2000)
+    for n in sizes:
+        values = torch.randint(-2**62, 2**62, (n,), dtype=torch.int64, generator=gen)
+        jobs.append((f"up{n}", "upload_by_value", torch.int64, {}, {"values": values}))
+    out = _run(emu, jobs)
+    for (name, _, _, _, arrays), n in zip(jobs, sizes):
+        got = _split_policies(out[name])
+        assert torch.equal(got["out"], arrays["values"]), n
+        assert got["launches"].item() == -(-n // 480), n
+
+
 # --- the emulator itself ------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import graphsmile.ops as ops
@@ -148,3 +149,31 @@ def test_sdist_carries_every_source_and_header(tmp_path):
     wanted += ["CMakeLists.txt", "setup.py", "pyproject.toml"]
     missing = sorted(set(wanted) - names)
     assert not missing, f"missing from the sdist: {missing}"
+
+
+def test_host_to_device_goes_by_value_while_capturing(monkeypatch):
+    """While a CUDA graph is being captured, host tables go by value (the op upload_by_value),
+    not through pinned memory that a replay would read again; otherwise unchanged."""
+    from graphsmile.ops import index
+
+    t = torch.arange(6).view(2, 3)
+    assert torch.equal(index.host_to_device(t, "cpu"), t)
+    calls = []
+    monkeypatch.setattr(index, "upload_by_value", lambda t, device: calls.append((t, device)) or "by value")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert index.host_to_device(t, "cuda") == "by value" and calls[0][0] is t
+    assert torch.equal(index.host_to_device(t, "cpu"), t) and len(calls) == 1  # CPU targets: never by value
+
+
+def test_upload_by_value_checks():
+    """Integer tables only; on an extension without CUDA kernels, a clear error instead of the
+    dispatcher's. (With them, tests/test_cuda.py checks the values on a GPU.)"""
+    from graphsmile.ops import index
+
+    with pytest.raises(TypeError, match="integer tensor, got torch.float32"):
+        index.upload_by_value(torch.ones(3), "cuda")
+    has = torch._C._dispatch_has_kernel_for_dispatch_key("graphsmile::upload_by_value", "CompositeExplicitAutograd")
+    assert has == ops._ext.has_kernel("CUDA"), "upload_by_value is built with the CUDA kernels, and only with them"
+    if not has:
+        with pytest.raises(RuntimeError, match="needs graphsmile._C built with CUDA"):
+            index.upload_by_value(torch.arange(3), "cuda")

@@ -565,6 +565,25 @@ def test_opcheck():
 
 
 @needs_triton
+def test_table_cache_bypassed_while_capturing(monkeypatch):
+    """The per-structure tables are cached, except while a CUDA graph is being captured: a table
+    built then is written only at replay (it must not serve eager calls), and the graph must
+    not depend on a cache entry that an eviction may free."""
+    from graphsmile.ops import triton_ops as T
+
+    lens = [4, 9, 2]
+    first = T.window_meta(lens, 2, 1, 1, DEVICE)
+    assert T.window_meta(lens, 2, 1, 1, DEVICE)[0] is first[0]  # cached
+    monkeypatch.setattr(T, "capturing", lambda device: True)
+    size = len(T._CACHE)
+    built = T.window_meta(lens, 2, 1, 1, DEVICE)
+    assert built[0] is not first[0] and torch.equal(built[0].cpu(), first[0].cpu())
+    assert torch.equal(built[1].cpu(), first[1].cpu())
+    ltab, total = T.pair_lines([7, 3], 2, DEVICE)
+    assert T.pair_lines([7, 3], 2, DEVICE)[0] is not ltab and len(T._CACHE) == size
+
+
+@needs_triton
 def test_torch_compile():
     """fullgraph compile of the three ops with autograd: Inductor on a GPU; on the CPU under the
     interpreter, aot_eager (Inductor cannot compile the interpreted kernels)."""

@@ -63,6 +63,11 @@ def _shift_pair_nll_fake(a, b, sentiment, lengths, shift_win, with_grad):
             a.new_empty(n, dtype=acc), a.new_empty(n, dtype=acc))
 
 
+@torch.library.register_fake(_lib + "upload_by_value")
+def _upload_by_value_fake(values, device):
+    return torch.empty(values.shape, dtype=torch.long, device=device)
+
+
 # --- autograd -----------------------------------------------------------------------------
 
 

@@ -17,11 +17,42 @@ def host_to_device(t: torch.Tensor, device) -> torch.Tensor:
     """A small host-built table -> ``device`` without a host sync. A copy from pageable memory
     makes the host wait for the GPU to drain its queue; from pinned memory it is queued on the
     current stream (torch's caching host allocator keeps the pinned block alive until the copy
-    has run). Under torch.compile, and for CPU targets, a plain ``.to``."""
+    has run). While the current stream is being captured into a CUDA graph, an integer table
+    goes by value instead (:func:`upload_by_value`). Under torch.compile, and for CPU targets,
+    a plain ``.to``."""
     device = torch.device(device) if device is not None else t.device
     if device.type == "cuda" and t.device.type == "cpu" and not torch.compiler.is_compiling():
+        if torch.cuda.is_current_stream_capturing():
+            return upload_by_value(t, device)
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether work for ``device`` is being captured into a CUDA graph now (current stream)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def upload_by_value(t: torch.Tensor, device) -> torch.Tensor:
+    """An integer CPU tensor on the CUDA ``device``, written by kernels whose arguments carry
+    its values (``torch.ops.graphsmile.upload_by_value``, csrc/cuda/upload_cuda.cu), on the
+    current stream. Captured into a CUDA graph, the values are part of the graph: a replay
+    reads no host memory. (A copy from pinned memory would be read again at every replay, from
+    a block the caching host allocator may have reused by then.) Same shape and dtype as
+    ``t``."""
+    from . import _ext
+
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"upload_by_value takes an integer tensor, got {t.dtype}")
+    if not (_ext.HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
+            "graphsmile::upload_by_value", "CompositeExplicitAutograd")):
+        raise RuntimeError(
+            "graphsmile: capturing its ops in a CUDA graph needs graphsmile._C built with CUDA (for its by-value "
+            "upload of the per-batch tables); this one has no CUDA kernels. Rebuild on a machine with nvcc "
+            "(pip install --no-build-isolation -e .) or do not capture."
+        )
+    flat = torch.ops.graphsmile.upload_by_value(t.reshape(-1).to(torch.int64), torch.device(device))
+    return flat.to(t.dtype).view(t.shape)
 
 
 # The C++ kernels' bounds (csrc/window_common.h), which keep every index product in int64: a

@@ -42,7 +42,7 @@ import torch
 import triton
 
 from . import triton_kernels as K
-from .index import _row_start, host_to_device
+from .index import _row_start, capturing, host_to_device
 from ._grad import first_order_backward
 from .shift import nll_input_grads, nll_setup_context
 
@@ -121,7 +121,10 @@ _CACHE_SIZE = 64
 
 
 def _cached(key, build):
-    if torch.compiler.is_compiling():
+    # Not while capturing a CUDA graph (key[-1]: the device): a table built then is written only
+    # when the graph is replayed, so it must not serve eager calls; and one from the cache would
+    # have to outlive the graph, which an eviction does not ensure. The graph gets its own.
+    if torch.compiler.is_compiling() or capturing(torch.device(key[-1])):
         return build()
     hit = _CACHE.get(key)
     if hit is None:

@@ -9,7 +9,7 @@
 // IN holds jobs (written by tests/test_cuda_emulated.py):
 //   job NAME OP DTYPE            OP: window_norm | window_norm_backward | window_spmm |
 //   int KEY VALUE                    window_spmm_backward | shift_pair_sum | shift_pair_sum_backward |
-//                                    shift_pair_nll
+//                                    shift_pair_nll | upload_by_value (DTYPE ignored)
 //   arr KEY TYPE COUNT\n<bytes>  DTYPE / TYPE: f32 | f64 | bf16 | i64 (little endian)
 //   end
 // Every job runs once per scheduling policy of the comma-separated list POLICIES (cuda_emu.h);
@@ -632,6 +632,25 @@ void run_shift_pair_nll(const Job& j, Outputs& out) {
   put(out, "spans", spans);
 }
 
+// ---- the by-value upload -----------------------------------------------------------------------------
+
+// As cuda_host::write_by_value (csrc/cuda/cuda_utils.h), which upload_meta and the op
+// upload_by_value call: gpu::for_each_param_chunk, one write_param_chunk_kernel block per chunk,
+// into a poisoned buffer of exactly n values (its own allocation: ASan sees a write past it).
+void run_upload_by_value(const Job& j, Outputs& out) {
+  const std::vector<int64_t> values = geta<int64_t>(j, "values");
+  const int64_t n = static_cast<int64_t>(values.size());
+  std::vector<int64_t> dev(values.size(), poison<int64_t>());
+  int64_t launches = 0;
+  gpu::for_each_param_chunk(values.data(), n, [&](const gpu::ParamChunk& chunk, int64_t offset) {
+    ++launches;
+    cuda_emu::launch("write_param_chunk_kernel", dim3(1), dim3(gpu::kParamChunkThreads),
+                     [&] { gpu::write_param_chunk_kernel<>(chunk, dev.data() + offset); });
+  });
+  put(out, "out", dev);
+  put(out, "launches", std::vector<int64_t>{launches});
+}
+
 // ---- dispatch ---------------------------------------------------------------------------------------
 
 template <typename scalar_t, typename acc_t>
@@ -647,6 +666,7 @@ void run_typed(const Job& j, Outputs& out) {
 }
 
 void run_job(const Job& j, Outputs& out) {
+  if (j.op == "upload_by_value") return run_upload_by_value(j, out);
   // acc_t = at::opmath_type<scalar_t>: double for double, float otherwise.
   if (j.dtype == "f64") run_typed<double, double>(j, out);
   else if (j.dtype == "f32") run_typed<float, float>(j, out);
