@@ -18,6 +18,8 @@ at::Tensor upload_by_value(const at::Tensor& values, at::Device device) {
                    values.scalar_type());
   TORCH_CHECK_VALUE(values.dim() == 1, "graphsmile: upload_by_value: values must be 1-D, got shape ", values.sizes());
   TORCH_CHECK_VALUE(device.is_cuda(), "graphsmile: upload_by_value: device must be a CUDA device, got ", device);
+  // "cuda" without an index: the current device, as torch's factories read it
+  if (!device.has_index()) device = at::Device(at::kCUDA, c10::cuda::current_device());
   const at::Tensor v = values.contiguous();
   c10::cuda::CUDAGuard guard(device);
   at::Tensor dev = at::empty({v.numel()}, at::TensorOptions().dtype(at::kLong).device(device));
