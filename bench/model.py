@@ -7,6 +7,7 @@
     python bench/model.py --iemocap            # + 16 dialogues with IEMOCAP-distributed lengths
     python bench/model.py --device cuda --isolate none --preset gpu-targets   # issue #8 target 3
     python bench/model.py --lengths --single 20000 --shift-win -1 --providers cpu   # whole-dialogue shift pairs
+    python bench/model.py --device cuda --isolate none --preset gpu-targets --compile --no-single   # ours under torch.compile
 
 Model: ``GraphSmile(GraphSmileConfig.preset("IEMOCAP"))`` -- hidden 512, three graph modules of
 7 layers, win (17, 17), shift_win 19, dropout 0.2, loss ``emo_sen_sft`` with lambd (1, 1, 0.7),
@@ -29,6 +30,11 @@ Providers:
 
 A batch with more edges than the original's 500,000 is recorded as "edge-capacity exceeded" for
 ``original`` and ``dense``. Results: ``bench/results/model.jsonl``.
+
+``--compile [BACKEND]``: our providers' model under ``torch.compile`` (inductor by default), as
+``graphsmile train --compile`` runs it; the original stays eager, as it is. Each case's warm-up
+compiles (a tiny batch, then the case's shapes); the timed steps reuse the compiled code. The
+correctness check runs the models eagerly. Records carry ``compile_backend``.
 
 Shift loss: our backends use the trainer's default, the fused ``shift_pair_nll`` (no ``[P, 2]``
 logits); ``--shift-loss logits`` gives them the ``[P, 2]`` path the original uses (for A/B).
@@ -204,6 +210,10 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
     lens = spec["lengths"]
     model, cfg = build_model(spec["provider"], lens, spec["seed"], dev, dt, spec["dense_capacity"], spec.get("shift_win"))
     model.train()
+    # --compile: ours under torch.compile (the parameters stay the model's; the original stays eager)
+    net = model
+    if spec.get("compile") and spec["provider"] not in PROVIDERS_EXTRA:
+        net = torch.compile(model, backend=spec["compile"])
     # ours: the trainer's default shift loss (config.shift_loss="fused": head + NLL in one op,
     # no [P, 2] logits); original and dense: the [P, 2] logits, then log_softmax and NLL
     fused_shift = spec["provider"] not in PROVIDERS_EXTRA and spec.get("shift_loss", "fused") == "fused"
@@ -225,11 +235,11 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
             common.sync(dev)
             t0 = time.perf_counter()
             if fused_shift:
-                emo, sen, (sft_sum, _), _ = model(*inp, lengths=lns, shift_sentiment=sen_y)
+                emo, sen, (sft_sum, _), _ = net(*inp, lengths=lns, shift_sentiment=sen_y)
                 parts = {"emo": nll_loss(emo, emo_y), "sen": nll_loss(sen, sen_y), "sft": sft_sum / n_pairs}
                 loss = combine_parts(loss_fn, parts, None)
             else:
-                emo, sen, sft, _ = model(*inp, lengths=lns)
+                emo, sen, sft, _ = net(*inp, lengths=lns)
                 loss, _ = loss_fn(emo, sen, sft, emo_y, sen_y, sft_y)
             common.sync(dev)
             t1 = time.perf_counter()
@@ -256,9 +266,10 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
         st()
         st()
         del ti, te, ts, tsh, st
-        if dev.startswith("cuda"):
+        if dev.startswith("cuda") or net is not model:
             # one untimed step at this size (JIT, cuBLAS workspaces, Triton autotuning for this
-            # size class: the kernels' tuning key has a node-count bucket)
+            # size class: the kernels' tuning key has a node-count bucket; --compile: compiling
+            # for these shapes, which is not part of the step's time or of its time budget)
             step()
             opt.zero_grad(set_to_none=True)
 
@@ -374,6 +385,8 @@ def parse_args(argv=None):
     ap.add_argument("--shift-win", type=int, default=None, help="override the preset's shift_win 19 (-1: whole dialogues)")
     ap.add_argument("--shift-loss", choices=("fused", "logits"), default="fused",
                     help="our backends' shift loss: fused (default, as the trainer) or logits (the [P, 2] path)")
+    ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                    help="our providers' model under torch.compile (default backend inductor); the original stays eager")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON-lines file (default bench/results/model.jsonl, or quick/model.jsonl)")
     args = ap.parse_args(argv)
@@ -441,7 +454,7 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if p not in ours:
             continue
         orig = by.get((r["case"], "original"))
-        what = f"{p} {r['dtype']} {r['case']} (N = {r['N']})"
+        what = f"{p}{' compiled' if r.get('compile_backend') else ''} {r['dtype']} {r['case']} (N = {r['N']})"
         t = fmt_s(r["time_s"]["median"]) if r["status"] == "ok" else r["status"]
         if r.get("lengths_varied"):
             line = {"target": "T3 IEMOCAP batch speed-up", "case": what, "threshold": f">= {TARGET_IEMOCAP_SPEEDUP:g}x the original"}
@@ -495,7 +508,8 @@ def main(argv=None) -> int:
     print(f"GraphSmile training-step benchmark (IEMOCAP preset), run {run_id}: {env['device_name']} ({args.device}, "
           f"{env['threads']} threads), torch {env['torch']}, {args.dtype}, git {str(env['git_commit'])[:10]}")
     print(f"  cases {[c['label'] for c in cases]}, providers {args.providers}, reps={args.reps}, budget {args.budget_s:.0f} s, "
-          f"isolate={args.isolate}{', preset ' + args.preset if args.preset else ''} -> {out_path}")
+          f"isolate={args.isolate}{', preset ' + args.preset if args.preset else ''}"
+          f"{', ours under torch.compile (' + args.compile + ')' if args.compile else ''} -> {out_path}")
     if any(c.get("varied") for c in cases):
         c = next(c for c in cases if c.get("varied"))
         print(f"  {c['label']}: lengths {c['lengths']} (N = {sum(c['lengths'])})")
@@ -519,7 +533,8 @@ def main(argv=None) -> int:
         for provider in args.providers:
             base = dict(bench="model", run_id=run_id, quick=args.quick, bench_preset=args.preset, op="train_step", provider=provider,
                         case=case["label"], B=case["B"], L=case["L"], N=sum(lens), hidden_dim=cfg0.hidden_dim, graph_layers=list(cfg0.heter_n_layers),
-                        preset="IEMOCAP", shift_win=cfg0.shift_win, isolate=args.isolate, **env)
+                        preset="IEMOCAP", shift_win=cfg0.shift_win, isolate=args.isolate,
+                        compile_backend=args.compile if provider not in PROVIDERS_EXTRA else None, **env)
             if case.get("varied"):
                 base.update(lengths=lens, lengths_varied=True, L_max=max(lens))
             res = None
@@ -541,7 +556,7 @@ def main(argv=None) -> int:
                 spec = dict(provider=provider, lengths=lens, device=args.device, dtype=args.dtype, reps=args.reps, warmup=args.warmup,
                             budget_s=args.budget_s, seed=args.seed, threads=args.threads or torch.get_num_threads(),
                             dense_capacity=args.dense_capacity, isolated=args.isolate == "subprocess",
-                            shift_win=args.shift_win, shift_loss=args.shift_loss)
+                            shift_win=args.shift_win, shift_loss=args.shift_loss, compile=args.compile)
                 t0 = time.time()
                 print(f"  [train step {case['label']}] {provider} ...", end="", flush=True)
                 if args.isolate == "subprocess":

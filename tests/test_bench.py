@@ -254,6 +254,20 @@ def test_model_gpu_targets_scaled_down(tmp_path):
     assert len(_jsonl(tmp_path / "model_targets.jsonl")) == 2
 
 
+def test_model_compiled(tmp_path):
+    """model.py --compile: ours under torch.compile (aot_eager here: no C compiler needed), the
+    original eager, and the records and verdict lines say which ran compiled."""
+    out = tmp_path / "model.jsonl"
+    stdout = _run([str(BENCH / "model.py"), "--preset", "gpu-targets", "--quick", "--isolate", "none", "--threads", "1",
+                   "--batch", "2", "--lengths", "--no-single", "--reps", "1", "--no-check", "--compile", "aot_eager",
+                   "--providers", f"{baselines.available_backends('cpu')[0]},original", "--out", str(out)])
+    recs = _jsonl(out)
+    assert [r["case"] for r in recs] == ["2xIEMOCAP"] * 2 and all(r["status"] == "ok" for r in recs), recs
+    assert recs[0]["compile_backend"] == "aot_eager" and recs[1]["compile_backend"] is None
+    assert "ours under torch.compile (aot_eager)" in stdout
+    assert " compiled float32 2xIEMOCAP" in stdout[stdout.index("=== targets"):]
+
+
 def test_iemocap_lengths():
     a = bench_model.iemocap_lengths(16, 0)
     assert a == bench_model.iemocap_lengths(16, 0) and a != bench_model.iemocap_lengths(16, 1)
