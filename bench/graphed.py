@@ -86,11 +86,10 @@ def cases(args) -> List[Dict[str, Any]]:
     return out
 
 
-def build_step(provider: str, lens: List[int], args) -> Callable[[], torch.Tensor]:
-    """The T3 training step on fixed tensors: ``step()`` runs forward, loss, backward and the
-    optimiser and returns the loss (a device tensor)."""
-    from graphsmile.losses import MultiTaskLoss, nll_loss
-    from graphsmile.train.trainer import combine_parts
+def build_step(provider: str, lens: List[int], args):
+    """The T3 training step on fixed tensors and the model's config: ``step()`` runs forward,
+    loss, backward and the optimiser and returns the loss (a device tensor)."""
+    from graphsmile.losses import MultiTaskLoss
 
     dev = args.device
     model, cfg = model_bench.build_model(provider, lens, args.seed, dev, torch.float32, 500_000)
@@ -102,19 +101,15 @@ def build_step(provider: str, lens: List[int], args) -> Callable[[], torch.Tenso
     n_pairs = gops.num_shift_pairs(lens, cfg.shift_win)
 
     def step() -> torch.Tensor:
-        # gradients are overwritten, not accumulated: the captured backward then writes into the
-        # .grad tensors that exist at capture time, which the captured optimiser step reads
-        for p in params:
-            if p.grad is not None:
-                p.grad.zero_()
-        emo, sen, (sft_sum, _), _ = model(*inputs, lengths=lens, shift_sentiment=sen_y)
-        parts = {"emo": nll_loss(emo, emo_y), "sen": nll_loss(sen, sen_y), "sft": sft_sum / n_pairs}
-        loss = combine_parts(loss_fn, parts, None)
+        # gradients zeroed, not dropped: the captured backward then accumulates into the .grad
+        # tensors that exist at capture time, which the captured optimiser step reads
+        opt.zero_grad(set_to_none=False)
+        loss = model_bench.fused_step_loss(model, inputs, lens, emo_y, sen_y, loss_fn, n_pairs)
         loss.backward()
         opt.step()
         return loss.detach()
 
-    return step
+    return step, cfg
 
 
 def capture(step: Callable[[], torch.Tensor]):
@@ -136,7 +131,7 @@ def capture(step: Callable[[], torch.Tensor]):
 
 def measure(provider: str, case: Dict[str, Any], args) -> Dict[str, Any]:
     lens = case["lengths"]
-    step = build_step(provider, lens, args)
+    step, cfg = build_step(provider, lens, args)
     graph, static_loss, capture_s = capture(step)
     samples: Dict[str, List[float]] = {"eager": [], "graphed": []}
     losses = {"eager": float("nan"), "graphed": float("nan")}
@@ -161,7 +156,7 @@ def measure(provider: str, case: Dict[str, Any], args) -> Dict[str, Any]:
     del graph
     return dict(
         provider=provider, case=case["label"], lengths=lens, N=sum(lens),
-        E=gops.num_edges(lens, 2, model_bench.preset().win_p, model_bench.preset().win_f), eager=eager, graphed=graphed,
+        E=gops.num_edges(lens, 2, cfg.win_p, cfg.win_f), eager=eager, graphed=graphed,
         eager_s=eager["median"], graphed_s=graphed["median"], ratio=eager["median"] / graphed["median"],
         capture_s=capture_s, last_loss=losses,
     )

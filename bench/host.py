@@ -147,9 +147,8 @@ def build_step(args):
     bench/model.py times it (T3): returns ``step() -> {phase: seconds}`` and the model config."""
     import model as model_bench  # bench/model.py: the same batch and loss as the T3 benchmark
     from graphsmile.config import GraphSmileConfig
-    from graphsmile.losses import MultiTaskLoss, nll_loss
+    from graphsmile.losses import MultiTaskLoss
     from graphsmile.model import GraphSmile
-    from graphsmile.train.trainer import combine_parts
 
     try:
         from graphsmile.train.trainer import make_optimizer
@@ -176,9 +175,7 @@ def build_step(args):
         common.sync(dev)
         t0 = time.perf_counter()
         with phase_context("fwd"):
-            emo, sen, (sft_sum, _), _ = model(*inputs, lengths=lens, shift_sentiment=sen_y)
-            parts = {"emo": nll_loss(emo, emo_y), "sen": nll_loss(sen, sen_y), "sft": sft_sum / n_pairs}
-            loss = combine_parts(loss_fn, parts, None)
+            loss = model_bench.fused_step_loss(model, inputs, lens, emo_y, sen_y, loss_fn, n_pairs)
         common.sync(dev)
         t1 = time.perf_counter()
         with phase_context("bwd"):

@@ -198,12 +198,26 @@ def estimate_model_bytes(provider: str, lens: List[int], itemsize: int = 4, shif
     return int(est)
 
 
+def fused_step_loss(net, inputs, lengths, emo_y, sen_y, loss_fn, n_pairs: int) -> torch.Tensor:
+    """The T3 step's loss as the trainer computes it with the fused shift loss: the model's
+    emotion and sentiment NLL means and its shift NLL summed over the ``n_pairs`` pairs (given
+    ``shift_sentiment``, the model returns that sum), combined by ``loss_fn``
+    (:func:`graphsmile.train.trainer.combine_parts`). Shared by bench/host.py and
+    bench/graphed.py, so that the three benchmarks time the same step."""
+    from graphsmile.losses import nll_loss
+    from graphsmile.train.trainer import combine_parts
+
+    emo, sen, (sft_sum, _), _ = net(*inputs, lengths=lengths, shift_sentiment=sen_y)
+    parts = {"emo": nll_loss(emo, emo_y), "sen": nll_loss(sen, sen_y), "sft": sft_sum / n_pairs}
+    return combine_parts(loss_fn, parts, None)
+
+
 # --- one measurement ----------------------------------------------------------------------
 
 
 def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
-    from graphsmile.losses import MultiTaskLoss, nll_loss
-    from graphsmile.train.trainer import combine_parts, make_optimizer
+    from graphsmile.losses import MultiTaskLoss
+    from graphsmile.train.trainer import make_optimizer
 
     dev = spec["device"]
     dt = common.parse_dtype(spec["dtype"])
@@ -235,9 +249,7 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
             common.sync(dev)
             t0 = time.perf_counter()
             if fused_shift:
-                emo, sen, (sft_sum, _), _ = net(*inp, lengths=lns, shift_sentiment=sen_y)
-                parts = {"emo": nll_loss(emo, emo_y), "sen": nll_loss(sen, sen_y), "sft": sft_sum / n_pairs}
-                loss = combine_parts(loss_fn, parts, None)
+                loss = fused_step_loss(net, inp, lns, emo_y, sen_y, loss_fn, n_pairs)
             else:
                 emo, sen, sft, _ = net(*inp, lengths=lns)
                 loss, _ = loss_fn(emo, sen, sft, emo_y, sen_y, sft_y)

@@ -49,21 +49,18 @@ inline void write_by_value(const int64_t* values, int64_t n, int64_t* dst, cudaS
 // - otherwise: written into pinned host memory (torch's caching host allocator, which keeps the
 //   block alive until the copy is done) and copied asynchronously.
 inline at::Tensor upload_meta(std::initializer_list<const std::vector<int64_t>*> arrays, const at::Device& device) {
-  int64_t n = 0;
-  for (const auto* v : arrays) n += static_cast<int64_t>(v->size());
+  std::vector<int64_t> all;
+  for (const auto* v : arrays) all.insert(all.end(), v->begin(), v->end());
+  const int64_t n = static_cast<int64_t>(all.size());
   c10::cuda::CUDAGuard guard(device);
   at::Tensor dev = at::empty({n}, at::TensorOptions().dtype(at::kLong).device(device));
   if (n == 0) return dev;
   if (n <= kByValueMaxValues || capturing_current_stream()) {
-    std::vector<int64_t> all;
-    all.reserve(static_cast<size_t>(n));
-    for (const auto* v : arrays) all.insert(all.end(), v->begin(), v->end());
     write_by_value(all.data(), n, dev.data_ptr<int64_t>(), at::cuda::getCurrentCUDAStream(device.index()));
     return dev;
   }
   at::Tensor host = at::empty({n}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-  int64_t* h = host.data_ptr<int64_t>();
-  for (const auto* v : arrays) h = std::copy(v->begin(), v->end(), h);
+  std::copy(all.begin(), all.end(), host.data_ptr<int64_t>());
   dev.copy_(host, /*non_blocking=*/true);
   return dev;
 }

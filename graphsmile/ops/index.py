@@ -22,7 +22,7 @@ def host_to_device(t: torch.Tensor, device) -> torch.Tensor:
     a plain ``.to``."""
     device = torch.device(device) if device is not None else t.device
     if device.type == "cuda" and t.device.type == "cpu" and not torch.compiler.is_compiling():
-        if torch.cuda.is_current_stream_capturing():
+        if capturing(device):
             return upload_by_value(t, device)
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)

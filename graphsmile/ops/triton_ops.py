@@ -120,11 +120,11 @@ _CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _CACHE_SIZE = 64
 
 
-def _cached(key, build):
-    # Not while capturing a CUDA graph (key[-1]: the device): a table built then is written only
+def _cached(key, device: torch.device, build):
+    # Not while capturing a CUDA graph on `device`: a table built then is written only
     # when the graph is replayed, so it must not serve eager calls; and one from the cache would
     # have to outlive the graph, which an eviction does not ensure. The graph gets its own.
-    if torch.compiler.is_compiling() or capturing(torch.device(key[-1])):
+    if torch.compiler.is_compiling() or capturing(device):
         return build()
     hit = _CACHE.get(key)
     if hit is None:
@@ -152,7 +152,7 @@ def window_meta(lens: Sequence[int], num_modal: int, win_p: int, win_f: int, dev
         dia = torch.repeat_interleave(torch.arange(B, dtype=torch.int32), L, output_size=N)
         return host_to_device(dia, device), host_to_device(dtab, device)
 
-    return _cached(("window", tuple(lens), num_modal, win_p, win_f, str(device)), build)
+    return _cached(("window", tuple(lens), num_modal, win_p, win_f, str(device)), device, build)
 
 
 def pair_lines(lens: Sequence[int], shift_win: int, device, block: int = K.PAIR_BLOCK_S,
@@ -196,7 +196,7 @@ def pair_lines(lens: Sequence[int], shift_win: int, device, block: int = K.PAIR_
         ltab = torch.stack([cstart[lc], size[lc], base[lc], li * block], 1).contiguous()
         return host_to_device(ltab, device), total
 
-    return _cached(("pairs", tuple(lens), shift_win, block, parts, str(device)), build)
+    return _cached(("pairs", tuple(lens), shift_win, block, parts, str(device)), device, build)
 
 
 # --------------------------------------------------------------------------------------------
