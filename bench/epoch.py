@@ -39,6 +39,10 @@ the CPU for ``device`` against ``loader``).
 
 Results: one JSON line per (path, phase) appended to ``--out`` (default
 ``bench/results/epoch.jsonl``), with device name, date, torch version and git commit.
+
+Verdicts (issue #8 target 4, printed last and appended to ``epoch_targets.jsonl`` next to the
+results): per path, the training epoch's GPU time (the CUDA-event time above) under 0.1 s, on
+the full 120-dialogue set; the kernels' busy time and the wall time are shown beside it.
 """
 from __future__ import annotations
 
@@ -57,6 +61,8 @@ from common import fmt_s  # noqa: E402
 import torch  # noqa: E402
 
 PATHS = ("loader", "device", "compiled")
+TARGET_EPOCH_S = 0.1   # issue #8 target 4: a full IEMOCAP-6-sized training epoch in < 0.1 s on the GPU
+TARGET_DIALOGUES = 120
 DEFAULT_PATHS = ("loader", "device")
 TOP_KERNELS = 12
 FULL = {"n_dialogues": (120, 31), "epochs": 2, "warmup": 1}
@@ -245,6 +251,33 @@ def _records(path: str, r: Dict[str, Any], ref: Optional[Dict[str, Any]], base: 
     return out
 
 
+def epoch_targets(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Target 4 per path: the training epoch's GPU time (CUDA-event time of the stream from the
+    epoch's start to its end, idle gaps included, median over the timed epochs) under
+    ``TARGET_EPOCH_S``. The kernels' busy time and the wall time are shown beside it; the verdict
+    is on the GPU time. n/a off a GPU and for a set other than the full 120 dialogues."""
+    out = []
+    for r in records:
+        if r["phase"] != "train":
+            continue
+        what = f"{r['path']} path, {r['train_dialogues']} dialogues ({r['train_utterances']} utterances), batch {r['batch_size']}"
+        line = {"target": "T4 training epoch", "case": what, "threshold": f"< {fmt_s(TARGET_EPOCH_S)} of GPU time per epoch"}
+        gpu = (r.get("gpu_time_s") or {}).get("median")
+        kern = r.get("kernel_time_s")
+        parts = [f"GPU time {fmt_s(gpu)}" if gpu is not None else "GPU time not measured",
+                 f"kernels alone {fmt_s(kern)}" if kern is not None else None, f"wall {fmt_s(r['time_s']['median'])}"]
+        line["measured"] = ", ".join(p for p in parts if p) + " per epoch"
+        line["values"] = {"gpu_time_s": gpu, "kernel_time_s": kern, "wall_s": r["time_s"]["median"]}
+        if r.get("device") != "cuda" or gpu is None:
+            line["verdict"] = "n/a (not a GPU)"
+        elif r["train_dialogues"] != TARGET_DIALOGUES:
+            line["verdict"] = f"n/a ({r['train_dialogues']} dialogues, not {TARGET_DIALOGUES})"
+        else:
+            line["verdict"] = "PASS" if gpu < TARGET_EPOCH_S else "MISS"
+        out.append(line)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not common.start(args):
@@ -298,6 +331,13 @@ def main(argv=None) -> int:
             for name, n, t in rec["top_kernels"]:
                 print(f"  {fmt_s(t):>9} {100 * t / total:5.1f}% {n:6d}x  {name[:110]}")
     print(f"\n{len(records)} records appended to {args.out}")
+    import ops as opbench  # bench/ops.py: the verdict lines' printing and file, as the other benchmarks
+
+    lines = epoch_targets(records)
+    tpath = opbench.write_targets(lines, Path(args.out), dict(bench="epoch", run_id=run_id, device_name=env["device_name"],
+                                                              date=env["date"], git_commit=env["git_commit"],
+                                                              git_dirty=env["git_dirty"]))
+    opbench.print_targets(lines, f"targets, {env['device_name']}, run {run_id}" + (f" (also in {tpath})" if tpath else ""))
     return 0
 
 

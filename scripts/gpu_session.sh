@@ -29,10 +29,12 @@
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path,
 #                with each epoch's top kernels)
 #   ab_step      the T3 training steps with the staged kernels and the split pass B
-#                (GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4)
+#                (GRAPHSMILE_CUDA_FFMA_DTILES=8 with GRAPHSMILE_CUDA_ROWS_FSPLIT=4, then =1)
 #   epoch_compiled  bench/epoch.py --paths device,compiled (the model under torch.compile)
 #   model_compiled  bench/model.py --compile: T3 (16xIEMOCAP, 16x1000) with ours under torch.compile,
 #                against the original (eager), with the verdicts
+#   ab_step_compiled  the same with ab_step's kernels (staged, split pass B): everything built for
+#                T3 at once, compiled from inductor's cache of model_compiled
 #   ops_triton   bench/ops.py --preset gpu-targets, triton (TRITON_PRINT_AUTOTUNING=1: the tiles
 #                the autotuner picks, for triton_kernels.PINNED)
 #   triton       pytest tests/test_triton.py (Triton's compiler: cold, 8 processes took > 150 s
@@ -65,9 +67,9 @@ export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
 # the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
-NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_tc ab_nll stack profile"
+NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ab_tc ab_nll stack profile"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -187,7 +189,7 @@ fi
 touch "$OUT/logs/ext.ok"
 '
 NEED_EXT=0
-for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
+for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
@@ -223,12 +225,17 @@ stage host 60 15 "$HOST && { [ \"\$GS_DEVICE\" != cuda ] || $HOST --backend trit
 stage graphed 90 30 '[ "$GS_DEVICE" != cuda ] && echo "no CUDA graphs on $GS_DEVICE" || $PY bench/graphed.py $QUICK --reps 3 --out $OUT/results/graphed.jsonl'
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
 # the small-batch training step (T3) with the staged kernels and pass B split over the features
-# (GRAPHSMILE_CUDA_ROWS_FSPLIT=4: 128 features per block) beside model_cuda's defaults
-stage ab_step 60 25 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4 $MODEL --preset gpu-targets --providers $BE --reps 3 --no-check"
+# beside model_cuda's defaults: GRAPHSMILE_CUDA_ROWS_FSPLIT=4 (128 features per block: 192 blocks
+# at 16xIEMOCAP, D = 512) and 1 (32 features: 768 blocks, about 6 per SM, all in one wave)
+AB_STEP="$MODEL --preset gpu-targets --providers $BE --reps 3 --no-check"
+stage ab_step 80 25 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4 $AB_STEP; GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=1 $AB_STEP --no-single"
 # torch.compile of the whole model (T4: fewer, fused kernels per step); its warm-up epoch compiles
 stage epoch_compiled 150 60 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --paths device,compiled --out $OUT/results/epoch.jsonl'
 # T3 with ours under torch.compile (after epoch_compiled: inductor's cache has the model's kernels)
 stage model_compiled 150 60 "$MODEL --preset gpu-targets --providers $BE,original --reps 3 --no-check --no-single --compile"
+# all of T3's options at once: torch.compile and ab_step's kernels (the env vars change only the
+# extension's launches, not the traced graph, so inductor's cache from model_compiled serves)
+stage ab_step_compiled 100 40 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4 $MODEL --preset gpu-targets --providers $BE,original --reps 3 --no-check --no-single --compile"
 stage ops_triton 120 45 "TRITON_PRINT_AUTOTUNING=1 $OPS --preset gpu-targets --providers triton,floor --reps 3 $KT"
 # the tests autotune under xdist (8 processes on one GPU): their timings must not be cached for
 # the benchmarks' tile choice
@@ -265,7 +272,7 @@ note "done in $(elapsed)s; files under $OUT"
 echo "================ summary ================"
 cat "$SUMMARY"
 # the benchmarks' verdict blocks, last, so they are in the tool's output tail
-for f in "$OUT"/logs/ops_cuda.log "$OUT"/logs/model_cuda.log "$OUT"/logs/model_compiled.log "$OUT"/logs/ops_triton.log "$OUT"/logs/model_triton.log; do
+for f in "$OUT"/logs/ops_cuda.log "$OUT"/logs/model_cuda.log "$OUT"/logs/epoch.log "$OUT"/logs/epoch_compiled.log "$OUT"/logs/model_compiled.log "$OUT"/logs/ab_step_compiled.log "$OUT"/logs/ops_triton.log "$OUT"/logs/model_triton.log; do
   [ -f "$f" ] && { echo "---- $(basename "$f")"; sed -n '/^=== targets/,$p' "$f" | cut -c1-200 | tail -n 20; }
 done
 exit 0

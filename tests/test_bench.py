@@ -249,9 +249,14 @@ def test_model_gpu_targets_scaled_down(tmp_path):
     iem = recs[0]
     assert iem["lengths"] == lens and iem["N"] == sum(lens) and iem["lengths_varied"] and iem["bench_preset"] == "gpu-targets"
     assert recs[1]["ratio_to_ours"]  # original / ours
+    # every step also timed back to back (3 rounds of at least 3 steps, one sync per round)
+    for r in recs:
+        pb = r["pipelined_s"]
+        assert pb["rounds"] == 3 and pb["steps_per_round"] >= 3 and 0 < pb["min"] <= pb["median"], pb
     tail = stdout[stdout.index("=== targets"):]
     assert "T3 IEMOCAP batch speed-up" in tail and "T3 one long dialogue" in tail
-    assert len(_jsonl(tmp_path / "model_targets.jsonl")) == 2
+    assert "T3 IEMOCAP batch speed-up, back-to-back steps" in tail and "back-to-back" in stdout[:stdout.index("=== targets")]
+    assert len(_jsonl(tmp_path / "model_targets.jsonl")) == 3
 
 
 def test_model_compiled(tmp_path):
@@ -333,6 +338,19 @@ def test_target_verdicts():
     lines = bench_model.model_targets(recs)
     assert [(ln["target"].split()[1], ln["verdict"]) for ln in lines] == [
         ("IEMOCAP", "PASS"), ("IEMOCAP", "MISS"), ("L=1000", "PASS"), ("one", "PASS"), ("one", "MISS")]
+    assert lines[0]["case"] == "cuda float32 16xIEMOCAP (N = 800)"
+    # back-to-back steps: a second IEMOCAP line, beside the phase-timed one, with its own verdict
+    bb = [dict(recs[0], pipelined_s={"median": 0.012}), dict(recs[1], pipelined_s={"median": 0.05})]
+    two = bench_model.model_targets(bb)
+    assert [(ln["target"], ln["verdict"]) for ln in two] == [
+        ("T3 IEMOCAP batch speed-up", "PASS"), ("T3 IEMOCAP batch speed-up, back-to-back steps", "MISS")]
+    assert two[1]["values"]["speedup"] == pytest.approx(0.05 / 0.012)
+    skipped = dict(bb[1], pipelined_s={"status": "skipped", "reason": "budget"})
+    assert len(bench_model.model_targets([bb[0], skipped])) == 1
+    # an A/B stage's records (compiled, opt-in kernels) say so in their verdict lines
+    ab = dict(recs[0], compile_backend="inductor", cuda_ffma_dtiles="8", cuda_rows_fsplit="4")
+    assert bench_model.model_targets([ab, recs[1]])[0]["case"] == (
+        "cuda compiled (ffma_dtiles 8, rows_fsplit 4) float32 16xIEMOCAP (N = 800)")
     # the original skipped by the memory guard cannot run; skipped by the time limit: not measured
     guard = _rec("train_step", "original", "16x1000", status="skipped", reason="skipped: would need ~147 GB, 80 GB available")
     late = _rec("train_step", "original", "16x1000", status="skipped", reason="skipped: --time-limit-s 300 reached")
