@@ -9,6 +9,7 @@
 #           carry=["build/prebuilt"], timeout_s=600)
 #   Then here:
 #       scripts/collect_gpu_results.sh <files_at>   # results -> bench/results/, logs -> bench/results/gpu/
+#       python bench/ab.py                          # the A/B stages side by side, per kernel option
 #
 # Stages, in priority order, each with its own time limit, all under one deadline
 # (GS_DEADLINE_S, default 560 s, so the call ends inside the tool's 600 s). First what closes

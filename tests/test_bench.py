@@ -56,6 +56,8 @@ def _load_script(name):
 
 bench_ops = _load_script("ops")
 bench_model = _load_script("model")
+bench_epoch = _load_script("epoch")
+bench_ab = _load_script("ab")
 
 
 def _run(args, timeout=300):
@@ -359,6 +361,96 @@ def test_target_verdicts():
     assert bench_model.model_targets([ours, late])[0]["verdict"].startswith("n/a")
     assert bench_ops.failed_verdict(dict(late, provider="cuda")).startswith("n/a") and bench_ops.failed_verdict(dict(ours, status="oom")) == "MISS"
 
+
+def test_bench_epoch_targets():
+    """T4: the verdict is on the training epoch's GPU time (CUDA events), on the full set only."""
+    def rec(path, gpu, kern, dialogues=120, phase="train", device="cuda"):
+        return dict(path=path, phase=phase, device=device, train_dialogues=dialogues, train_utterances=5810, batch_size=16,
+                    time_s={"median": 0.25}, gpu_time_s={"median": gpu} if gpu is not None else None, kernel_time_s=kern)
+
+    lines = bench_epoch.epoch_targets([rec("device", 0.25, 0.09), rec("device", 0.25, 0.09, phase="eval"),
+                                       rec("compiled", 0.08, 0.05), rec("device", 0.05, 0.04, dialogues=16),
+                                       rec("device", None, None, device="cpu")])
+    assert [ln["verdict"] for ln in lines] == ["MISS", "PASS", "n/a (16 dialogues, not 120)", "n/a (not a GPU)"]
+    assert "GPU time 250" in lines[0]["measured"] and "kernels alone 90" in lines[0]["measured"]
+    assert lines[1]["values"] == {"gpu_time_s": 0.08, "kernel_time_s": 0.05, "wall_s": 0.25}
+
+
+
+def _ab_rec(op, case, fwd, bwd, date, commit="c0ffee1", provider="cuda", **opts):
+    """A bench/ops.py-shaped GPU record with kernel times (for bench/ab.py)."""
+    return dict(bench="ops", op=op, provider=provider, case=case, D=512, dtype="float32", device="cuda",
+                device_name="NVIDIA H200", status="ok", date=date, git_commit=commit, run_id=date,
+                fwd_s={"median": 2 * fwd}, bwd_s={"median": 2 * bwd}, kernel_s={"fwd": fwd, "bwd": bwd},
+                cuda_tensor_cores=True, cuda_tc_dtiles="4", cuda_shift_nll="auto", cuda_fast_math=False, **opts)
+
+
+def test_ab_tables(tmp_path):
+    """bench/ab.py puts each case's option variants side by side (ratios to the defaults' run)
+    and says per variant whether it was faster in the forward and the backward everywhere."""
+    recs = [
+        _ab_rec("propagate", "16x3200", 1.0e-3, 2.0e-3, "2026-12-01T10:00"),
+        _ab_rec("propagate", "1x60000", 1.2e-3, 2.4e-3, "2026-12-01T10:01"),
+        # FFMA_DTILES=8: faster in both parts, in both cases
+        _ab_rec("propagate", "16x3200", 0.5e-3, 1.0e-3, "2026-12-01T10:02", cuda_ffma_dtiles="8"),
+        _ab_rec("propagate", "1x60000", 0.6e-3, 2.0e-3, "2026-12-01T10:03", cuda_ffma_dtiles="8"),
+        # =2: faster forward, slower backward in one case
+        _ab_rec("propagate", "16x3200", 0.8e-3, 2.5e-3, "2026-12-01T10:04", cuda_ffma_dtiles="2"),
+        _ab_rec("propagate", "1x60000", 0.9e-3, 2.0e-3, "2026-12-01T10:05", cuda_ffma_dtiles="2"),
+        # the cuda_* options do not act on triton: its record is a case of its own with one variant
+        _ab_rec("propagate", "16x3200", 0.7e-3, 3.0e-3, "2026-12-01T10:06", provider="triton", cuda_ffma_dtiles="8"),
+        # an older commit's record is left out
+        _ab_rec("propagate", "16x3200", 9e-3, 9e-3, "2026-11-01T10:00", commit="0ld0000", cuda_ffma_dtiles="8"),
+    ]
+    model = [dict(bench="model", op="train_step", provider="cuda", case="16xIEMOCAP", dtype="float32", device="cuda",
+                  device_name="NVIDIA H200", status="ok", git_commit="c0ffee1", date=f"2026-12-01T11:0{i}",
+                  time_s={"median": t}, pipelined_s={"median": p}, **opts)
+             for i, (t, p, opts) in enumerate([(0.020, 0.015, {}), (0.012, 0.010, {"compile_backend": "inductor"}),
+                                               (0.010, 0.008, {"compile_backend": "inductor", "cuda_ffma_dtiles": "8",
+                                                               "cuda_rows_fsplit": "4"})])]
+    (tmp_path / "ops.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "model.jsonl").write_text("".join(json.dumps(r) + "\n" for r in model))
+    loaded, commit = bench_ab.load(tmp_path, "cuda", "H200", None)
+    assert commit == "c0ffee1" and len(loaded["ops"]) == 7 and loaded["epoch"] == []
+    result = bench_ab.compare(loaded)
+    groups = {(g["bench"], g["key"]): g for g in result["groups"]}
+    assert set(groups) == {("ops propagate", "cuda 16x3200 D=512 float32"), ("ops propagate", "cuda 1x60000 D=512 float32"),
+                           ("model train_step", "cuda 16xIEMOCAP float32")}
+    rows = {r["variant"]: r for r in groups[("ops propagate", "cuda 16x3200 D=512 float32")]["rows"]}
+    assert list(rows) == ["defaults", "ffma_dtiles=2", "ffma_dtiles=8"]
+    assert rows["ffma_dtiles=8"]["ratios"] == pytest.approx((2.0, 2.0)) and rows["ffma_dtiles=2"]["ratios"] == pytest.approx((1.25, 0.8))
+    assert "kernels alone" in groups[("ops propagate", "cuda 16x3200 D=512 float32")]["what"]
+    summary = {(s["bench"], s["variant"]): s for s in result["summary"]}
+    assert summary[("ops propagate", "ffma_dtiles=8")]["faster_everywhere"] is True
+    assert summary[("ops propagate", "ffma_dtiles=8")]["second"]["worst"] == pytest.approx(1.2)
+    assert summary[("ops propagate", "ffma_dtiles=2")]["faster_everywhere"] is False
+    assert summary[("ops propagate", "ffma_dtiles=2")]["second"]["faster"] == 1
+    best = summary[("model train_step", "compile_backend=inductor, ffma_dtiles=8, rows_fsplit=4")]
+    assert best["faster_everywhere"] and best["first"]["geomean"] == pytest.approx(2.0)
+    # the script: tables and the per-variant lines; another commit by prefix; errors name the file
+    out = _run([str(BENCH / "ab.py"), "--results-dir", str(tmp_path)])
+    assert "FASTER EVERYWHERE" in out and "ffma_dtiles=2" in out and "not faster everywhere" in out
+    old = _run([str(BENCH / "ab.py"), "--results-dir", str(tmp_path), "--commit", "0ld"])
+    assert "(no variant was run beside the defaults)" in old
+    p = subprocess.run([sys.executable, str(BENCH / "ab.py"), "--results-dir", str(tmp_path), "--commit", "ffff"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "no records of commit 'ffff'" in p.stderr and "c0ffee1" in p.stderr
+    (tmp_path / "epoch.jsonl").write_text("{not json\n")
+    p = subprocess.run([sys.executable, str(BENCH / "ab.py"), "--results-dir", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 2 and "epoch.jsonl:1: not a JSON line" in p.stderr
+
+
+def test_ab_on_the_first_h200_run():
+    """The stored records of the first H200 run (commit aa7c69d): the A/B of the tensor-core
+    kernels and of the shift loss, as decided in bench/GPU_NOTES.md from them."""
+    recs, commit = bench_ab.load(BENCH / "results", "cuda", "H200", "aa7c69d")
+    summary = {(s["bench"], s["variant"]): s for s in bench_ab.compare(recs)["summary"]}
+    # restaging the coefficients per feature tile (TC_DTILES=1) was slower in the forward in both cases
+    tc1 = summary[("ops propagate", "tc_dtiles=1")]
+    assert tc1["cases"] == 2 and tc1["first"]["faster"] == 0 and not tc1["faster_everywhere"]
+    # fast math: the shift loss's forward faster, its backward not: stays opt-in
+    fm = summary[("ops shift_loss", "shift_nll=tiled, fast_math=True")]
+    assert fm["first"]["geomean"] > 1.5 and fm["second"]["faster"] == 0
 
 def test_kernel_time_helpers():
     """Device-busy time is the union of the profiled intervals; kernel bandwidth comes from it."""

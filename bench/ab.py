@@ -1,0 +1,247 @@
+"""Side-by-side tables of one GPU session's records, by kernel option: the A/B decisions.
+
+    python bench/ab.py                          # the newest GPU commit's records in bench/results/
+    python bench/ab.py --commit aa7c69d         # the records of one commit (a prefix is enough)
+    python bench/ab.py --results-dir DIR --device-name H200
+
+``scripts/gpu_session.sh`` runs the same benchmarks several times, each time with other opt-in
+options of the CUDA backend set in the environment (``GRAPHSMILE_CUDA_FFMA_DTILES``,
+``..._ROWS_FSPLIT``, ``..._TENSOR_CORES``, ``..._TC_DTILES``, ``..._SHIFT_NLL``,
+``..._FAST_MATH``) or with ``--compile``. Every record carries the options it ran with
+(bench/common.py ``env_info``; ``compile_backend`` in bench/model.py). This script puts the
+variants of each measured case side by side, with each variant's time relative to the defaults',
+and ends with one line per (benchmark, variant): in how many cases it was faster than the
+defaults in the forward and in the backward (geometric mean and worst ratio). That line is the
+rule of ``bench/GPU_NOTES.md`` "What to decide from the next GPU run": a setting becomes the
+default only if it is faster in the forward and the backward.
+
+Ratios are ``default time / variant time`` (> 1: the variant is faster). For ``bench/ops.py``
+records the kernels' own device time (``kernel_s``, from ``--kernel-times``) is compared where
+both have it, else the CUDA-event time; the column says which. Nothing here times anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import fmt_s  # noqa: E402
+
+#: the options a record may carry, and their values when not set (the backend's defaults)
+OPTION_DEFAULTS: "OrderedDict[str, Any]" = OrderedDict([
+    ("compile_backend", None),
+    ("cuda_ffma_dtiles", None),
+    ("cuda_rows_fsplit", None),
+    ("cuda_tensor_cores", True),
+    ("cuda_tc_dtiles", "4"),
+    ("cuda_shift_nll", "auto"),
+    ("cuda_fast_math", False),
+])
+#: options that change what a provider runs: the cuda_* ones only the CUDA backend's kernels
+PROVIDER_OPTIONS = {"cuda": tuple(OPTION_DEFAULTS)}
+OTHER_OPTIONS = ("compile_backend",)
+FILES = ("ops", "model", "epoch", "graphed")
+
+
+def variant_of(rec: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
+    """The options of ``rec`` that differ from the defaults, as sorted (name, value) pairs;
+    ``()`` for a run with the defaults. Only options that act on the record's provider count."""
+    keys = PROVIDER_OPTIONS.get(rec.get("provider"), OTHER_OPTIONS)
+    # compared as text: records written before an option existed lack it, and a JSON round trip
+    # may turn "4" into 4
+    return tuple((k, rec[k]) for k in keys if str(rec.get(k, OPTION_DEFAULTS[k])) != str(OPTION_DEFAULTS[k]))
+
+
+def variant_label(variant: Tuple[Tuple[str, Any], ...]) -> str:
+    if not variant:
+        return "defaults"
+    return ", ".join(f"{k.replace('cuda_', '')}={v}" for k, v in variant)
+
+
+def load(results_dir: Path, device: str, device_name: Optional[str], commit: Optional[str]) -> Tuple[Dict[str, List[Dict[str, Any]]], str]:
+    """The records of ``FILES`` in ``results_dir`` on ``device`` (and whose device name contains
+    ``device_name``), of the git commit starting with ``commit`` (default: the commit of the
+    newest such record). Returns ({file: records}, the commit)."""
+    recs: Dict[str, List[Dict[str, Any]]] = {}
+    for name in FILES:
+        path = results_dir / f"{name}.jsonl"
+        rows = []
+        if path.exists():
+            for i, line in enumerate(path.read_text().splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{i + 1}: not a JSON line ({exc})") from None
+                if r.get("device") == device and (device_name is None or device_name in str(r.get("device_name"))):
+                    rows.append(r)
+        recs[name] = rows
+    everything = [r for rows in recs.values() for r in rows]
+    if not everything:
+        raise ValueError(f"no records on device {device!r}" + (f" named like {device_name!r}" if device_name else "")
+                         + f" in {results_dir}/{{{','.join(FILES)}}}.jsonl")
+    if commit is None:
+        commit = str(max(everything, key=lambda r: str(r.get("date")))["git_commit"])
+    chosen = {name: [r for r in rows if str(r.get("git_commit", "")).startswith(commit)] for name, rows in recs.items()}
+    if not any(chosen.values()):
+        known = sorted({str(r.get("git_commit"))[:10] for r in everything})
+        raise ValueError(f"no records of commit {commit!r}; the records here are of {known}")
+    full = next(str(r["git_commit"]) for rows in chosen.values() for r in rows)
+    return chosen, full
+
+
+def _ratio(default: Optional[float], variant: Optional[float]) -> Optional[float]:
+    if default is None or variant is None or variant <= 0:
+        return None
+    return default / variant
+
+
+def _fmt_ratio(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _newest_per_variant(rows: Iterable[Dict[str, Any]]) -> "OrderedDict[tuple, Dict[str, Any]]":
+    by: "OrderedDict[tuple, Dict[str, Any]]" = OrderedDict()
+    for r in sorted(rows, key=lambda r: str(r.get("date"))):
+        if r.get("status") == "ok":
+            by[variant_of(r)] = r
+    return OrderedDict(sorted(by.items(), key=lambda kv: (kv[0] != (), variant_label(kv[0]))))
+
+
+def _ops_times(r: Dict[str, Any], use_kernels: bool) -> Tuple[Optional[float], Optional[float]]:
+    if use_kernels:
+        k = r.get("kernel_s") or {}
+        return k.get("fwd"), k.get("bwd")
+    return (r.get("fwd_s") or {}).get("median"), (r.get("bwd_s") or {}).get("median")
+
+
+def compare(recs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
+    """The comparison tables: {"groups": [...], "summary": [...]}. A group is one measured case
+    (benchmark, op, provider, case, D, dtype) with at least two variants; each of its rows a
+    variant with its times and its ratios to the defaults' run (``None`` where it has none)."""
+    groups: List[Dict[str, Any]] = []
+    # (bench, variant label) -> list of (fwd ratio, bwd ratio) over the groups
+    tally: "OrderedDict[Tuple[str, str], List[Tuple[Optional[float], Optional[float]]]]" = OrderedDict()
+
+    def add(bench: str, key: str, rows: List[Dict[str, Any]], times, what: str):
+        by = _newest_per_variant(rows)
+        if len(by) < 2:
+            return
+        base = by.get(())
+        out_rows = []
+        for variant, r in by.items():
+            t = times(r)
+            b = times(base) if base is not None else (None,) * len(t)
+            ratios = tuple(_ratio(x, y) for x, y in zip(b, t))
+            out_rows.append({"variant": variant_label(variant), "times": t, "ratios": ratios, "run_id": r.get("run_id")})
+            if variant and base is not None:
+                tally.setdefault((bench, variant_label(variant)), []).append((ratios[0], ratios[1] if len(ratios) > 1 else None))
+        groups.append({"bench": bench, "key": key, "what": what, "rows": out_rows, "has_defaults": base is not None})
+
+    ops: "OrderedDict[tuple, List[Dict[str, Any]]]" = OrderedDict()
+    for r in recs.get("ops", []):
+        ops.setdefault((r.get("op"), r.get("provider"), r.get("case"), r.get("D"), r.get("dtype")), []).append(r)
+    for (op, provider, case, D, dtype), rows in ops.items():
+        ok = [r for r in rows if r.get("status") == "ok"]
+        use_k = bool(ok) and all(isinstance((r.get("kernel_s") or {}).get("fwd"), float) for r in ok)
+        add(f"ops {op}", f"{provider} {case} D={D} {dtype}", rows, lambda r, u=use_k: _ops_times(r, u),
+            "fwd, bwd (" + ("kernels alone" if use_k else "CUDA events") + ")")
+
+    model: "OrderedDict[tuple, List[Dict[str, Any]]]" = OrderedDict()
+    for r in recs.get("model", []):
+        model.setdefault((r.get("provider"), r.get("case"), r.get("dtype")), []).append(r)
+    for (provider, case, dtype), rows in model.items():
+        add("model train_step", f"{provider} {case} {dtype}", rows,
+            lambda r: ((r.get("time_s") or {}).get("median"), (r.get("pipelined_s") or {}).get("median")),
+            "step phase-timed, back-to-back")
+
+    epoch: "OrderedDict[tuple, List[Dict[str, Any]]]" = OrderedDict()
+    for r in recs.get("epoch", []):
+        epoch.setdefault((r.get("path"), r.get("phase")), []).append(r)
+    for (path, phase), rows in epoch.items():
+        add("epoch", f"{path} {phase}", rows,
+            lambda r: ((r.get("gpu_time_s") or {}).get("median"), r.get("kernel_time_s")), "GPU time, kernels alone")
+
+    summary = []
+    for (bench, label), pairs in tally.items():
+        line = {"bench": bench, "variant": label, "cases": len(pairs)}
+        for i, part in enumerate(("first", "second")):
+            xs = [p[i] for p in pairs if p[i] is not None]
+            line[part] = {"n": len(xs), "faster": sum(x > 1 for x in xs),
+                          "geomean": math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None,
+                          "worst": min(xs) if xs else None}
+        f, s = line["first"], line["second"]
+        line["faster_everywhere"] = bool(f["n"]) and f["faster"] == f["n"] and (s["n"] == 0 or s["faster"] == s["n"])
+        summary.append(line)
+    graphed = [r for r in recs.get("graphed", []) if r.get("status") == "ok"]
+    return {"groups": groups, "summary": summary, "graphed": graphed}
+
+
+PART_NAMES = {"ops": ("fwd", "bwd"), "model": ("step", "back-to-back"), "epoch": ("GPU time", "kernels")}
+
+
+def print_report(result: Dict[str, Any], commit: str, device_names: List[str]) -> None:
+    print(f"A/B of the records of commit {commit[:10]} on {', '.join(device_names) or '?'}")
+    print("(ratio = defaults' time / variant's time: > 1 means the variant is faster)")
+    for g in result["groups"]:
+        a, b = PART_NAMES[g["bench"].split()[0]]
+        print(f"\n{g['bench']} | {g['key']} | {g['what']}" + ("" if g["has_defaults"] else " | no run with the defaults"))
+        print(f"  {'variant':44} {a:>12} {b:>12} {'vs defaults':>22}")
+        for row in g["rows"]:
+            t0, t1 = row["times"]
+            r0, r1 = row["ratios"]
+            print(f"  {row['variant'][:44]:44} {fmt_s(t0):>12} {fmt_s(t1):>12} {_fmt_ratio(r0):>10} {_fmt_ratio(r1):>11}")
+    if result["graphed"]:
+        print("\nCUDA graphs (bench/graphed.py): eager step vs the same step replayed from a graph")
+        for r in result["graphed"]:
+            print(f"  {r.get('provider', '?'):8} {r.get('case', '?'):14} eager {fmt_s(r.get('eager_s')):>10}  graphed "
+                  f"{fmt_s(r.get('graphed_s')):>10}  eager / graphed {r.get('ratio', float('nan')):.2f}x")
+    print("\nper variant, against the defaults (n: cases with both runs; faster: in how many; geomean, worst ratio):")
+    if not result["summary"]:
+        print("  (no variant was run beside the defaults)")
+    for s in result["summary"]:
+        a, b = PART_NAMES[s["bench"].split()[0]]
+        cells = []
+        for part, name in (("first", a), ("second", b)):
+            p = s[part]
+            if p["n"]:
+                cells.append(f"{name} faster in {p['faster']}/{p['n']} (geomean {_fmt_ratio(p['geomean'])}, worst {_fmt_ratio(p['worst'])})")
+        verdict = "FASTER EVERYWHERE" if s["faster_everywhere"] else "not faster everywhere"
+        print(f"  {s['bench']:18} {s['variant'][:40]:40} {verdict}: " + "; ".join(cells))
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results-dir", default=str(common.RESULTS), help="folder of the *.jsonl files (default bench/results)")
+    ap.add_argument("--commit", default=None, help="git commit (prefix) of the records (default: that of the newest record)")
+    ap.add_argument("--device", default="cuda", help="the records' device (default cuda)")
+    ap.add_argument("--device-name", default=None, help="only records whose device name contains this (e.g. H200)")
+    ap.add_argument("--json", action="store_true", help="print the comparison as JSON instead of tables")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        recs, commit = load(Path(args.results_dir), args.device, args.device_name, args.commit)
+    except ValueError as exc:
+        print(f"ab.py: {exc}", file=sys.stderr)
+        return 2
+    result = compare(recs)
+    if args.json:
+        print(json.dumps({"commit": commit, **result}, indent=1, default=str))
+        return 0
+    names = sorted({str(r.get("device_name")) for rows in recs.values() for r in rows})
+    print_report(result, commit, names)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
