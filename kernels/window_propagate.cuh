@@ -1113,6 +1113,24 @@ __global__ void __launch_bounds__(kDotThreads, kRowsMinBlocks<T>)
 }
 
 // ---------------------------------------------------------------------------------------------
+// GRAPHSMILE_CUDA_ROWS_FSPLIT=auto: the split pass B's 32-feature steps per block for a pass B of
+// `row_tiles` blocks over D features (0: unsplit). Unsplit from kRowsAutoMaxTiles row tiles on
+// (about 4 blocks per SM of a 132-SM GPU already); below, about kRowsAutoBlocks blocks in all,
+// each at least one 32-feature step: at 16 IEMOCAP-length dialogues (N = 759, 48 row tiles) and
+// D = 512, 16 splits of one step (768 blocks, one wave), against 48 blocks walking all of D
+// unsplit. Constants only, not the device's SM count: the same bits on every GPU. (Host code,
+// shared by the launcher and the emulator.)
+constexpr int64_t kRowsAutoMaxTiles = 512;
+constexpr int64_t kRowsAutoBlocks = 1024;
+
+inline int64_t rows_auto_feature_steps(int64_t row_tiles, int64_t D) {
+  const int64_t steps = (D + kDotD - 1) / kDotD;
+  if (row_tiles <= 0 || row_tiles >= kRowsAutoMaxTiles || steps <= 1) return 0;
+  const int64_t want = (kRowsAutoBlocks + row_tiles - 1) / row_tiles;
+  const int64_t splits = want < steps ? want : steps;
+  return splits <= 1 ? 0 : (steps + splits - 1) / splits;
+}
+
 // Backward pass B split over the features (fp32 / fp64; GRAPHSMILE_CUDA_ROWS_FSPLIT = f > 0): for
 // small batches. Pass B has one block per 32-row tile (48 at 16 IEMOCAP-length dialogues, on a
 // GPU of 132 SMs), each walking all of D. Here block (tile, split) computes the dots of its tile

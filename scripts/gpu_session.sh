@@ -30,7 +30,7 @@
 #   epoch        bench/epoch.py (T4: a synthetic IEMOCAP-6 epoch, DataLoader vs device-resident path,
 #                with each epoch's top kernels)
 #   ab_step      the T3 training steps with the staged kernels and the split pass B
-#                (GRAPHSMILE_CUDA_FFMA_DTILES=8 with GRAPHSMILE_CUDA_ROWS_FSPLIT=4, then =1)
+#                (GRAPHSMILE_CUDA_FFMA_DTILES=8 with GRAPHSMILE_CUDA_ROWS_FSPLIT=4, then =auto)
 #   epoch_compiled  bench/epoch.py --paths device,compiled (the model under torch.compile)
 #   model_compiled  bench/model.py --compile: T3 (16xIEMOCAP, 16x1000) with ours under torch.compile,
 #                against the original (eager), with the verdicts
@@ -227,16 +227,17 @@ stage graphed 90 30 '[ "$GS_DEVICE" != cuda ] && echo "no CUDA graphs on $GS_DEV
 stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
 # the small-batch training step (T3) with the staged kernels and pass B split over the features
 # beside model_cuda's defaults: GRAPHSMILE_CUDA_ROWS_FSPLIT=4 (128 features per block: 192 blocks
-# at 16xIEMOCAP, D = 512) and 1 (32 features: 768 blocks, about 6 per SM, all in one wave)
+# at 16xIEMOCAP, D = 512; split at every size) and auto (the candidate default: 32 features per
+# block, 768 blocks, at 16xIEMOCAP; unsplit at 16x1000 and 1x20000)
 AB_STEP="$MODEL --preset gpu-targets --providers $BE --reps 3 --no-check"
-stage ab_step 80 25 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4 $AB_STEP; GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=1 $AB_STEP --no-single"
+stage ab_step 80 25 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4 $AB_STEP; GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=auto $AB_STEP"
 # torch.compile of the whole model (T4: fewer, fused kernels per step); its warm-up epoch compiles
 stage epoch_compiled 150 60 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --paths device,compiled --out $OUT/results/epoch.jsonl'
 # T3 with ours under torch.compile (after epoch_compiled: inductor's cache has the model's kernels)
 stage model_compiled 150 60 "$MODEL --preset gpu-targets --providers $BE,original --reps 3 --no-check --no-single --compile"
 # all of T3's options at once: torch.compile and ab_step's kernels (the env vars change only the
 # extension's launches, not the traced graph, so inductor's cache from model_compiled serves)
-stage ab_step_compiled 100 40 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4 $MODEL --preset gpu-targets --providers $BE,original --reps 3 --no-check --no-single --compile"
+stage ab_step_compiled 100 40 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=auto $MODEL --preset gpu-targets --providers $BE,original --reps 3 --no-check --no-single --compile"
 stage ops_triton 120 45 "TRITON_PRINT_AUTOTUNING=1 $OPS --preset gpu-targets --providers triton,floor --reps 3 $KT"
 # the tests autotune under xdist (8 processes on one GPU): their timings must not be cached for
 # the benchmarks' tile choice

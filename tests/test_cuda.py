@@ -857,7 +857,8 @@ def test_staged_ffma_kernels_same_bits(dtype, monkeypatch):
 def test_split_pass_b(dtype, monkeypatch):
     """GRAPHSMILE_CUDA_ROWS_FSPLIT = 1, 4 (32-feature steps per block of backward pass B): the
     same gradients as the unsplit pass B to rounding (another association of each dot), the
-    same bits on a second run; a bad value is an error naming the variable."""
+    same bits on a second run; "auto" on these small batches (24 and 6 row tiles) is 1 step per
+    block: the bits of "1"; a bad value is an error naming the variable."""
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     for lens, M, wp, wf, D, mode in (([25, 27, 46, 42, 38, 69], 3, 17, 17, 300, "per_edge"),
                                      ([60, 7], 2, 3, 2, 130, "relative")):
@@ -865,15 +866,18 @@ def test_split_pass_b(dtype, monkeypatch):
         x, w, g = x.to(dtype), w.to(dtype), g.to(dtype)
         monkeypatch.setenv("GRAPHSMILE_CUDA_ROWS_FSPLIT", "0")
         plain = _propagate("cuda", x, w, g, lens, M, wp, wf, mode)
-        for f_steps in ("1", "4"):
+        results = {}
+        for f_steps in ("1", "4", "auto"):
             monkeypatch.setenv("GRAPHSMILE_CUDA_ROWS_FSPLIT", f_steps)
-            got = _propagate("cuda", x, w, g, lens, M, wp, wf, mode)
+            got = results[f_steps] = _propagate("cuda", x, w, g, lens, M, wp, wf, mode)
             again = _propagate("cuda", x, w, g, lens, M, wp, wf, mode)
             for name, a, b, c in zip(("y", "grad_x", "grad_w"), got, plain, again):
                 torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name} split {f_steps}: {m}")
                 assert torch.equal(a, c), (name, f_steps)
+        for name, a, b in zip(("y", "grad_x", "grad_w"), results["auto"], results["1"]):
+            assert torch.equal(a, b), f"{name}: auto is 1 step per block here"
     monkeypatch.setenv("GRAPHSMILE_CUDA_ROWS_FSPLIT", "x")
-    with pytest.raises(ValueError, match="GRAPHSMILE_CUDA_ROWS_FSPLIT must be an integer from 0 to 1024, got 'x'"):
+    with pytest.raises(ValueError, match="GRAPHSMILE_CUDA_ROWS_FSPLIT must be an integer from 0 to 1024 or 'auto', got 'x'"):
         _propagate("cuda", x, w, g, lens, M, wp, wf, mode)
 
 

@@ -356,6 +356,46 @@ def test_window_spmm_split_pass_b(emu, monkeypatch, dt):
                 assert torch.all(got["gw"][E:] == 0), f"{tag}: entries past E must be 0"
 
 
+def test_rows_auto_split_choice(emu):
+    """GRAPHSMILE_CUDA_ROWS_FSPLIT=auto (gpu::rows_auto_feature_steps): unsplit from 512 row tiles
+    on and where D is one 32-feature step; below, about 1024 blocks in all, each at least one step."""
+    table = [  # (row tiles, D, 32-feature steps per block; 0: unsplit)
+        (48, 512, 1),     # 16 IEMOCAP-length dialogues (N = 759), M = 2: 16 splits, 768 blocks
+        (250, 512, 4),    # 16x250: 5 splits wanted, 4 of 4 steps
+        (511, 512, 6),    # 3 splits wanted: 6 + 6 + 4 steps
+        (512, 512, 0),    # 16x256 and up (16x1000: 1000 tiles): unsplit
+        (1250, 512, 0),   # 1x20000
+        (4, 300, 1),      # 10 steps, at most 10 splits
+        (100, 32, 0),     # one step: nothing to split
+        (600, 33, 0),
+        (1023, 64, 0),
+        (400, 64, 1),     # ceil(1024 / 400) = 3 splits wanted, 2 steps: 2 splits of 1
+    ]
+    job = ("auto", "rows_auto_split", torch.int64, {},
+           {"row_tiles": torch.tensor([t for t, _, _ in table]), "D": torch.tensor([d for _, d, _ in table])})
+    got = _split_policies(_run(emu, [job])["auto"])["f_steps"].tolist()
+    assert got == [f for _, _, f in table], list(zip(table, got))
+
+
+@pytest.mark.parametrize("dt", [F32, F64], ids=["f32", "f64"])
+def test_window_spmm_split_pass_b_auto(emu, monkeypatch, dt):
+    """GRAPHSMILE_CUDA_ROWS_FSPLIT=auto on a small batch takes the split path with the steps of
+    the table above: the same bits as FSPLIT set to that number."""
+    lens, M, wp, wf, D, mode = [37, 1, 18, 5], 2, 17, 17, 300, "per_edge"  # 4 row tiles: 1 step per block
+    x, w, g, _ = _window_inputs(lens, M, wp, wf, D, mode, seed=7500)
+    s = reference.window_norm(w, lens, M, wp, wf, MODES[mode])
+    arrays = dict(lengths=torch.tensor(lens, dtype=torch.long), w=w.to(dt).reshape(-1), s=s.to(dt), x=x.to(dt), g=g.to(dt))
+    bwd = dict(M=M, wp=wp, wf=wf, mode=MODES[mode], D=D, need_gx=1, need_gw=1, need_gs=1)
+    outs = {}
+    for setting in ("auto", "1", "0"):
+        monkeypatch.setenv("GRAPHSMILE_CUDA_ROWS_FSPLIT", setting)
+        outs[setting] = _split_policies(_run(emu, [("bwd", "window_spmm_backward", dt, bwd, arrays)])["bwd"])
+    for name in ("gx", "gw", "gs"):
+        assert torch.equal(_bits(outs["auto"][name]), _bits(outs["1"][name])), name
+    # and not the unsplit kernel's bits (another association of each dot): auto did split
+    assert not torch.equal(_bits(outs["auto"]["gw"]), _bits(outs["0"]["gw"]))
+
+
 def test_window_zero_and_negative_degrees(emu):
     """d == 0 gives s = 0 and a zero gradient through the degree; d < 0 gives NaN (the original's
     masked rsqrt), in the norm kernels; spmm with a zero-degree row."""

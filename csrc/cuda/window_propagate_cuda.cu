@@ -85,13 +85,14 @@ bool tensor_cores_for(const at::Tensor& x) {
 
 // The integer in environment variable `name` (read on every call), `fallback` when unset or
 // empty; an error naming the variable unless it is an integer from lo to hi.
-int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi, const char* alternative = nullptr) {
   const char* e = std::getenv(name);
   if (e == nullptr || *e == '\0') return fallback;
   char* end = nullptr;
   const long long v = std::strtoll(e, &end, 10);
   TORCH_CHECK_VALUE(*end == '\0' && v >= lo && v <= hi, "graphsmile: the environment variable ", name,
-                    " must be an integer from ", lo, " to ", hi, ", got '", e, "'");
+                    " must be an integer from ", lo, " to ", hi, alternative ? " " : "", alternative ? alternative : "",
+                    ", got '", e, "'");
   return v;
 }
 
@@ -108,9 +109,14 @@ int64_t tc_feature_tiles() { return env_int("GRAPHSMILE_CUDA_TC_DTILES", gpu::kT
 int64_t ffma_feature_tiles() { return env_int("GRAPHSMILE_CUDA_FFMA_DTILES", 0, 0, 64); }
 
 // Backward pass B split over the features (window_spmm_rows_split_kernel + _finish_kernel, fp32 /
-// fp64): GRAPHSMILE_CUDA_ROWS_FSPLIT = f, 32-feature steps per block. Unset, empty or 0: unsplit.
-// For small batches, whose pass B has few blocks; opt-in until measured.
-int64_t rows_feature_split() { return env_int("GRAPHSMILE_CUDA_ROWS_FSPLIT", 0, 0, 1024); }
+// fp64): GRAPHSMILE_CUDA_ROWS_FSPLIT = f, 32-feature steps per block, or "auto" (by the size of
+// the pass: gpu::rows_auto_feature_steps, split only below 512 row tiles). Unset, empty or 0:
+// unsplit. For small batches, whose pass B has few blocks; opt-in until measured.
+int64_t rows_feature_split(int64_t row_tiles, int64_t D) {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_ROWS_FSPLIT");
+  if (e != nullptr && std::strcmp(e, "auto") == 0) return gpu::rows_auto_feature_steps(row_tiles, D);
+  return env_int("GRAPHSMILE_CUDA_ROWS_FSPLIT", 0, 0, 1024, "or 'auto'");
+}
 
 template <typename T>
 struct TypeTag {
@@ -225,7 +231,7 @@ bool launch_rows_staged(const at::Tensor& g, const at::Tensor& x, const at::Tens
     return false;
   } else {
     const bool vec = vec_loads(D, {&g, &x});
-    const int64_t f_steps = D == 0 ? 0 : rows_feature_split();
+    const int64_t f_steps = D == 0 ? 0 : rows_feature_split(row_tiles, D);
     if (f_steps > 0) {
       const int64_t splits = ceil_div(D, f_steps * gpu::kDotD);
       const int64_t E = std::max<int64_t>(num_edges, 1);

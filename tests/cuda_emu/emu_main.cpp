@@ -9,7 +9,8 @@
 // IN holds jobs (written by tests/test_cuda_emulated.py):
 //   job NAME OP DTYPE            OP: window_norm | window_norm_backward | window_spmm |
 //   int KEY VALUE                    window_spmm_backward | shift_pair_sum | shift_pair_sum_backward |
-//                                    shift_pair_nll | upload_by_value (DTYPE ignored)
+//                                    shift_pair_nll | upload_by_value | rows_auto_split (DTYPE ignored
+//                                    by the last two)
 //   arr KEY TYPE COUNT\n<bytes>  DTYPE / TYPE: f32 | f64 | bf16 | i64 (little endian)
 //   end
 // Every job runs once per scheduling policy of the comma-separated list POLICIES (cuda_emu.h);
@@ -187,7 +188,11 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
 // block (0: unsplit).
 int64_t tc_feature_tiles() { return env_int("GRAPHSMILE_CUDA_TC_DTILES", gpu::kTcDTiles, 1, 64); }
 int64_t ffma_feature_tiles() { return env_int("GRAPHSMILE_CUDA_FFMA_DTILES", 0, 0, 64); }
-int64_t rows_feature_split() { return env_int("GRAPHSMILE_CUDA_ROWS_FSPLIT", 0, 0, 1024); }
+int64_t rows_feature_split(int64_t row_tiles, int64_t D) {
+  const char* e = std::getenv("GRAPHSMILE_CUDA_ROWS_FSPLIT");
+  if (e != nullptr && std::strcmp(e, "auto") == 0) return gpu::rows_auto_feature_steps(row_tiles, D);
+  return env_int("GRAPHSMILE_CUDA_ROWS_FSPLIT", 0, 0, 1024);
+}
 // The emulated storage types with a wmma fragment type (the launchers' TensorCoreType).
 template <typename scalar_t>
 constexpr bool kTensorCoreType = std::is_same<scalar_t, BF16>::value;
@@ -398,7 +403,7 @@ void run_window_spmm_backward(const Job& j, Outputs& out) {
       }
       bool staged = false;
       if constexpr (std::is_same<scalar_t, acc_t>::value) {
-        const int64_t f_steps = tc || D == 0 ? 0 : rows_feature_split();
+        const int64_t f_steps = tc || D == 0 ? 0 : rows_feature_split(row_tiles, D);
         if (f_steps > 0) {
           staged = true;
           const int64_t splits = ceil_div(D, f_steps * gpu::kDotD);
@@ -651,6 +656,17 @@ void run_upload_by_value(const Job& j, Outputs& out) {
   put(out, "launches", std::vector<int64_t>{launches});
 }
 
+// ---- GRAPHSMILE_CUDA_ROWS_FSPLIT=auto ---------------------------------------------------------------
+
+// gpu::rows_auto_feature_steps (the launcher's choice) for each (row_tiles[i], D[i]).
+void run_rows_auto_split(const Job& j, Outputs& out) {
+  const std::vector<int64_t> tiles = geta<int64_t>(j, "row_tiles"), dims = geta<int64_t>(j, "D");
+  if (tiles.size() != dims.size()) die("rows_auto_split: row_tiles and D differ in length");
+  std::vector<int64_t> steps;
+  for (size_t i = 0; i < tiles.size(); ++i) steps.push_back(gpu::rows_auto_feature_steps(tiles[i], dims[i]));
+  put(out, "f_steps", steps);
+}
+
 // ---- dispatch ---------------------------------------------------------------------------------------
 
 template <typename scalar_t, typename acc_t>
@@ -667,6 +683,7 @@ void run_typed(const Job& j, Outputs& out) {
 
 void run_job(const Job& j, Outputs& out) {
   if (j.op == "upload_by_value") return run_upload_by_value(j, out);
+  if (j.op == "rows_auto_split") return run_rows_auto_split(j, out);
   // acc_t = at::opmath_type<scalar_t>: double for double, float otherwise.
   if (j.dtype == "f64") run_typed<double, double>(j, out);
   else if (j.dtype == "f32") run_typed<float, float>(j, out);
