@@ -116,15 +116,7 @@ def capture(step: Callable[[], torch.Tensor]):
     """(graph, static loss, seconds): three eager warm-up steps on a side stream, then one
     captured step."""
     t0 = time.perf_counter()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loss = step()
+    graph, loss = gops.index.capture_cuda_graph(step, warmup=3)
     torch.cuda.synchronize()
     return graph, loss, time.perf_counter() - t0
 

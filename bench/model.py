@@ -259,9 +259,7 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
 
         return loss_of_step
 
-    def make_step(batch):
-        loss_of_step = make_loss(batch)
-
+    def make_step(loss_of_step):
         def step() -> Dict[str, float]:
             opt.zero_grad(set_to_none=True)
             common.sync(dev)
@@ -288,7 +286,7 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
         torch.manual_seed(spec["seed"] + 5)
         tiny = [3, 2]
         ti, te, ts, tsh = make_batch(tiny, cfg, spec["seed"] + 1, dev, dt, shift_labels=not fused_shift)
-        st = make_step((ti, te, ts, tsh, tiny))
+        st = make_step(make_loss((ti, te, ts, tsh, tiny)))
         st()
         st()
         del ti, te, ts, tsh, st
@@ -299,7 +297,8 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
             step()
             opt.zero_grad(set_to_none=True)
 
-    step = make_step((inputs, emotion, sentiment, shift, lens))
+    loss_of_step = make_loss((inputs, emotion, sentiment, shift, lens))
+    step = make_step(loss_of_step)
     fingerprint: List[Optional[List[float]]] = [None]
 
     def step_or_first():
@@ -316,7 +315,6 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
         return r
 
     times, mem, primary, method = common.measure_with_memory(step_or_first, dev, spec, prewarm=prewarm)
-    loss_of_step = make_loss((inputs, emotion, sentiment, shift, lens))
 
     def bare_step() -> None:  # as a training loop runs it: no synchronisation, nothing read back
         opt.zero_grad(set_to_none=True)

@@ -947,18 +947,8 @@ def test_many_dialogues_metadata_through_pinned_memory(mode):
 
 
 def _captured(fn):
-    """fn() captured in a CUDA graph after two warm-up calls on a side stream (torch's recipe:
-    Triton's autotuner and lazy initialisation run outside the capture). Returns (graph, outputs)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
+    """fn() captured in a CUDA graph after two warm-up calls on a side stream. Returns (graph, outputs)."""
+    return ops.index.capture_cuda_graph(fn, warmup=2)
 
 
 def _churn(backend):

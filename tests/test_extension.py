@@ -177,3 +177,17 @@ def test_upload_by_value_checks():
     if not has:
         with pytest.raises(RuntimeError, match="needs graphsmile._C built with CUDA"):
             index.upload_by_value(torch.arange(3), "cuda")
+
+
+def test_capture_cuda_graph_checks():
+    """Without a CUDA device, or with a negative warm-up count: a clear error, fn never called.
+    (On a GPU, tests/test_cuda.py captures the ops and a training step with it.)"""
+    from graphsmile.ops import index
+
+    calls = []
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="capture_cuda_graph needs a CUDA device"):
+            index.capture_cuda_graph(lambda: calls.append(1))
+    with pytest.raises(ValueError, match="warmup must be >= 0, got -1"):
+        index.capture_cuda_graph(lambda: calls.append(1), warmup=-1)
+    assert calls == []

@@ -55,6 +55,32 @@ def upload_by_value(t: torch.Tensor, device) -> torch.Tensor:
     return flat.to(t.dtype).view(t.shape)
 
 
+def capture_cuda_graph(fn, warmup: int = 2):
+    """``fn()`` captured into a CUDA graph, with torch's recipe: ``warmup`` eager calls on a side
+    stream first (lazy initialisation, library workspaces and Triton's autotuner must run
+    outside the capture), then one call under :class:`torch.cuda.graph`.
+
+    Returns ``(graph, out)``: ``out`` is what the captured call returned (tensors in the graph's
+    memory); ``graph.replay()`` reruns the captured kernels on the values the captured input
+    tensors hold then, rewriting ``out``. graphsmile's ops are capturable (their per-batch tables
+    go by value while capturing: :func:`upload_by_value`); the shapes and lengths are those of
+    the capture. Nothing is synchronised here."""
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if not torch.cuda.is_available():
+        raise RuntimeError("capture_cuda_graph needs a CUDA device; torch.cuda.is_available() is False")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 # The C++ kernels' bounds (csrc/window_common.h), which keep every index product in int64: a
 # window longer than every dialogue is the same as -1.
 MAX_WINDOW = 2**31 - 1
