@@ -122,6 +122,29 @@ def _ops_times(r: Dict[str, Any], use_kernels: bool) -> Tuple[Optional[float], O
     return (r.get("fwd_s") or {}).get("median"), (r.get("bwd_s") or {}).get("median")
 
 
+def _ops_parts(rows: List[Dict[str, Any]]):
+    """bench/ops.py: forward and backward, by the kernels' own time when every ok record has it."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    use_k = bool(ok) and all(isinstance((r.get("kernel_s") or {}).get("fwd"), float) for r in ok)
+    return (lambda r: _ops_times(r, use_k)), "fwd, bwd (" + ("kernels alone" if use_k else "CUDA events") + ")"
+
+
+def _median(r: Dict[str, Any], key: str) -> Optional[float]:
+    return (r.get(key) or {}).get("median")
+
+
+#: per results file: the benchmark's name, a record's case within it, and (from the case's
+#: records) the function giving a record's two compared times, with what they are
+GROUPINGS = (
+    ("ops", lambda r: f"ops {r.get('op')}", lambda r: f"{r.get('provider')} {r.get('case')} D={r.get('D')} {r.get('dtype')}",
+     _ops_parts),
+    ("model", lambda r: "model train_step", lambda r: f"{r.get('provider')} {r.get('case')} {r.get('dtype')}",
+     lambda rows: ((lambda r: (_median(r, "time_s"), _median(r, "pipelined_s"))), "step phase-timed, back-to-back")),
+    ("epoch", lambda r: "epoch", lambda r: f"{r.get('path')} {r.get('phase')}",
+     lambda rows: ((lambda r: (_median(r, "gpu_time_s"), r.get("kernel_time_s"))), "GPU time, kernels alone")),
+)
+
+
 def compare(recs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     """The comparison tables: {"groups": [...], "summary": [...]}. A group is one measured case
     (benchmark, op, provider, case, D, dtype) with at least two variants; each of its rows a
@@ -142,32 +165,16 @@ def compare(recs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
             ratios = tuple(_ratio(x, y) for x, y in zip(b, t))
             out_rows.append({"variant": variant_label(variant), "times": t, "ratios": ratios, "run_id": r.get("run_id")})
             if variant and base is not None:
-                tally.setdefault((bench, variant_label(variant)), []).append((ratios[0], ratios[1] if len(ratios) > 1 else None))
+                tally.setdefault((bench, variant_label(variant)), []).append(ratios)
         groups.append({"bench": bench, "key": key, "what": what, "rows": out_rows, "has_defaults": base is not None})
 
-    ops: "OrderedDict[tuple, List[Dict[str, Any]]]" = OrderedDict()
-    for r in recs.get("ops", []):
-        ops.setdefault((r.get("op"), r.get("provider"), r.get("case"), r.get("D"), r.get("dtype")), []).append(r)
-    for (op, provider, case, D, dtype), rows in ops.items():
-        ok = [r for r in rows if r.get("status") == "ok"]
-        use_k = bool(ok) and all(isinstance((r.get("kernel_s") or {}).get("fwd"), float) for r in ok)
-        add(f"ops {op}", f"{provider} {case} D={D} {dtype}", rows, lambda r, u=use_k: _ops_times(r, u),
-            "fwd, bwd (" + ("kernels alone" if use_k else "CUDA events") + ")")
-
-    model: "OrderedDict[tuple, List[Dict[str, Any]]]" = OrderedDict()
-    for r in recs.get("model", []):
-        model.setdefault((r.get("provider"), r.get("case"), r.get("dtype")), []).append(r)
-    for (provider, case, dtype), rows in model.items():
-        add("model train_step", f"{provider} {case} {dtype}", rows,
-            lambda r: ((r.get("time_s") or {}).get("median"), (r.get("pipelined_s") or {}).get("median")),
-            "step phase-timed, back-to-back")
-
-    epoch: "OrderedDict[tuple, List[Dict[str, Any]]]" = OrderedDict()
-    for r in recs.get("epoch", []):
-        epoch.setdefault((r.get("path"), r.get("phase")), []).append(r)
-    for (path, phase), rows in epoch.items():
-        add("epoch", f"{path} {phase}", rows,
-            lambda r: ((r.get("gpu_time_s") or {}).get("median"), r.get("kernel_time_s")), "GPU time, kernels alone")
+    for name, bench_of, key_of, times_of in GROUPINGS:
+        grouped: "OrderedDict[tuple, List[Dict[str, Any]]]" = OrderedDict()
+        for r in recs.get(name, []):
+            grouped.setdefault((bench_of(r), key_of(r)), []).append(r)
+        for (bench, key), rows in grouped.items():
+            times, what = times_of(rows)
+            add(bench, key, rows, times, what)
 
     summary = []
     for (bench, label), pairs in tally.items():
