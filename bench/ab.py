@@ -42,17 +42,19 @@ OPTION_DEFAULTS: "OrderedDict[str, Any]" = OrderedDict([
     ("cuda_tc_dtiles", "4"),
     ("cuda_shift_nll", "auto"),
     ("cuda_fast_math", False),
+    ("path", "device"),   # bench/epoch.py's data path (loader, device, compiled)
 ])
-#: options that change what a provider runs: the cuda_* ones only the CUDA backend's kernels
-PROVIDER_OPTIONS = {"cuda": tuple(OPTION_DEFAULTS)}
-OTHER_OPTIONS = ("compile_backend",)
+#: the options that act on a provider other than the CUDA backend (the cuda_* ones do not)
+OTHER_OPTIONS = ("compile_backend", "path")
 FILES = ("ops", "model", "epoch", "graphed")
 
 
 def variant_of(rec: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
     """The options of ``rec`` that differ from the defaults, as sorted (name, value) pairs;
-    ``()`` for a run with the defaults. Only options that act on the record's provider count."""
-    keys = PROVIDER_OPTIONS.get(rec.get("provider"), OTHER_OPTIONS)
+    ``()`` for a run with the defaults. Only options that act on the record's provider count;
+    bench/epoch.py's records name none: they run the model's default backend, on a GPU (fp32)
+    the CUDA one."""
+    keys = tuple(OPTION_DEFAULTS) if rec.get("provider", "cuda") == "cuda" else OTHER_OPTIONS
     # compared as text: records written before an option existed lack it, and a JSON round trip
     # may turn "4" into 4
     return tuple((k, rec[k]) for k in keys if str(rec.get(k, OPTION_DEFAULTS[k])) != str(OPTION_DEFAULTS[k]))
@@ -110,7 +112,7 @@ def _fmt_ratio(x: Optional[float]) -> str:
 def _newest_per_variant(rows: Iterable[Dict[str, Any]]) -> "OrderedDict[tuple, Dict[str, Any]]":
     by: "OrderedDict[tuple, Dict[str, Any]]" = OrderedDict()
     for r in sorted(rows, key=lambda r: str(r.get("date"))):
-        if r.get("status") == "ok":
+        if r.get("status", "ok") == "ok":  # bench/epoch.py writes no status: its records are all measurements
             by[variant_of(r)] = r
     return OrderedDict(sorted(by.items(), key=lambda kv: (kv[0] != (), variant_label(kv[0]))))
 
@@ -140,7 +142,7 @@ GROUPINGS = (
      _ops_parts),
     ("model", lambda r: "model train_step", lambda r: f"{r.get('provider')} {r.get('case')} {r.get('dtype')}",
      lambda rows: ((lambda r: (_median(r, "time_s"), _median(r, "pipelined_s"))), "step phase-timed, back-to-back")),
-    ("epoch", lambda r: "epoch", lambda r: f"{r.get('path')} {r.get('phase')}",
+    ("epoch", lambda r: "epoch", lambda r: f"{r.get('phase')}",
      lambda rows: ((lambda r: (_median(r, "gpu_time_s"), r.get("kernel_time_s"))), "GPU time, kernels alone")),
 )
 

@@ -440,6 +440,26 @@ def test_ab_tables(tmp_path):
     assert p.returncode == 2 and "epoch.jsonl:1: not a JSON line" in p.stderr
 
 
+def test_ab_epoch_paths(tmp_path):
+    """bench/epoch.py's records: one case per phase, its data paths (and kernel options) the
+    variants, against the device-resident path with the defaults."""
+    def rec(path, gpu, kern, phase="train", date="2026-12-01T12:00", **opts):
+        return dict(bench="epoch", path=path, phase=phase, device="cuda", device_name="NVIDIA H200", git_commit="c0ffee1",
+                    date=date, gpu_time_s={"median": gpu}, kernel_time_s=kern, time_s={"median": gpu},  # no status, as written
+                    cuda_tensor_cores=True, cuda_tc_dtiles="4", cuda_shift_nll="auto", cuda_fast_math=False, **opts)
+
+    recs = [rec("loader", 0.30, 0.11), rec("device", 0.25, 0.10), rec("compiled", 0.10, 0.05),
+            rec("device", 0.20, 0.08, date="2026-12-01T12:05", cuda_rows_fsplit="auto"),
+            rec("device", 0.02, 0.004, phase="eval")]
+    result = bench_ab.compare({"epoch": recs})
+    assert [(g["bench"], g["key"]) for g in result["groups"]] == [("epoch", "train")]  # eval: one variant only
+    rows = {r["variant"]: r for r in result["groups"][0]["rows"]}
+    assert list(rows) == ["defaults", "path=compiled", "path=loader", "rows_fsplit=auto"]
+    assert rows["path=compiled"]["ratios"] == pytest.approx((2.5, 2.0))
+    summary = {s["variant"]: s["faster_everywhere"] for s in result["summary"]}
+    assert summary == {"path=compiled": True, "path=loader": False, "rows_fsplit=auto": True}
+
+
 def test_ab_on_the_first_h200_run():
     """The stored records of the first H200 run (commit aa7c69d): the A/B of the tensor-core
     kernels and of the shift loss, as decided in bench/GPU_NOTES.md from them."""
@@ -451,6 +471,9 @@ def test_ab_on_the_first_h200_run():
     # fast math: the shift loss's forward faster, its backward not: stays opt-in
     fm = summary[("ops shift_loss", "shift_nll=tiled, fast_math=True")]
     assert fm["first"]["geomean"] > 1.5 and fm["second"]["faster"] == 0
+    # the epoch's DataLoader path against the device-resident one (no status field in those records)
+    loader = summary[("epoch", "path=loader")]
+    assert loader["cases"] == 2 and not loader["faster_everywhere"]
 
 def test_kernel_time_helpers():
     """Device-busy time is the union of the profiled intervals; kernel bandwidth comes from it."""
