@@ -128,22 +128,35 @@ def _ops_parts(rows: List[Dict[str, Any]]):
     """bench/ops.py: forward and backward, by the kernels' own time when every ok record has it."""
     ok = [r for r in rows if r.get("status") == "ok"]
     use_k = bool(ok) and all(isinstance((r.get("kernel_s") or {}).get("fwd"), float) for r in ok)
-    return (lambda r: _ops_times(r, use_k)), "fwd, bwd (" + ("kernels alone" if use_k else "CUDA events") + ")"
+    return (lambda r: _ops_times(r, use_k)), "fwd, bwd (" + ("kernels alone" if use_k else "CUDA events") + ")", ("fwd", "bwd")
 
 
 def _median(r: Dict[str, Any], key: str) -> Optional[float]:
     return (r.get(key) or {}).get("median")
 
 
+def _model_parts(rows: List[Dict[str, Any]]):
+    """bench/model.py: the back-to-back step and the profiled step's kernels alone when every ok
+    record has a profile (runs from 2026-11-28 on); otherwise the phase-timed and the
+    back-to-back step."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    use_k = bool(ok) and all(isinstance((r.get("kernels") or {}).get("kernel_time_s"), float) for r in ok)
+    if use_k:
+        return ((lambda r: (_median(r, "pipelined_s"), (r.get("kernels") or {}).get("kernel_time_s"))),
+                "step back-to-back, kernels alone (profiled step)", ("back-to-back", "kernels"))
+    return (lambda r: (_median(r, "time_s"), _median(r, "pipelined_s"))), "step phase-timed, back-to-back", ("step", "back-to-back")
+
+
 #: per results file: the benchmark's name, a record's case within it, and (from the case's
-#: records) the function giving a record's two compared times, with what they are
+#: records) the function giving a record's two compared times, what they are, and their two
+#: column names
 GROUPINGS = (
     ("ops", lambda r: f"ops {r.get('op')}", lambda r: f"{r.get('provider')} {r.get('case')} D={r.get('D')} {r.get('dtype')}",
      _ops_parts),
     ("model", lambda r: "model train_step", lambda r: f"{r.get('provider')} {r.get('case')} {r.get('dtype')}",
-     lambda rows: ((lambda r: (_median(r, "time_s"), _median(r, "pipelined_s"))), "step phase-timed, back-to-back")),
+     _model_parts),
     ("epoch", lambda r: "epoch", lambda r: f"{r.get('phase')}",
-     lambda rows: ((lambda r: (_median(r, "gpu_time_s"), r.get("kernel_time_s"))), "GPU time, kernels alone")),
+     lambda rows: ((lambda r: (_median(r, "gpu_time_s"), r.get("kernel_time_s"))), "GPU time, kernels alone", ("GPU time", "kernels"))),
 )
 
 
@@ -152,10 +165,12 @@ def compare(recs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     (benchmark, op, provider, case, D, dtype) with at least two variants; each of its rows a
     variant with its times and its ratios to the defaults' run (``None`` where it has none)."""
     groups: List[Dict[str, Any]] = []
-    # (bench, variant label) -> list of (fwd ratio, bwd ratio) over the groups
-    tally: "OrderedDict[Tuple[str, str], List[Tuple[Optional[float], Optional[float]]]]" = OrderedDict()
+    # (bench, variant label, the two times' names) -> list of (first ratio, second ratio) over
+    # the groups (a case whose records lack a time the others have compares other times: its
+    # ratios are tallied apart)
+    tally: "OrderedDict[Tuple[str, str, Tuple[str, str]], List[Tuple[Optional[float], Optional[float]]]]" = OrderedDict()
 
-    def add(bench: str, key: str, rows: List[Dict[str, Any]], times, what: str):
+    def add(bench: str, key: str, rows: List[Dict[str, Any]], times, what: str, parts: Tuple[str, str]):
         by = _newest_per_variant(rows)
         if len(by) < 2:
             return
@@ -167,20 +182,19 @@ def compare(recs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
             ratios = tuple(_ratio(x, y) for x, y in zip(b, t))
             out_rows.append({"variant": variant_label(variant), "times": t, "ratios": ratios, "run_id": r.get("run_id")})
             if variant and base is not None:
-                tally.setdefault((bench, variant_label(variant)), []).append(ratios)
-        groups.append({"bench": bench, "key": key, "what": what, "rows": out_rows, "has_defaults": base is not None})
+                tally.setdefault((bench, variant_label(variant), parts), []).append(ratios)
+        groups.append({"bench": bench, "key": key, "what": what, "parts": parts, "rows": out_rows, "has_defaults": base is not None})
 
     for name, bench_of, key_of, times_of in GROUPINGS:
         grouped: "OrderedDict[tuple, List[Dict[str, Any]]]" = OrderedDict()
         for r in recs.get(name, []):
             grouped.setdefault((bench_of(r), key_of(r)), []).append(r)
         for (bench, key), rows in grouped.items():
-            times, what = times_of(rows)
-            add(bench, key, rows, times, what)
+            add(bench, key, rows, *times_of(rows))
 
     summary = []
-    for (bench, label), pairs in tally.items():
-        line = {"bench": bench, "variant": label, "cases": len(pairs)}
+    for (bench, label, parts), pairs in tally.items():
+        line = {"bench": bench, "variant": label, "parts": parts, "cases": len(pairs)}
         for i, part in enumerate(("first", "second")):
             xs = [p[i] for p in pairs if p[i] is not None]
             line[part] = {"n": len(xs), "faster": sum(x > 1 for x in xs),
@@ -193,14 +207,11 @@ def compare(recs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     return {"groups": groups, "summary": summary, "graphed": graphed}
 
 
-PART_NAMES = {"ops": ("fwd", "bwd"), "model": ("step", "back-to-back"), "epoch": ("GPU time", "kernels")}
-
-
 def print_report(result: Dict[str, Any], commit: str, device_names: List[str]) -> None:
     print(f"A/B of the records of commit {commit[:10]} on {', '.join(device_names) or '?'}")
     print("(ratio = defaults' time / variant's time: > 1 means the variant is faster)")
     for g in result["groups"]:
-        a, b = PART_NAMES[g["bench"].split()[0]]
+        a, b = g["parts"]
         print(f"\n{g['bench']} | {g['key']} | {g['what']}" + ("" if g["has_defaults"] else " | no run with the defaults"))
         print(f"  {'variant':44} {a:>12} {b:>12} {'vs defaults':>22}")
         for row in g["rows"]:
@@ -216,7 +227,7 @@ def print_report(result: Dict[str, Any], commit: str, device_names: List[str]) -
     if not result["summary"]:
         print("  (no variant was run beside the defaults)")
     for s in result["summary"]:
-        a, b = PART_NAMES[s["bench"].split()[0]]
+        a, b = s["parts"]
         cells = []
         for part, name in (("first", a), ("second", b)):
             p = s[part]

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import signal
 import subprocess
@@ -374,6 +375,87 @@ def fmt_s(t: Optional[float]) -> str:
 
 
 # --- timing -------------------------------------------------------------------------------
+
+
+# --- what the GPU's time is made of --------------------------------------------------------
+
+#: Kinds of device activity, tried in order on each kineto event name: the first pattern that
+#: matches names the kind. graphsmile's kernels (CUDA: ``graphsmile::gpu::...``; Triton: ours
+#: are ``_spmm_*``, ``_norm_*``, ``_pair_*``); cuBLAS/cuBLASLt/CUTLASS matrix products; the
+#: optimiser's fused and multi-tensor kernels; inductor's generated kernels (``--compile``);
+#: copies and memsets; the rest of aten (elementwise, reductions, softmax, dropout, cuDNN's
+#: batch norm, ...).
+KERNEL_KINDS = (
+    ("graph ops", r"graphsmile::|^_(spmm|norm|pair)_\w*kernel"),
+    ("optimiser", r"multi_tensor_apply|fused_adam|FusedAdam|_fused_adamw"),
+    ("GEMM", r"gemm|gemv|cutlass|xmma|splitKreduce|cublas"),
+    ("inductor", r"^triton_"),
+    ("copies", r"^Memcpy|^Memset|memcpy|memset"),
+    ("aten", r"at::|at_cuda_detail|cub::|c10::|cudnn|softmax|elementwise|reduce|nll_loss|dropout|batch_norm|index"),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """The kind (:data:`KERNEL_KINDS`) of a device activity named ``name``; ``"other"``."""
+    for kind, pattern in KERNEL_KINDS:
+        if re.search(pattern, name):
+            return kind
+    return "other"
+
+
+def summarise_kernels(per_name: Dict[str, Sequence[float]], top: int = 12) -> Dict[str, Any]:
+    """``per_name``: activity name -> (launches, seconds). Returns ``kernel_time_s`` (their sum:
+    the device's busy time on one stream), ``launches``, ``kinds`` ({kind: [launches, seconds]},
+    largest first) and ``top_kernels`` (the ``top`` largest as ``[name, launches, seconds]``)."""
+    kinds: Dict[str, List[float]] = {}
+    for name, (n, t) in per_name.items():
+        acc = kinds.setdefault(kernel_kind(name), [0, 0.0])
+        acc[0] += int(n)
+        acc[1] += float(t)
+    ranked = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:top]
+    return {
+        "kernel_time_s": sum(float(t) for _, t in per_name.values()),
+        "launches": sum(int(n) for n, _ in per_name.values()),
+        "kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1][1])),
+        "top_kernels": [[name[:160], int(n), float(t)] for name, (n, t) in ranked],
+    }
+
+
+def kernel_profile(fn: Callable[[], Any], top: int = 12) -> Dict[str, Any]:
+    """``fn()`` once under torch.profiler (CUDA): what its device time is made of, as
+    :func:`summarise_kernels` (every kernel, memcpy and memset is one kineto event; their times
+    are summed per name). The device is synchronised before and after ``fn``.
+
+    kineto may leave CUPTI attached after a profile and slow later launches in the process
+    (pytorch#144455): ``TEARDOWN_CUPTI=1`` is set (unless set already) before profiling, and
+    callers profile after their timed measurements."""
+    os.environ.setdefault("TEARDOWN_CUPTI", "1")
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = torch.cuda.is_available()  # without CUDA there are no device events: zeros (the API is exercised)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    if on_gpu:
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        fn()
+        if on_gpu:
+            torch.cuda.synchronize()
+    per_name: Dict[str, List[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            acc = per_name.setdefault(ev.name, [0, 0.0])
+            acc[0] += 1
+            acc[1] += ev.device_time_total / 1e6
+    return summarise_kernels(per_name, top)
+
+
+def kernel_kinds_line(prof: Dict[str, Any], min_share: float = 0.01) -> str:
+    """One line: ``12.8 ms in 612 launches: graph ops 7.9 ms (62%), GEMM 2.6 ms (20%), ...``
+    (kinds under ``min_share`` of the total left out)."""
+    total = prof.get("kernel_time_s") or 0.0
+    parts = [f"{kind} {fmt_s(t)} ({100 * t / total:.0f}%)" for kind, (n, t) in prof.get("kinds", {}).items()
+             if total > 0 and t >= min_share * total]
+    return f"{fmt_s(total)} in {prof.get('launches', 0)} launches" + (": " + ", ".join(parts) if parts else "")
 
 
 def sync(device: str) -> None:

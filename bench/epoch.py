@@ -32,9 +32,10 @@ wall time (device synchronised before and after); on CUDA also the CUDA-event ti
 the phase's start and end (``gpu_time_s``: the stream's elapsed time, idle gaps included),
 then one more epoch with ``torch.cuda.set_sync_debug_mode("warn")`` counting the synchronising
 calls (``host_syncs``), and one under ``torch.profiler`` summing the CUDA kernel times
-(``kernel_time_s``: the GPU's busy time; ``--no-profile`` skips it) and listing the kernels that
-took the most of it (``top_kernels``: name, launches, total time), which says what a step is made
-of. The training losses of the paths are compared (``same_losses``: bitwise equal; expected on
+(``kernel_time_s``: the GPU's busy time; ``--no-profile`` skips it), by kind (``kernel_kinds``:
+graphsmile's graph ops, GEMM, aten, optimiser, ... as ``bench/common.kernel_kind`` sorts them)
+and listing the kernels that took the most of it (``top_kernels``: name, launches, total time),
+which says what a step is made of. The training losses of the paths are compared (``same_losses``: bitwise equal; expected on
 the CPU for ``device`` against ``loader``).
 
 Results: one JSON line per (path, phase) appended to ``--out`` (default
@@ -153,27 +154,6 @@ def count_syncs(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def kernel_time(fn):
-    """``fn()`` under torch.profiler: (the sum of its CUDA kernel times in seconds, the
-    TOP_KERNELS kernels by total time as ``[name, launches, seconds]``)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    # kineto lists every kernel, memcpy and memset that ran on the GPU as its own event
-    per_name: Dict[str, List[float]] = {}
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            acc = per_name.setdefault(ev.name, [0, 0.0])
-            acc[0] += 1
-            acc[1] += ev.device_time_total
-    total_us = sum(v[1] for v in per_name.values())
-    top = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:TOP_KERNELS]
-    return total_us / 1e6, [[name[:160], int(n), us / 1e6] for name, (n, us) in top]
-
-
 def run_path(path: str, splits, cfg, args) -> Dict[str, Any]:
     from graphsmile.train import Trainer
 
@@ -217,9 +197,9 @@ def run_path(path: str, splits, cfg, args) -> Dict[str, Any]:
             res["eval"]["syncs"] = count_syncs(evaluate)
         epoch += 1
         if not args.no_profile:
-            res["train"]["kernel"], res["train"]["top_kernels"] = kernel_time(train_epoch)
+            res["train"]["profile"] = common.kernel_profile(train_epoch, TOP_KERNELS)
             if not args.no_eval:
-                res["eval"]["kernel"], res["eval"]["top_kernels"] = kernel_time(evaluate)
+                res["eval"]["profile"] = common.kernel_profile(evaluate, TOP_KERNELS)
             epoch += 1
         res["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
     res["data_on_device"] = trainer.data_on_device
@@ -238,7 +218,9 @@ def _records(path: str, r: Dict[str, Any], ref: Optional[Dict[str, Any]], base: 
         rec = {**base, "path": path, "phase": phase, "data_on_device": r["data_on_device"], "setup_s": r["setup_s"],
                "time_s": common.summarize(ph["wall"]),
                "gpu_time_s": common.summarize(ph["gpu"]) if ph["gpu"] and ph["gpu"][0] is not None else None,
-               "host_syncs": ph.get("syncs"), "kernel_time_s": ph.get("kernel"), "top_kernels": ph.get("top_kernels"),
+               "host_syncs": ph.get("syncs"), "kernel_time_s": (ph.get("profile") or {}).get("kernel_time_s"),
+               "kernel_launches": (ph.get("profile") or {}).get("launches"), "kernel_kinds": (ph.get("profile") or {}).get("kinds"),
+               "top_kernels": (ph.get("profile") or {}).get("top_kernels"),
                "peak_mem_bytes": r.get("peak_mem_bytes"), "batches": r.get("batches")}
         if phase == "train":
             rec["losses"] = ph["loss"]
@@ -327,7 +309,9 @@ def main(argv=None) -> int:
     for rec in records:
         if rec.get("top_kernels"):
             total = rec["kernel_time_s"] or 1.0
-            print(f"\nkernels of one {rec['phase']} epoch, path {rec['path']} (of {fmt_s(total)} in all):")
+            print(f"\nkernels of one {rec['phase']} epoch, path {rec['path']}: "
+                  + common.kernel_kinds_line({"kernel_time_s": rec["kernel_time_s"], "launches": rec.get("kernel_launches") or 0,
+                                              "kinds": rec.get("kernel_kinds") or {}}))
             for name, n, t in rec["top_kernels"]:
                 print(f"  {fmt_s(t):>9} {100 * t / total:5.1f}% {n:6d}x  {name[:110]}")
     print(f"\n{len(records)} records appended to {args.out}")

@@ -43,6 +43,14 @@ next ones. ``pipelined_s`` is that: rounds of steps run back to back with one sy
 round, per step (median of 3 rounds, each at least 0.1 s or 3 steps). Printed as "back-to-back";
 the IEMOCAP batch gets a second T3 line from it, beside the phase-timed one, never instead.
 
+Kernels (CUDA, ``--no-profile`` skips it): after a case's timed steps, one more back-to-back step
+runs under ``torch.profiler``. The record's ``kernels`` holds that step's GPU busy time
+(``kernel_time_s``: kernels, copies and memsets summed; no host time, no idle gaps), its
+``launches``, the time by kind (``kinds``: graphsmile's graph ops, GEMM, aten's elementwise and
+reduction kernels, the optimiser, inductor's kernels under ``--compile``, copies; see
+``common.KERNEL_KINDS``) and the ``top_kernels``. They are printed under each case's table: what
+bounds the step, for ours and the original alike.
+
 Shift loss: our backends use the trainer's default, the fused ``shift_pair_nll`` (no ``[P, 2]``
 logits); ``--shift-loss logits`` gives them the ``[P, 2]`` path the original uses (for A/B).
 ``--shift-win`` overrides the preset's 19 (``-1``: pairs over whole dialogues, P = L^2 each).
@@ -84,6 +92,7 @@ TARGET_IEMOCAP_SPEEDUP = 5.0     # training step on a real-shaped IEMOCAP batch:
 TARGET_L1000_SPEEDUP = 100.0     # at L = 1000: >= 100x, or the original cannot run at all
 TARGET_SINGLE_L = 20000          # no OOM up to one dialogue of 20,000 utterances (D = 512, 7 layers)
 CANNOT_RUN = ("edge-capacity exceeded", "oom", "skipped")  # skipped: only by the memory guard ("would need ...")
+TOP_KERNELS = 12                 # kernels listed per profiled step (the record's kernels.top_kernels)
 
 PRESETS = {
     "gpu-targets": {
@@ -322,6 +331,12 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
         opt.step()
 
     notes["pipelined_s"] = back_to_back(bare_step, dev, times["total"]["median"], spec["budget_s"])
+    if dev.startswith("cuda") and spec.get("profile", True):
+        # after the timed steps (a profile can leave CUPTI attached): what one step's GPU time is made of
+        try:
+            notes["kernels"] = common.kernel_profile(bare_step, TOP_KERNELS)
+        except Exception as exc:  # an explanation of the time, not the measurement: never fails the case
+            notes["kernels"] = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
     isz = torch.empty((), dtype=dt).element_size()
     mem["model_state_bytes"] = sum(p.numel() for p in params) * isz * 4  # weights + AdamW amsgrad state (3 buffers)
     fingerprint = fingerprint[0]
@@ -434,6 +449,8 @@ def parse_args(argv=None):
     ap.add_argument("--dense-capacity", type=int, default=baselines.ORIGINAL_EDGE_CAPACITY)
     ap.add_argument("--isolate", choices=("subprocess", "none"), default="subprocess")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="CUDA: skip the profiled step after each case's timing (kernels: GPU time by kind, top kernels)")
     ap.add_argument("--time-limit-s", type=float, default=None,
                     help="no new measurement starts after this many seconds from the start (recorded as skipped); the "
                     "target verdicts are still printed")
@@ -563,6 +580,23 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
+def print_kernels(group: List[Dict[str, Any]], top: int = 5) -> None:
+    """Per provider with a profiled step (CUDA): its GPU time by kind and its largest kernels."""
+    profiled = [r for r in group if isinstance(r.get("kernels"), dict)]
+    if not profiled:
+        return
+    print("    GPU time of one step (torch.profiler, kernels alone, by kind):")
+    for r in profiled:
+        k = r["kernels"]
+        if k.get("status") == "error":
+            print(f"      {r['provider']:10} profile failed: {k.get('reason')}")
+            continue
+        print(f"      {r['provider']:10} {common.kernel_kinds_line(k)}")
+        total = k.get("kernel_time_s") or 1.0
+        for name, n, t in k.get("top_kernels", [])[:top]:
+            print(f"      {'':10}   {fmt_s(t):>9} {100 * t / total:5.1f}% {n:5d}x  {name[:100]}")
+
+
 def _pipelined(r: Optional[Dict[str, Any]]) -> Optional[float]:
     """A record's back-to-back time per step (median), if it has one."""
     pb = (r or {}).get("pipelined_s") or {}
@@ -630,7 +664,8 @@ def main(argv=None) -> int:
                 spec = dict(provider=provider, lengths=lens, device=args.device, dtype=args.dtype, reps=args.reps, warmup=args.warmup,
                             budget_s=args.budget_s, seed=args.seed, threads=args.threads or torch.get_num_threads(),
                             dense_capacity=args.dense_capacity, isolated=args.isolate == "subprocess",
-                            shift_win=args.shift_win, shift_loss=args.shift_loss, compile=args.compile)
+                            shift_win=args.shift_win, shift_loss=args.shift_loss, compile=args.compile,
+                            profile=not args.no_profile)
                 t0 = time.time()
                 print(f"  [train step {case['label']}] {provider} ...", end="", flush=True)
                 if args.isolate == "subprocess":
@@ -662,6 +697,7 @@ def main(argv=None) -> int:
             group.append(rec)
         opbench.add_ratios(group)
         opbench.print_group("train step", case, group)
+        print_kernels(group)
         common.append_jsonl(out_path, group)
         all_recs.extend(group)
         n_written += len(group)

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -440,6 +441,29 @@ def test_ab_tables(tmp_path):
     assert p.returncode == 2 and "epoch.jsonl:1: not a JSON line" in p.stderr
 
 
+def test_ab_model_kernels_alone():
+    """Model records with a profiled step compare back-to-back steps and kernels alone; a case
+    whose records lack profiles keeps the phase-timed pair, tallied apart (not mixed)."""
+    def rec(case, t, p, k, i, **opts):
+        r = dict(bench="model", op="train_step", provider="cuda", case=case, dtype="float32", device="cuda",
+                 device_name="NVIDIA H200", status="ok", git_commit="c0ffee1", date=f"2026-12-01T11:0{i}",
+                 time_s={"median": t}, pipelined_s={"median": p}, **opts)
+        if k is not None:
+            r["kernels"] = {"kernel_time_s": k, "launches": 600, "kinds": {}, "top_kernels": []}
+        return r
+
+    recs = [rec("16xIEMOCAP", 0.020, 0.014, 0.0128, 0), rec("16xIEMOCAP", 0.019, 0.012, 0.0064, 1, cuda_rows_fsplit="auto"),
+            rec("16x1000", 0.085, 0.084, None, 2), rec("16x1000", 0.086, 0.085, None, 3, cuda_rows_fsplit="auto")]
+    result = bench_ab.compare({"model": recs})
+    groups = {g["key"]: g for g in result["groups"]}
+    small = groups["cuda 16xIEMOCAP float32"]
+    assert small["parts"] == ("back-to-back", "kernels") and "kernels alone" in small["what"]
+    assert small["rows"][1]["ratios"] == pytest.approx((14 / 12, 2.0))
+    assert groups["cuda 16x1000 float32"]["parts"] == ("step", "back-to-back")
+    lines = [(s["variant"], s["parts"], s["cases"]) for s in result["summary"]]
+    assert lines == [("rows_fsplit=auto", ("back-to-back", "kernels"), 1), ("rows_fsplit=auto", ("step", "back-to-back"), 1)]
+
+
 def test_ab_epoch_paths(tmp_path):
     """bench/epoch.py's records: one case per phase, its data paths (and kernel options) the
     variants, against the device-resident path with the defaults."""
@@ -486,6 +510,81 @@ def test_kernel_time_helpers():
     assert bw["kernel_fwd_GBps"] == pytest.approx(2500) and bw["kernel_bwd_frac_of_peak"] == pytest.approx(2000 / 3350)
     line = bench_ops.bandwidth_targets([r], worst=False)[0]
     assert "kernels alone" in line["measured"] and line["values"]["kernel_fwd_GBps"] == pytest.approx(2500)
+
+
+def test_kernel_kinds():
+    """A profiled step's device time sorted by kind: graphsmile's CUDA and Triton kernels, the
+    cuBLAS / CUTLASS products, the optimiser, inductor, copies, the rest of aten."""
+    names = {
+        "void graphsmile::gpu::window_spmm_rows_kernel<float, 4>(float const*, long)": "graph ops",
+        "void graphsmile::gpu::write_param_chunk_kernel(graphsmile::gpu::ParamChunk)": "graph ops",
+        "_spmm_bwd_rows_kernel": "graph ops",
+        "_pair_nll_fwd_kernel": "graph ops",
+        "sm90_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize128x128x16_warpgroupsize1x1x1": "GEMM",
+        "void cutlass::Kernel2<cutlass_80_simt_sgemm_128x64_8x5_nn_align1>(Params)": "GEMM",
+        "ampere_sgemm_64x32_sliced1x4_tn": "GEMM",
+        "void splitKreduce_kernel<32, 16, int, float, float, float, float, true, false, false>": "GEMM",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor<float, 5>>": "optimiser",
+        "triton_poi_fused_add_leaky_relu_0": "inductor",
+        "triton_red_fused_sum_1": "inductor",
+        "Memcpy HtoD (Pinned -> Device)": "copies",
+        "Memset (Device)": "copies",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>, std::array<char*, 3>>": "aten",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float>>>": "aten",
+        "void (anonymous namespace)::softmax_warp_forward<float, float, float, 3, true, false>": "aten",
+        "void cudnn::bn_fw_tr_1C11_kernel_NCHW<float, float, int, 512, true, 1>": "aten",
+        "some_library_kernel": "other",
+    }
+    for name, kind in names.items():
+        assert common.kernel_kind(name) == kind, name
+    per_name = {"void graphsmile::gpu::window_spmm_rows_kernel<float>": (21, 6e-3),
+                "void graphsmile::gpu::window_spmm_forward_kernel<float>": (21, 2e-3),
+                "ampere_sgemm_64x32_sliced1x4_tn": (120, 3e-3),
+                "void at::native::vectorized_elementwise_kernel<4, add>": (300, 1.5e-3),
+                "Memset (Device)": (3, 5e-6)}
+    prof = common.summarise_kernels(per_name, top=2)
+    assert prof["kernel_time_s"] == pytest.approx(0.012505) and prof["launches"] == 465
+    assert list(prof["kinds"]) == ["graph ops", "GEMM", "aten", "copies"]  # largest first
+    assert prof["kinds"]["graph ops"] == [42, pytest.approx(8e-3)]
+    assert [t[0] for t in prof["top_kernels"]] == ["void graphsmile::gpu::window_spmm_rows_kernel<float>",
+                                                   "ampere_sgemm_64x32_sliced1x4_tn"]
+    line = common.kernel_kinds_line(prof)
+    assert line.startswith("12.5 ms in 465 launches: graph ops 8.0 ms (64%), GEMM 3.0 ms (24%), aten 1.5 ms (12%)")
+    assert "copies" not in line  # under 1% of the total
+    assert common.kernel_kinds_line(common.summarise_kernels({})) == "0 us in 0 launches"  # nothing ran on the device
+    if not torch.cuda.is_available():  # the profiler's API as kernel_profile reads it; on the CPU no device events
+        a = torch.randn(64, 64)
+        empty = common.kernel_profile(lambda: a @ a)
+        assert empty["kernel_time_s"] == 0 and empty["launches"] == 0 and empty["kinds"] == {} and empty["top_kernels"] == []
+
+
+def test_model_bench_prints_kernels(capsys):
+    """bench/model.py: each profiled provider's step by kind and its largest kernels; a failed
+    profile is named, not fatal; records without a profile (CPU) print nothing."""
+    prof = common.summarise_kernels({"void graphsmile::gpu::window_spmm_rows_kernel<float>": (21, 6e-3),
+                                     "ampere_sgemm_64x32_sliced1x4_tn": (120, 3e-3)})
+    group = [dict(provider="cuda", kernels=prof), dict(provider="triton", kernels={"status": "error", "reason": "RuntimeError: x"}),
+             dict(provider="original")]
+    bench_model.print_kernels(group)
+    out = capsys.readouterr().out
+    assert "cuda       9.0 ms in 141 launches: graph ops 6.0 ms (67%), GEMM 3.0 ms (33%)" in out
+    assert "6.0 ms  66.7%    21x  void graphsmile::gpu::window_spmm_rows_kernel<float>" in out
+    assert "triton     profile failed: RuntimeError: x" in out and "original" not in out
+    bench_model.print_kernels([dict(provider="cpu")])
+    assert capsys.readouterr().out == ""
+
+
+def test_epoch_records_carry_kernel_kinds():
+    """bench/epoch.py's records take the profile's total, launches, kinds and top kernels."""
+    prof = common.summarise_kernels({"ampere_sgemm_64x32_sliced1x4_tn": (10, 1e-3), "Memset (Device)": (2, 1e-6)})
+    ph = dict(wall=[0.2, 0.25], gpu=[0.19, 0.24], loss=[1.0, 0.9], syncs=2, profile=prof)
+    r = dict(train=ph, data_on_device=True, setup_s=0.1, peak_mem_bytes=1, batches=8)
+    args = types.SimpleNamespace(no_eval=True)
+    (rec,) = bench_epoch._records("device", r, None, dict(bench="epoch"), args)
+    assert rec["kernel_time_s"] == pytest.approx(1.001e-3) and rec["kernel_launches"] == 12
+    assert list(rec["kernel_kinds"]) == ["GEMM", "copies"] and rec["top_kernels"][0][0] == "ampere_sgemm_64x32_sliced1x4_tn"
+    (bare,) = bench_epoch._records("device", dict(r, train=dict(ph, profile=None)), None, dict(bench="epoch"), args)
+    assert bare["kernel_time_s"] is None and bare["kernel_kinds"] is None  # CPU / --no-profile
 
 
 # --- micro-benchmarks (pytest -m benchmark) ------------------------------------------------------
