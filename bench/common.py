@@ -427,8 +427,10 @@ def kernel_profile(fn: Callable[[], Any], top: int = 12) -> Dict[str, Any]:
     are summed per name). The device is synchronised before and after ``fn``.
 
     kineto may leave CUPTI attached after a profile and slow later launches in the process
-    (pytorch#144455): ``TEARDOWN_CUPTI=1`` is set (unless set already) before profiling, and
-    callers profile after their timed measurements."""
+    (pytorch#144455): ``TEARDOWN_CUPTI=1`` (torch's default since pytorch#146604, in 2.7) is set
+    unless set already, and callers profile after their timed measurements. (The first H200
+    run's epoch benchmark timed its second data path after the first one's profile: the same
+    250 ms.)"""
     os.environ.setdefault("TEARDOWN_CUPTI", "1")
     from torch.profiler import ProfilerActivity, profile
 
