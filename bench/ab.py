@@ -43,9 +43,10 @@ OPTION_DEFAULTS: "OrderedDict[str, Any]" = OrderedDict([
     ("cuda_shift_nll", "auto"),
     ("cuda_fast_math", False),
     ("path", "device"),   # bench/epoch.py's data path (loader, device, compiled)
+    ("tf32", False),      # bench/model.py --tf32: every provider's fp32 products in TF32
 ])
 #: the options that act on a provider other than the CUDA backend (the cuda_* ones do not)
-OTHER_OPTIONS = ("compile_backend", "path")
+OTHER_OPTIONS = ("compile_backend", "path", "tf32")
 FILES = ("ops", "model", "epoch", "graphed")
 
 

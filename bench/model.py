@@ -43,6 +43,11 @@ next ones. ``pipelined_s`` is that: rounds of steps run back to back with one sy
 round, per step (median of 3 rounds, each at least 0.1 s or 3 steps). Printed as "back-to-back";
 the IEMOCAP batch gets a second T3 line from it, beside the phase-timed one, never instead.
 
+``--tf32``: every provider's fp32 matrix products in TF32 on tensor cores
+(``torch.set_float32_matmul_precision("high")``, as ``graphsmile train --tf32``), the original's
+too, so that the ratios still compare the same arithmetic; records carry ``tf32`` and the verdict
+lines say ``tf32``: they stand beside the fp32 lines, by which the T3 targets are judged.
+
 Kernels (CUDA, ``--no-profile`` skips it): after a case's timed steps, one more back-to-back step
 runs under ``torch.profiler``. The record's ``kernels`` holds that step's GPU busy time
 (``kernel_time_s``: kernels, copies and memsets summed; no host time, no idle gaps), its
@@ -234,6 +239,9 @@ def fused_step_loss(net, inputs, lengths, emo_y, sen_y, loss_fn, n_pairs: int) -
 def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
     from graphsmile.losses import MultiTaskLoss
     from graphsmile.train.trainer import make_optimizer
+
+    if spec.get("tf32"):  # every provider's products (a child process starts at torch's default)
+        torch.set_float32_matmul_precision("high")
 
     dev = spec["device"]
     dt = common.parse_dtype(spec["dtype"])
@@ -449,6 +457,9 @@ def parse_args(argv=None):
     ap.add_argument("--dense-capacity", type=int, default=baselines.ORIGINAL_EDGE_CAPACITY)
     ap.add_argument("--isolate", choices=("subprocess", "none"), default="subprocess")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--tf32", action="store_true",
+                    help="fp32 matrix products in TF32 on tensor cores for every provider, ours and the original "
+                         "(torch.set_float32_matmul_precision('high'), as graphsmile train --tf32); records carry tf32")
     ap.add_argument("--no-profile", action="store_true",
                     help="CUDA: skip the profiled step after each case's timing (kernels: GPU time by kind, top kernels)")
     ap.add_argument("--time-limit-s", type=float, default=None,
@@ -530,7 +541,7 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         # stage's verdict lines say what they measured
         opts = [f"{k[5:]} {r[k]}" for k in ("cuda_ffma_dtiles", "cuda_rows_fsplit") if r.get(k)]
         what = (f"{p}{' compiled' if r.get('compile_backend') else ''}{' (' + ', '.join(opts) + ')' if opts else ''} "
-                f"{r['dtype']} {r['case']} (N = {r['N']})")
+                f"{r['dtype']}{' tf32' if r.get('tf32') else ''} {r['case']} (N = {r['N']})")
         t = fmt_s(r["time_s"]["median"]) if r["status"] == "ok" else r["status"]
         if r.get("lengths_varied"):
             line = {"target": "T3 IEMOCAP batch speed-up", "case": what, "threshold": f">= {TARGET_IEMOCAP_SPEEDUP:g}x the original"}
@@ -617,7 +628,8 @@ def main(argv=None) -> int:
           f"{env['threads']} threads), torch {env['torch']}, {args.dtype}, git {str(env['git_commit'])[:10]}")
     print(f"  cases {[c['label'] for c in cases]}, providers {args.providers}, reps={args.reps}, budget {args.budget_s:.0f} s, "
           f"isolate={args.isolate}{', preset ' + args.preset if args.preset else ''}"
-          f"{', ours under torch.compile (' + args.compile + ')' if args.compile else ''} -> {out_path}")
+          f"{', ours under torch.compile (' + args.compile + ')' if args.compile else ''}"
+          f"{', TF32 matrix products for every provider' if args.tf32 else ''} -> {out_path}")
     if any(c.get("varied") for c in cases):
         c = next(c for c in cases if c.get("varied"))
         print(f"  {c['label']}: lengths {c['lengths']} (N = {sum(c['lengths'])})")
@@ -642,7 +654,7 @@ def main(argv=None) -> int:
             base = dict(bench="model", run_id=run_id, quick=args.quick, bench_preset=args.preset, op="train_step", provider=provider,
                         case=case["label"], B=case["B"], L=case["L"], N=sum(lens), hidden_dim=cfg0.hidden_dim, graph_layers=list(cfg0.heter_n_layers),
                         preset="IEMOCAP", shift_win=cfg0.shift_win, isolate=args.isolate,
-                        compile_backend=args.compile if provider not in PROVIDERS_EXTRA else None, **env)
+                        compile_backend=args.compile if provider not in PROVIDERS_EXTRA else None, tf32=args.tf32, **env)
             if case.get("varied"):
                 base.update(lengths=lens, lengths_varied=True, L_max=max(lens))
             res = None
@@ -665,7 +677,7 @@ def main(argv=None) -> int:
                             budget_s=args.budget_s, seed=args.seed, threads=args.threads or torch.get_num_threads(),
                             dense_capacity=args.dense_capacity, isolated=args.isolate == "subprocess",
                             shift_win=args.shift_win, shift_loss=args.shift_loss, compile=args.compile,
-                            profile=not args.no_profile)
+                            profile=not args.no_profile, tf32=args.tf32)
                 t0 = time.time()
                 print(f"  [train step {case['label']}] {provider} ...", end="", flush=True)
                 if args.isolate == "subprocess":

@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", type=_positive_int, metavar="K", help="train K seeds (seed, seed+1, ...) and report mean ± std")
     g.add_argument("--device", metavar="DEV", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     g.add_argument("--amp", choices=["none", "bf16"], help="mixed precision: bf16 autocast (meant for CUDA); default none")
+    g.add_argument("--tf32", action="store_true",
+                   help="fp32 matrix products on tensor cores in TF32 (CUDA, compute capability 8.0+; faster, 10-bit "
+                        "mantissa products). Default: full fp32 products, as torch and the original")
     g.add_argument("--threads", type=_threads_arg, default="auto", metavar="N", help=THREADS_HELP)
     g.add_argument("--num_workers", type=_nonneg_int, metavar="W", help="DataLoader workers (default 0)")
     g.add_argument("--data_on_device", choices=["auto", "on", "off"], default="auto",
@@ -543,6 +546,8 @@ def cmd_train(args) -> int:
                 raise CLIError(f"--resume: cannot change --{flag} of a run ({key} = {meta.get(key)!r} in {out})")
         if args.sync_bn and not meta.get("sync_bn"):
             raise CLIError(f"--resume: cannot change --sync_bn of a run (sync_bn = False in {out})")
+        if args.tf32 and not meta.get("tf32"):
+            raise CLIError(f"--resume: cannot change --tf32 of a run (tf32 = False in {out})")
         if dims is not None or args.dims is not None:
             stored_dims = tuple(meta["dims"]) if isinstance(meta.get("dims"), list) else meta.get("dims")
             if dims != stored_dims:
@@ -558,7 +563,7 @@ def cmd_train(args) -> int:
                             max_train_batches=meta.get("max_train_batches"), sync_bn=bool(meta.get("sync_bn")),
                             bucket_batches=meta.get("bucket_batches", DEFAULT_BUCKET_BATCHES),
                             tensorboard=args.tensorboard, stop_after=args.stop_after, resume=True, progress=progress,
-                            demo=demo, data_on_device=data_on_device, compile=args.compile)
+                            demo=demo, data_on_device=data_on_device, compile=args.compile, tf32=bool(meta.get("tf32")))
         header = {k: run.get(k) for k in ("synthetic", "demo", "data") if k in run}
     else:
         if not args.dataset:
@@ -592,13 +597,20 @@ def cmd_train(args) -> int:
                             max_train_batches=args.max_train_batches, sync_bn=args.sync_bn, tensorboard=args.tensorboard,
                             bucket_batches=DEFAULT_BUCKET_BATCHES if args.bucket_batches is None else args.bucket_batches,
                             stop_after=args.stop_after, resume=False, overwrite=args.overwrite, progress=progress, demo=demo,
-                            data_on_device=data_on_device, compile=args.compile)
+                            data_on_device=data_on_device, compile=args.compile, tf32=args.tf32)
         header = {}
     if opts.amp == "bf16" and (args.device or "auto") == "cpu":
         _err("graphsmile: warning: --amp bf16 on the CPU is usually slower than fp32")
 
     ctx, device = init_distributed(opts.device)
     try:
+        if opts.tf32:  # before anything is written or replaced
+            from .train.trainer import check_tf32_device
+
+            try:
+                check_tf32_device(device)
+            except ValueError as exc:
+                raise CLIError(f"--tf32: {exc}") from None
         if opts.resume and args.threads == "auto" and meta.get("threads") and device.type == "cpu":
             configure_threads(int(meta["threads"]), device)
             threads = f"{_nthreads(int(meta['threads']))}, as the run so far"
@@ -660,6 +672,7 @@ def cmd_train(args) -> int:
             _say(f"graphsmile train: {config.dataset}, {len(splits.train)}/{len(splits.valid)}/{len(splits.test)} "
                  f"train/valid/test dialogues ({splits.train.num_utterances}/{splits.valid.num_utterances}/"
                  f"{splits.test.num_utterances} utterances), device {device}" + (f" ({threads})" if threads else "")
+                 + (", TF32 matrix products" if opts.tf32 else "")
                  + (f" x {ctx.world_size} processes (global batch {config.batch_size * ctx.world_size})" if ctx.distributed else ""))
             _say(f"  config: hidden {config.hidden_dim}, layers {list(config.heter_n_layers)}, win {list(config.win)}, "
                  f"shift_win {config.shift_win}, drop {config.drop}, lr {config.lr:g}, l2 {config.l2:g}, batch {config.batch_size}, "

@@ -48,6 +48,7 @@
 #                and with the tiled kernel's fast intrinsics, beside ops_cuda's auto (tiled) run
 #                (records carry cuda_shift_nll, cuda_fast_math)
 #   model_triton bench/model.py --preset gpu-targets, triton
+#   model_tf32   bench/model.py --preset gpu-targets --tf32: T3 with TF32 products, cuda + original
 #   stack        bench/ops.py stack + shift sections at L 50 110 250 1000 (cuda, triton, dense, scatter, floor)
 #   profile      torch.profiler kernel tables (cuda, triton) + Nsight Compute of window_spmm
 #   suite        the rest of the test suite
@@ -68,7 +69,7 @@ export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ops_triton triton ab_tc ab_nll model_triton stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ops_triton triton ab_tc ab_nll model_triton model_tf32 stack profile suite}"
 # the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
 NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ab_tc ab_nll stack profile"
 T0=$(date +%s)
@@ -190,7 +191,7 @@ fi
 touch "$OUT/logs/ext.ok"
 '
 NEED_EXT=0
-for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ab_tc ab_nll model_triton stack profile suite; do want "$s" && NEED_EXT=1; done
+for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ab_tc ab_nll model_triton model_tf32 stack profile suite; do want "$s" && NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
@@ -248,6 +249,9 @@ stage ab_tc 80 30 "GRAPHSMILE_CUDA_TENSOR_CORES=0 $TC_AB; GRAPHSMILE_CUDA_TC_DTI
 NLL_AB="$OPS --preset gpu-shift --sections shift_loss --dtype float32 bfloat16 --providers $BE --reps 3 --no-check"
 stage ab_nll 60 25 "GRAPHSMILE_CUDA_SHIFT_NLL=two_pass $NLL_AB; GRAPHSMILE_CUDA_SHIFT_NLL=tiled GRAPHSMILE_CUDA_FAST_MATH=1 $NLL_AB"
 stage model_triton 80 40 "$MODEL --preset gpu-targets --providers triton --reps 3"
+# T3 with every provider's fp32 products in TF32 (graphsmile train --tf32), the original's too:
+# what the GEMMs (about half of the 16x1000 and 1x20000 steps, GPU_NOTES item 9) cost on tensor cores
+stage model_tf32 80 30 "$MODEL --preset gpu-targets --providers $BE,original --reps 3 --no-check --tf32"
 # --- the rest -----------------------------------------------------------------------------------
 STACK_LENGTHS="50 110 250 1000"; [ -n "$QUICK" ] && STACK_LENGTHS="20 50"
 stage stack 90 30 "$OPS --sections stack,shift --lengths $STACK_LENGTHS --providers cuda,triton,dense,scatter,floor,cpu --reps 3 --budget-s 15"
@@ -273,6 +277,11 @@ stage suite 240 60 'GRAPHSMILE_TRITON_AUTOTUNE_CACHE=0 $PYTEST $XDIST tests --ig
 note "done in $(elapsed)s; files under $OUT"
 echo "================ summary ================"
 cat "$SUMMARY"
+# what each T3 step's GPU time is made of (bench/model.py's profiled step: one line per case and provider)
+if [ -f "$OUT/logs/model_cuda.log" ]; then
+  echo "---- model_cuda.log: GPU time of one step by kind"
+  grep -E '^  train step |^      [a-z]+ +[0-9.]+ [mu]?s in [0-9]+ launches' "$OUT/logs/model_cuda.log" | cut -c1-220
+fi
 # the benchmarks' verdict blocks, last, so they are in the tool's output tail
 for f in "$OUT"/logs/ops_cuda.log "$OUT"/logs/model_cuda.log "$OUT"/logs/epoch.log "$OUT"/logs/epoch_compiled.log "$OUT"/logs/model_compiled.log "$OUT"/logs/ab_step_compiled.log "$OUT"/logs/ops_triton.log "$OUT"/logs/model_triton.log; do
   [ -f "$f" ] && { echo "---- $(basename "$f")"; sed -n '/^=== targets/,$p' "$f" | cut -c1-200 | tail -n 20; }

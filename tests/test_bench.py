@@ -354,6 +354,10 @@ def test_target_verdicts():
     ab = dict(recs[0], compile_backend="inductor", cuda_ffma_dtiles="8", cuda_rows_fsplit="4")
     assert bench_model.model_targets([ab, recs[1]])[0]["case"] == (
         "cuda compiled (ffma_dtiles 8, rows_fsplit 4) float32 16xIEMOCAP (N = 800)")
+    tf = [dict(recs[0], tf32=True), dict(recs[1], tf32=True)]  # --tf32: both providers' products in TF32
+    assert bench_model.model_targets(tf)[0]["case"] == "cuda float32 tf32 16xIEMOCAP (N = 800)"
+    assert bench_ab.variant_of(tf[1]) == (("tf32", True),) and bench_ab.variant_of(recs[1]) == ()
+    assert bench_ab.variant_of(dict(recs[1], tf32=False)) == ()
     # the original skipped by the memory guard cannot run; skipped by the time limit: not measured
     guard = _rec("train_step", "original", "16x1000", status="skipped", reason="skipped: would need ~147 GB, 80 GB available")
     late = _rec("train_step", "original", "16x1000", status="skipped", reason="skipped: --time-limit-s 300 reached")

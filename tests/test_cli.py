@@ -318,6 +318,19 @@ def test_bad_inputs(run_dir, data_dir, tmp_path, capsys):
     code = run("train", "--resume", run_dir, "--hidden_dim", "32")
     assert "cannot change --hidden_dim" in one_error_line(capsys, 1, code)
     assert snapshot(run_dir) == before
+    # TF32 on a resumed run trained without it: refused, nothing touched
+    code = run("train", "--resume", run_dir, "--tf32")
+    assert "cannot change --tf32" in one_error_line(capsys, 1, code)
+    assert snapshot(run_dir) == before
+    # TF32 needs a CUDA device: refused before anything is written (an --overwrite'd run stays)
+    code = run("train", "--dataset", "IEMOCAP", "--data", tiny, *TINY, "--epochs", 1, "--device", "cpu", "--tf32",
+               "--out", tmp_path / "o7")
+    assert "--tf32: tf32 needs a CUDA device" in one_error_line(capsys, 1, code)
+    assert not (tmp_path / "o7").exists()
+    code = run("train", "--dataset", "IEMOCAP", "--data", tiny, *TINY, "--epochs", 1, "--device", "cpu", "--tf32",
+               "--overwrite", "--out", run_dir)
+    assert "--tf32" in one_error_line(capsys, 1, code)
+    assert snapshot(run_dir) == before
     code = run("train", "--resume", tmp_path / "o5")
     assert "o5" in one_error_line(capsys, 1, code)
     # a checkpoint of another config / dataset

@@ -1050,3 +1050,18 @@ def test_model_training_step_replays_in_a_cuda_graph():
     names = ["loss"] + [n for n, p in model.named_parameters() if p.requires_grad]
     for name, got, want in zip(names, static_out, eager):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@needs_gpu
+def test_tf32_device_check():
+    """--tf32 / Trainer(tf32=True): accepted on GPUs of compute capability 8.0 or newer, refused
+    with the capability named on older ones."""
+    from graphsmile.train.trainer import check_tf32_device
+
+    dev = torch.device(CUDA)
+    major, minor = torch.cuda.get_device_capability(dev)
+    if major >= 8:
+        check_tf32_device(dev)
+    else:
+        with pytest.raises(ValueError, match=f"has {major}.{minor}"):
+            check_tf32_device(dev)

@@ -144,6 +144,58 @@ def test_trainer_selects_on_validation(tiny):
     assert np.allclose(ev.emo_probs.sum(1), 1, atol=1e-5)
 
 
+def test_tf32_precision_during_training_and_evaluation_only(tiny, monkeypatch):
+    """tf32=True: fp32 matmul precision "high" in the forward and the backward of every training
+    step and in evaluation, torch's own setting restored after each call (also after an error);
+    refused with an error naming the device where there are no TF32 tensor cores."""
+    from graphsmile.train import trainer as trainer_mod
+
+    sp = load_dataset(tiny, "IEMOCAP", dims="infer")
+    cfg = GraphSmileConfig.preset("IEMOCAP", hidden_dim=16, heter_n_layers=(1, 1, 1), win=(3, 3), shift_win=5,
+                                  batch_size=3, epochs=1, lr=3e-3, edge_capacity=4096, dim_t=16, dim_v=12, dim_a=10)
+    with pytest.raises(ValueError, match="tf32 needs a CUDA device .* the device is cpu"):
+        Trainer(cfg, sp, seed=1, tf32=True)
+    with pytest.raises(ValueError, match="tf32 must be True or False, got 'yes'"):
+        Trainer(cfg, sp, seed=1, tf32="yes")
+    monkeypatch.setattr(trainer_mod, "check_tf32_device", lambda device: None)  # a CPU stands in for the GPU here
+    tr = Trainer(cfg, sp, seed=1, tf32=True)
+    seen = {"fwd": set(), "bwd": set()}
+
+    def fwd_hook(module, args, out):
+        seen["fwd"].add(torch.get_float32_matmul_precision())
+
+    def bwd_hook(module, grad_in, grad_out):  # runs on autograd's thread
+        seen["bwd"].add(torch.get_float32_matmul_precision())
+
+    tr.model.emo_output.register_forward_hook(fwd_hook)
+    tr.model.emo_output.register_full_backward_hook(bwd_hook)
+    assert torch.get_float32_matmul_precision() == "highest"
+    tr.train_epoch(0)
+    assert seen == {"fwd": {"high"}, "bwd": {"high"}}
+    assert torch.get_float32_matmul_precision() == "highest"
+    resident = Trainer(cfg, sp, seed=1, tf32=True, data_on_device=True)  # the device-resident path's steps
+    resident.model.emo_output.register_forward_hook(fwd_hook)
+    resident.model.emo_output.register_full_backward_hook(bwd_hook)
+    seen["fwd"].clear(), seen["bwd"].clear()
+    resident.train_epoch(0)
+    assert seen == {"fwd": {"high"}, "bwd": {"high"}} and torch.get_float32_matmul_precision() == "highest"
+    seen["fwd"].clear()
+    tr.evaluate(sp.test)
+    assert seen["fwd"] == {"high"} and torch.get_float32_matmul_precision() == "highest"
+    with pytest.raises(RuntimeError, match="boom"):
+        with trainer_mod.float32_matmul_precision("medium"):
+            assert torch.get_float32_matmul_precision() == "medium"
+            raise RuntimeError("boom")
+    assert torch.get_float32_matmul_precision() == "highest"
+    # tf32=False leaves a precision set by the caller as it is
+    seen["fwd"].clear()
+    off = Trainer(cfg, sp, seed=1)
+    off.model.emo_output.register_forward_hook(fwd_hook)
+    with trainer_mod.float32_matmul_precision("medium"):
+        off.evaluate(sp.test)
+    assert seen["fwd"] == {"medium"}
+
+
 # --- resume == uninterrupted ----------------------------------------------------------------
 
 

@@ -71,6 +71,7 @@ Data path (``data_on_device``; default: on for CUDA when the data fits, see :cla
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import random
@@ -147,6 +148,41 @@ DEFAULT_BUCKET_BATCHES = 50
 
 
 # --- small helpers ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def float32_matmul_precision(precision: str):
+    """Within the block, ``torch.set_float32_matmul_precision(precision)``; the previous
+    setting is restored after it (also on an error)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def check_tf32_device(device: torch.device) -> None:
+    """Raise ``ValueError`` unless ``device`` is a CUDA device with TF32 tensor cores (compute
+    capability 8.0 or newer)."""
+    if device.type != "cuda":
+        raise ValueError(f"tf32 needs a CUDA device (TF32 is a tensor-core format of NVIDIA GPUs from compute "
+                         f"capability 8.0 on), the device is {device}")
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        raise ValueError(f"tf32 needs compute capability 8.0 or newer, {device} ({torch.cuda.get_device_name(device)}) "
+                         f"has {major}.{minor}")
+
+
+def _with_matmul_precision(method):
+    """Runs a :class:`Trainer` method under its :meth:`Trainer.matmul_precision` (the backward
+    inside it too: the setting is global, not thread-local, so autograd's threads see it)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.matmul_precision():
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 def seed_everything(seed: int) -> None:
@@ -309,6 +345,11 @@ class Trainer:
             batches of new shapes recompile (dynamo then marks the varying sizes dynamic);
             inductor's first epoch is slow (minutes on a small CPU). State dicts and
             checkpoints are unaffected (the wrappers share the parameters).
+        tf32: run fp32 matrix products on tensor cores in TF32 (10-bit mantissa products,
+            fp32 accumulation: ``torch.set_float32_matmul_precision("high")``) while training
+            and evaluating, restoring the previous setting after each call; CUDA devices of
+            compute capability 8.0 or newer only. Off by default, as torch and the original:
+            fp32 products in full precision. ``False`` leaves torch's setting as it is.
 
     The optimiser is ``AdamW(amsgrad=True, lr=lr, weight_decay=l2)`` over the trainable model
     parameters, plus the ``auto`` loss weights (created once, in the loss module) with weight
@@ -319,9 +360,13 @@ class Trainer:
                  ctx: Optional[DistContext] = None, device: torch.device = torch.device("cpu"),
                  amp: str = "none", num_workers: int = 0, max_train_batches: Optional[int] = None,
                  sync_bn: bool = False, progress: bool = False, bucket_batches: Optional[int] = DEFAULT_BUCKET_BATCHES,
-                 data_on_device: Optional[bool] = None, compile: Any = False):
+                 data_on_device: Optional[bool] = None, compile: Any = False, tf32: bool = False):
         if amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {amp!r}")
+        if not isinstance(tf32, bool):
+            raise ValueError(f"tf32 must be True or False, got {tf32!r}")
+        if tf32:
+            check_tf32_device(torch.device(device))
         if max_train_batches is not None and max_train_batches < 1:
             raise ValueError(f"max_train_batches must be >= 1, got {max_train_batches}")
         if tuple(config.feature_dims) != tuple(splits.dims):
@@ -336,6 +381,7 @@ class Trainer:
         self.ctx = ctx or DistContext()
         self.device = torch.device(device)
         self.amp = amp
+        self.tf32 = tf32
         self.num_workers = int(num_workers)
         self.max_train_batches = max_train_batches
         self.progress = bool(progress) and self.ctx.is_main
@@ -411,6 +457,10 @@ class Trainer:
         if self.amp == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def matmul_precision(self):
+        """The fp32 matmul precision of the run's training and evaluation calls (``tf32``)."""
+        return float32_matmul_precision("high") if self.tf32 else contextlib.nullcontext()
 
     # --- the device-resident data path -------------------------------------------------------
 
@@ -535,6 +585,7 @@ class Trainer:
                 self.ctx.all_reduce_sum(p.grad)
                 p.grad /= self.ctx.world_size
 
+    @_with_matmul_precision
     def forward_backward(self, batch, epoch: int) -> Dict[str, Any]:
         """One training step's forward and backward (no optimiser step). Returns the detached
         local loss parts, predictions and labels."""
@@ -558,6 +609,7 @@ class Trainer:
             "sft_cm": sft_cm.cpu().numpy().astype(np.int64),
         }
 
+    @_with_matmul_precision
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         """One epoch of training (``epoch`` is 0-based). Returns the epoch's training metrics
         over all ranks: utterance-weighted mean loss (and its parts) and acc/F1 of the three
@@ -618,6 +670,7 @@ class Trainer:
         local["sft_cm"] = sft_cm
         return local, loss_sums, n_utt, batches
 
+    @_with_matmul_precision
     def device_step(self, batch, epoch: int, counts: Optional[Tuple[float, float]] = None):
         """One training step's forward and backward on a device-resident batch
         (:class:`graphsmile.data.collate.DeviceBatch`), with no device-to-host read.
@@ -721,6 +774,7 @@ class Trainer:
         return bs[self.ctx.rank::self.ctx.world_size]
 
     @torch.no_grad()
+    @_with_matmul_precision
     def evaluate(self, dataset, epoch: Optional[int] = None, desc: str = "eval") -> EvalOutput:
         """Evaluate the model (eval mode) on ``dataset`` (a :class:`DialogueDataset`),
         sharded over ranks and gathered; every rank returns the same :class:`EvalOutput`.
@@ -1109,7 +1163,7 @@ class TrainOptions:
         seed: the (first) seed; ``seeds`` runs ``seed, seed+1, ...``.
         valid_from: ``train10``, ``validVid`` (MELD) or ``none``.
         dims: feature widths to expect: ``None`` (the dataset's), ``"infer"`` or 3 ints.
-        device, amp, num_workers, max_train_batches, sync_bn, tensorboard: see the CLI help.
+        device, amp, num_workers, max_train_batches, sync_bn, tensorboard, tf32: see the CLI help.
         data_on_device: keep the data on the training device (``None``: auto, on for CUDA when
             it fits; see :class:`Trainer`). Changes speed, not results; may change on resume.
         compile: ``torch.compile`` the model (off by default; see :class:`Trainer`).
@@ -1144,13 +1198,14 @@ class TrainOptions:
     data_on_device: Optional[bool] = None
     compile: bool = False
     bucket_batches: int = DEFAULT_BUCKET_BATCHES
+    tf32: bool = False
 
     def meta(self) -> Dict[str, Any]:
         """The options recorded in ``run.json`` and checkpoints."""
         return {"data": self.data, "seed": self.seed, "seeds": self.seeds, "valid_from": self.valid_from,
                 "dims": list(self.dims) if isinstance(self.dims, (list, tuple)) else self.dims,
                 "amp": self.amp, "max_train_batches": self.max_train_batches, "sync_bn": self.sync_bn,
-                "demo": self.demo, "threads": self.threads, "bucket_batches": self.bucket_batches}
+                "demo": self.demo, "threads": self.threads, "bucket_batches": self.bucket_batches, "tf32": self.tf32}
 
 
 def run_markers(out: Path) -> List[str]:
@@ -1173,7 +1228,7 @@ def seed_dirs(out: Path, seeds: Sequence[int]) -> List[Path]:
 RESUMABLE_CONFIG_CHANGES = ("epochs", "backend", "shift_loss")
 # Training options (``TrainOptions.meta()`` plus the data fingerprint, as stored in every
 # checkpoint's "train" record) that must match for a checkpoint to continue this run.
-_RESUME_MUST_MATCH = ("valid_from", "dims", "amp", "max_train_batches", "sync_bn", "bucket_batches")
+_RESUME_MUST_MATCH = ("valid_from", "dims", "amp", "max_train_batches", "sync_bn", "bucket_batches", "tf32")
 
 
 def check_resumable(last: Mapping[str, Any], path: Path, config: GraphSmileConfig, world_size: int,
@@ -1279,7 +1334,7 @@ def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOpt
         trainer = Trainer(config, splits, seed=s, ctx=ctx, device=device, amp=opts.amp, num_workers=opts.num_workers,
                           max_train_batches=opts.max_train_batches, sync_bn=opts.sync_bn, progress=progress,
                           data_on_device=opts.data_on_device, compile=opts.compile,
-                          bucket_batches=opts.bucket_batches or None)
+                          bucket_batches=opts.bucket_batches or None, tf32=opts.tf32)
         if opts.resume:
             last = resume_seed(trainer, d, dict(meta, seed=s))
             if last is not None and ctx.is_main:
