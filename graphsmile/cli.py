@@ -378,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
         p.add_argument("--backend", choices=list(BACKENDS), help="graph-op backend (default: the checkpoint's)")
         p.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
+        p.add_argument("--tf32", action="store_true", help="fp32 matrix products in TF32 (CUDA, compute capability 8.0+)")
         p.add_argument("--threads", type=_threads_arg, default="auto", metavar="N", help=THREADS_HELP)
         if name == "evaluate":
             p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -823,7 +824,14 @@ def _load_for_eval(args):
     ctx, device = init_distributed(args.device)
     try:
         configure_threads(args.threads, device)
-        trainer = Trainer(config, splits, seed=0, ctx=ctx, device=device, amp=args.amp)
+        if args.tf32:
+            from .train.trainer import check_tf32_device
+
+            try:
+                check_tf32_device(device)
+            except ValueError as exc:
+                raise CLIError(f"--tf32: {exc}") from None
+        trainer = Trainer(config, splits, seed=0, ctx=ctx, device=device, amp=args.amp, tf32=args.tf32)
         try:
             trainer.model.load_state_dict(ckpt["model"], strict=True)
         except RuntimeError as e:

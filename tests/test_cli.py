@@ -344,6 +344,9 @@ def test_bad_inputs(run_dir, data_dir, tmp_path, capsys):
     assert "best.pt" in one_error_line(capsys, 1, code)
     code = run("evaluate", "--checkpoint", junk, "--data", tiny)
     assert "not a readable torch checkpoint" in one_error_line(capsys, 1, code)
+    for cmd in ("evaluate", "predict"):  # TF32 needs a CUDA device here too; no predictions file is written
+        code = run(cmd, "--checkpoint", run_dir / "best.pt", "--data", tiny, "--device", "cpu", "--tf32")
+        assert "--tf32: tf32 needs a CUDA device" in one_error_line(capsys, 1, code)
     assert snapshot(run_dir) == before
     # --debug shows the traceback
     code = run("inspect", junk, "--dataset", "IEMOCAP", "--debug")
