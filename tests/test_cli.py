@@ -344,9 +344,13 @@ def test_bad_inputs(run_dir, data_dir, tmp_path, capsys):
     assert "best.pt" in one_error_line(capsys, 1, code)
     code = run("evaluate", "--checkpoint", junk, "--data", tiny)
     assert "not a readable torch checkpoint" in one_error_line(capsys, 1, code)
-    for cmd in ("evaluate", "predict"):  # TF32 needs a CUDA device here too; no predictions file is written
-        code = run(cmd, "--checkpoint", run_dir / "best.pt", "--data", tiny, "--device", "cpu", "--tf32")
-        assert "--tf32: tf32 needs a CUDA device" in one_error_line(capsys, 1, code)
+    # TF32 needs a CUDA device in evaluate and predict too; no predictions file is written
+    code = run("evaluate", "--checkpoint", run_dir / "best.pt", "--data", tiny, "--device", "cpu", "--tf32")
+    assert "--tf32: tf32 needs a CUDA device" in one_error_line(capsys, 1, code)
+    code = run("predict", "--checkpoint", run_dir / "best.pt", "--data", tiny, "--device", "cpu", "--tf32",
+               "--output", tmp_path / "p.csv")
+    assert "--tf32: tf32 needs a CUDA device" in one_error_line(capsys, 1, code)
+    assert not (tmp_path / "p.csv").exists()
     assert snapshot(run_dir) == before
     # --debug shows the traceback
     code = run("inspect", junk, "--dataset", "IEMOCAP", "--debug")
