@@ -700,6 +700,7 @@ def cmd_train(args) -> int:
             _print_files(out, len(results.get("seeds", [])) > 1, synthetic is not None)
             if synthetic is not None:
                 _say("NOTE: these numbers come from SYNTHETIC data (planted signal), not from real IEMOCAP/MELD/MOSEI features.")
+        ctx.barrier()  # every rank done before any destroys the process group
     finally:
         ctx.close()
     return 0

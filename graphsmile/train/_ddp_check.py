@@ -84,6 +84,10 @@ def main(argv=None) -> int:
                         "eval_metrics": {k: float(v) for k, v in ev.metrics.items()}, "eval_ids": list(ev.ids),
                         "eval_probs": torch.from_numpy(ev.emo_probs)}, args.out)
             print(f"world_size {ctx.world_size}: {len(grads)} gradients over dialogues {per_rank} -> {args.out}")
+        # every rank done before any tears its connections down (a rank that destroyed its gloo
+        # group while rank 0 was still writing aborted once in CI: "terminate called without an
+        # active exception")
+        ctx.barrier()
     finally:
         ctx.close()
     return 0
