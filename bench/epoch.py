@@ -65,7 +65,6 @@ PATHS = ("loader", "device", "compiled")
 TARGET_EPOCH_S = 0.1   # issue #8 target 4: a full IEMOCAP-6-sized training epoch in < 0.1 s on the GPU
 TARGET_DIALOGUES = 120
 DEFAULT_PATHS = ("loader", "device")
-TOP_KERNELS = 12
 FULL = {"n_dialogues": (120, 31), "epochs": 2, "warmup": 1}
 QUICK = {"n_dialogues": (16, 4), "epochs": 1, "warmup": 1}
 
@@ -197,9 +196,9 @@ def run_path(path: str, splits, cfg, args) -> Dict[str, Any]:
             res["eval"]["syncs"] = count_syncs(evaluate)
         epoch += 1
         if not args.no_profile:
-            res["train"]["profile"] = common.kernel_profile(train_epoch, TOP_KERNELS)
+            res["train"]["profile"] = common.kernel_profile(train_epoch)
             if not args.no_eval:
-                res["eval"]["profile"] = common.kernel_profile(evaluate, TOP_KERNELS)
+                res["eval"]["profile"] = common.kernel_profile(evaluate)
             epoch += 1
         res["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
     res["data_on_device"] = trainer.data_on_device
@@ -215,12 +214,12 @@ def _records(path: str, r: Dict[str, Any], ref: Optional[Dict[str, Any]], base: 
     out = []
     for phase in ("train",) + (() if args.no_eval else ("eval",)):
         ph = r[phase]
+        prof = ph.get("profile") or {}  # CUDA only, unless --no-profile
         rec = {**base, "path": path, "phase": phase, "data_on_device": r["data_on_device"], "setup_s": r["setup_s"],
                "time_s": common.summarize(ph["wall"]),
                "gpu_time_s": common.summarize(ph["gpu"]) if ph["gpu"] and ph["gpu"][0] is not None else None,
-               "host_syncs": ph.get("syncs"), "kernel_time_s": (ph.get("profile") or {}).get("kernel_time_s"),
-               "kernel_launches": (ph.get("profile") or {}).get("launches"), "kernel_kinds": (ph.get("profile") or {}).get("kinds"),
-               "top_kernels": (ph.get("profile") or {}).get("top_kernels"),
+               "host_syncs": ph.get("syncs"), "kernel_time_s": prof.get("kernel_time_s"), "kernel_launches": prof.get("launches"),
+               "kernel_kinds": prof.get("kinds"), "top_kernels": prof.get("top_kernels"),
                "peak_mem_bytes": r.get("peak_mem_bytes"), "batches": r.get("batches")}
         if phase == "train":
             rec["losses"] = ph["loss"]

@@ -97,7 +97,6 @@ TARGET_IEMOCAP_SPEEDUP = 5.0     # training step on a real-shaped IEMOCAP batch:
 TARGET_L1000_SPEEDUP = 100.0     # at L = 1000: >= 100x, or the original cannot run at all
 TARGET_SINGLE_L = 20000          # no OOM up to one dialogue of 20,000 utterances (D = 512, 7 layers)
 CANNOT_RUN = ("edge-capacity exceeded", "oom", "skipped")  # skipped: only by the memory guard ("would need ...")
-TOP_KERNELS = 12                 # kernels listed per profiled step (the record's kernels.top_kernels)
 
 PRESETS = {
     "gpu-targets": {
@@ -342,7 +341,7 @@ def run_measurement(spec: Dict[str, Any]) -> Dict[str, Any]:
     if dev.startswith("cuda") and spec.get("profile", True):
         # after the timed steps (a profile can leave CUPTI attached): what one step's GPU time is made of
         try:
-            notes["kernels"] = common.kernel_profile(bare_step, TOP_KERNELS)
+            notes["kernels"] = common.kernel_profile(bare_step)
         except Exception as exc:  # an explanation of the time, not the measurement: never fails the case
             notes["kernels"] = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
     isz = torch.empty((), dtype=dt).element_size()

@@ -606,12 +606,7 @@ def cmd_train(args) -> int:
     ctx, device = init_distributed(opts.device)
     try:
         if opts.tf32:  # before anything is written or replaced
-            from .train.trainer import check_tf32_device
-
-            try:
-                check_tf32_device(device)
-            except ValueError as exc:
-                raise CLIError(f"--tf32: {exc}") from None
+            _check_tf32(device)
         if opts.resume and args.threads == "auto" and meta.get("threads") and device.type == "cpu":
             configure_threads(int(meta["threads"]), device)
             threads = f"{_nthreads(int(meta['threads']))}, as the run so far"
@@ -704,6 +699,16 @@ def cmd_train(args) -> int:
     finally:
         ctx.close()
     return 0
+
+
+def _check_tf32(device) -> None:
+    """``--tf32``: a :class:`CLIError` naming the flag unless ``device`` has TF32 tensor cores."""
+    from .train.trainer import check_tf32_device
+
+    try:
+        check_tf32_device(device)
+    except ValueError as exc:
+        raise CLIError(f"--tf32: {exc}") from None
 
 
 def _remove_previous_run(out: Path) -> List[str]:
@@ -826,12 +831,7 @@ def _load_for_eval(args):
     try:
         configure_threads(args.threads, device)
         if args.tf32:
-            from .train.trainer import check_tf32_device
-
-            try:
-                check_tf32_device(device)
-            except ValueError as exc:
-                raise CLIError(f"--tf32: {exc}") from None
+            _check_tf32(device)
         trainer = Trainer(config, splits, seed=0, ctx=ctx, device=device, amp=args.amp, tf32=args.tf32)
         try:
             trainer.model.load_state_dict(ckpt["model"], strict=True)

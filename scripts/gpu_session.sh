@@ -71,7 +71,7 @@ export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
 STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ops_triton triton ab_tc ab_nll model_triton model_tf32 stack profile suite}"
 # the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
-NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ab_tc ab_nll stack profile"
+NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ab_tc ab_nll model_tf32 stack profile"
 T0=$(date +%s)
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -190,8 +190,8 @@ else
 fi
 touch "$OUT/logs/ext.ok"
 '
-NEED_EXT=0
-for s in cuda ops_cuda ab_ffma triton ops_triton model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ab_tc ab_nll model_triton model_tf32 stack profile suite; do want "$s" && NEED_EXT=1; done
+NEED_EXT=0  # every stage but env imports graphsmile, so it needs the package (ext) in place
+for s in $STAGES; do [ "$s" = env ] || NEED_EXT=1; done
 if want ext || [ $NEED_EXT -eq 1 ]; then STAGES="$STAGES ext"; stage ext 240 30 "$EXT_CMD"; fi
 
 export PYTEST="$PY -m pytest -q -p no:cacheprovider"  # pyproject's addopts leave out the micro-benchmarks
