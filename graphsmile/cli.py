@@ -978,19 +978,32 @@ def cmd_synth(args) -> int:
 # --- inspect ------------------------------------------------------------------------------
 
 
+def _sized_len(v: Any) -> Optional[int]:
+    """len(v) for containers; None for strings, scalars and 0-d arrays (which have __len__ but
+    raise on it), so that describing a malformed file never fails before the loader's check."""
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
+        return None
+    try:
+        return len(v)
+    except TypeError:
+        return None
+
+
 def _describe(v: Any) -> Dict[str, Any]:
     d: Dict[str, Any] = {"type": type(v).__name__}
-    if hasattr(v, "__len__") and not isinstance(v, (str, bytes)):
-        d["entries"] = len(v)
+    n = _sized_len(v)
+    if n is not None:
+        d["entries"] = n
     if isinstance(v, dict) and v:
         k0 = next(iter(v))
         x = v[k0]
         d["key_type"] = type(k0).__name__
-        d["value"] = type(x).__name__ + (f"[{len(x)}]" if hasattr(x, "__len__") and not isinstance(x, (str, bytes)) else "")
+        nx = _sized_len(x)
+        d["value"] = type(x).__name__ + (f"[{nx}]" if nx is not None else "")
         try:
             import numpy as np
 
-            first = x[0] if hasattr(x, "__len__") and len(x) and not isinstance(x, (str, bytes)) else None
+            first = x[0] if nx else None
             if first is not None and np.ndim(first) >= 1:
                 d["item_shape"] = list(np.shape(first))
                 d["item_dtype"] = str(np.asarray(first).dtype)

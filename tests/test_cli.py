@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -280,6 +281,23 @@ def test_bad_inputs(run_dir, data_dir, tmp_path, capsys):
     junk.write_bytes(b"this is not a pickle")
     code = run("inspect", junk, "--dataset", "IEMOCAP")
     assert "pickle" in one_error_line(capsys, 1, code)
+    # 0-d arrays where lists belong (they have __len__ but no length): one error line, no traceback
+    with open(tiny, "rb") as fh:
+        fields = list(pickle.load(fh, encoding="latin1"))
+    vid = fields[-2][0]                                   # the first train dialogue
+    for index, value, fragment in ((2, np.array(3), "videoLabels"),          # videoLabels[vid]
+                                   (-2, np.array(5), "trainVid")):
+        bad_fields = list(fields)
+        if index == 2:
+            bad_fields[2] = {**fields[2], vid: value}
+        else:
+            bad_fields[index] = value
+        bad = tmp_path / f"zero_d_{fragment}.pkl"
+        with open(bad, "wb") as fh:
+            pickle.dump(tuple(bad_fields), fh)
+        code = run("inspect", bad, "--dataset", "IEMOCAP")
+        line = one_error_line(capsys, 1, code)
+        assert fragment in line and "shape ()" in line, line
     code = run("train", "--dataset", "IEMOCAP", "--data", junk, *TINY, "--out", tmp_path / "o2")
     assert "pickle" in one_error_line(capsys, 1, code)
     # dataset / layout mismatch: a MELD file read as IEMOCAP
@@ -308,6 +326,12 @@ def test_bad_inputs(run_dir, data_dir, tmp_path, capsys):
         assert flag in one_error_line(capsys, 2, code)
     code = run("synth", "--dataset", "IEMOCAP", "--out", tmp_path / "s.pkl", "--scale", "inf")
     assert "scale must be a finite number > 0" in one_error_line(capsys, 1, code)
+    # finite but huge: refused before anything is built (1e308 used to overflow round())
+    for big in ("1e308", "1000"):
+        code = run("synth", "--dataset", "IEMOCAP", "--out", tmp_path / "s.pkl", "--scale", big)
+        assert "dialogues in one split; at most 100,000" in one_error_line(capsys, 1, code)
+    code = run("synth", "--dataset", "IEMOCAP", "--out", tmp_path / "s.pkl", "--n_dialogues", "200000", "3")
+    assert "n_dialogues: at most 100,000 per split" in one_error_line(capsys, 1, code)
     assert not (tmp_path / "s.pkl").exists()
     # an output folder holding another run: refused, nothing touched
     before = snapshot(run_dir)

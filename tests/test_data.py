@@ -441,6 +441,44 @@ def test_bad_labels(tmp_path, tiny_files, name, value, fragment):
     _expect_error(path, name, f"dialogue {vid!r}", "videoLabels", fragment)
 
 
+@pytest.mark.parametrize("value,fragment", [
+    (1e20, "label 1e+20 at utterance 0 is out of range 0..5"),        # not wrapped by an int64 cast
+    (np.uint64(2**63 + 1), f"label {2**63 + 1} at utterance 0 is out of range 0..5"),
+])
+def test_huge_labels_named_as_given(tmp_path, tiny_files, value, fragment):
+    def set_first(raw, vid):
+        rest = np.asarray(raw["videoLabels"][vid][1:])
+        raw["videoLabels"][vid] = np.concatenate([np.asarray([value]), rest.astype(np.asarray([value]).dtype)])
+
+    path, vid = _mutated(tmp_path, tiny_files, "IEMOCAP", set_first)
+    _expect_error(path, "IEMOCAP", f"dialogue {vid!r}", "videoLabels", fragment)
+
+
+@pytest.mark.parametrize("value", [["0.5"], [True]])
+def test_mosei_scores_must_be_numbers(tmp_path, tiny_files, value):
+    def set_all(raw, vid):
+        raw["videoLabels"][vid] = value * len(raw["videoLabels"][vid])
+
+    path, vid = _mutated(tmp_path, tiny_files, "CMUMOSEI7", set_all)
+    _expect_error(path, "CMUMOSEI7", f"dialogue {vid!r}", "videoLabels", "(numbers), got dtype")
+
+
+@pytest.mark.parametrize("field", ["trainVid", "testVid"])
+@pytest.mark.parametrize("shape", [(), (1, 1)])
+def test_id_list_not_one_dimensional(tmp_path, tiny_files, field, shape):
+    path, _ = _mutated(tmp_path, tiny_files, "IEMOCAP",
+                       lambda raw, vid: raw.__setitem__(field, np.full(shape, 5)))
+    _expect_error(path, "IEMOCAP", field, "expected a list of dialogue ids",
+                  f"array of shape {shape}")
+
+
+def test_transcript_not_a_list(tmp_path, tiny_files):
+    path, vid = _mutated(tmp_path, tiny_files, "IEMOCAP",
+                         lambda raw, vid: raw["videoSentence"].__setitem__(vid, np.array("hello")))
+    _expect_error(path, "IEMOCAP", f"dialogue {vid!r}", "videoSentence",
+                  "utterance strings, got an array of shape ()")
+
+
 def test_bad_meld_sentiment(tmp_path, tiny_files):
     def bad(raw, vid):
         raw["videoSentiments"][vid] = [3] + list(raw["videoSentiments"][vid])[1:]
@@ -663,6 +701,9 @@ def test_sampler_argument_errors():
         BucketBatchSampler([1, 2], 1, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         BucketBatchSampler([1, 2], 0)
+    for bad in (0, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="bucket_batches must be None or an int >= 1"):
+            BucketBatchSampler([1, 2], 1, bucket_batches=bad)
 
 
 # ---------------------------------------------------------------------------------------------

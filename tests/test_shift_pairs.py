@@ -140,6 +140,11 @@ def test_labels_bad_inputs():
         ops.shift_pair_labels(torch.zeros(4, dtype=torch.long), [2, 3], 2)
     with pytest.raises(ValueError, match="shift_win"):
         ops.shift_pair_labels(torch.zeros(5, dtype=torch.long), [2, 3], 0)
+    with pytest.raises(ValueError, match="shift_win must be -1 .* from 1 to 2147483647"):
+        ops.shift_pair_labels(torch.zeros(5, dtype=torch.long), [2, 3], 2**63)
+    for bad in (torch.zeros(5), torch.zeros(5, dtype=torch.bool), torch.zeros(5, 1, dtype=torch.long)):
+        with pytest.raises(ValueError, match="sentiment must be a 1-D integer tensor"):
+            ops.shift_pair_labels(bad, [2, 3], 2)
 
 
 needs_ext = pytest.mark.skipif(not ops._ext.has_kernel("CPU"), reason="graphsmile._C not built")

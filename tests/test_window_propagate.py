@@ -250,6 +250,19 @@ def test_low_precision_error_within_plain_torch(backend, dtype):
     assert err_ours <= 2 * err_theirs + 1e-3, (err_ours, err_theirs)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp16_degrees_beyond_fp16_range(backend):
+    """Degrees are summed in fp32 on every backend: an fp16 sum overflows above 65504, and
+    inf^(-1/2) = 0 would silently zero those rows (the reference backend did)."""
+    lens, M, wp, wf = [40], 2, 17, 17
+    E = ops.num_edges(lens, M, wp, wf)
+    w = torch.full((E,), 3000.0, dtype=torch.float16)              # degree up to 35 * 3000
+    s = ops.window_norm(w, lens, M, wp, wf, backend=backend)
+    s32 = ops.window_norm(w.float(), lens, M, wp, wf, backend=backend)
+    assert s.dtype == torch.float16 and (s > 0).all()
+    torch.testing.assert_close(s.float(), s32, rtol=1e-3, atol=0)
+
+
 def test_edge_count_cache_is_exact_and_bounded(monkeypatch):
     """The memoised edge count equals the edges the loops enumerate, for every key, also after
     the bounded cache was cleared; a changed lengths list is a new key."""
@@ -326,6 +339,8 @@ BAD = [
     (dict(win_p=-2), ValueError, "win_p must be -1"),
     (dict(win_f=-5), ValueError, "win_f must be -1"),
     (dict(weight_mode="relative", win_p=-1), ValueError, "relative.*finite windows"),
+    (dict(weight_mode="relative", win_p=-2), ValueError, "win_p must be -1"),
+    (dict(x=None), TypeError, "x must be a floating-point tensor"),
     (dict(weight_mode="bogus"), ValueError, "weight_mode"),
     (dict(edge_weight=torch.ones(10, dtype=torch.float64)), ValueError, r"edge_weight has 10 entries but this batch has E = \d+"),
     (dict(edge_weight=torch.ones(500, dtype=torch.int64)), TypeError, "edge_weight must be a floating-point"),

@@ -221,8 +221,9 @@ class BucketBatchSampler(Sampler):
             raise ValueError(f"num_replicas must be a positive int, got {num_replicas!r}")
         if not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank!r}")
-        if bucket_batches is not None and bucket_batches < 1:
-            raise ValueError(f"bucket_batches must be None or >= 1, got {bucket_batches!r}")
+        if bucket_batches is not None and (not isinstance(bucket_batches, (int, np.integer))
+                                           or isinstance(bucket_batches, bool) or bucket_batches < 1):
+            raise ValueError(f"bucket_batches must be None or an int >= 1, got {bucket_batches!r}")
         self.lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
         if (self.lengths < 0).any():
             raise ValueError("lengths must be non-negative")

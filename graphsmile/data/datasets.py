@@ -245,6 +245,9 @@ def _id_list(value: Any, field_name: str, path: Path) -> list:
         except TypeError:
             ids = sorted(value, key=repr)
     elif isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise DataFormatError(f"expected a list of dialogue ids, got an array of shape "
+                                  f"{value.shape}", path=path, field=field_name)
         ids = value.tolist()
     elif isinstance(value, (list, tuple, range)):
         ids = list(value)
@@ -302,16 +305,25 @@ def _int_labels(value: Any, n_classes: int, field_name: str, vid: Any, path: Pat
     elif arr.dtype.kind not in "iu" and arr.size:
         raise DataFormatError(f"expected integer class indices, got dtype {arr.dtype}",
                               path=path, dialogue=vid, field=field_name)
-    arr = arr.astype(np.int64)
+    # range-check before the cast: a float like 1e20 (or a uint64 above 2^63) would wrap in int64
     out = (arr < 0) | (arr >= n_classes)
     if out.any():
         i = int(np.flatnonzero(out)[0])
-        raise DataFormatError(f"label {int(arr[i])} at utterance {i} is out of range "
+        raise DataFormatError(f"label {arr[i].item()!r} at utterance {i} is out of range "
                               f"0..{n_classes - 1}", path=path, dialogue=vid, field=field_name)
-    return arr
+    return arr.astype(np.int64)
 
 
 def _score_labels(value: Any, vid: Any, path: Path) -> np.ndarray:
+    try:
+        kind = np.asarray(value).dtype.kind
+    except Exception as e:
+        raise DataFormatError(f"expected continuous scores in [-3, 3]: {e}", path=path,
+                              dialogue=vid, field="videoLabels") from e
+    if kind not in "fiu":   # np.asarray(..., float64) would silently convert strings and bools
+        raise DataFormatError(f"expected continuous scores in [-3, 3] (numbers), got dtype "
+                              f"{np.asarray(value).dtype}", path=path, dialogue=vid,
+                              field="videoLabels")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except Exception as e:
@@ -423,10 +435,12 @@ def _speaker_matrix(value: Any, n: int, fmt: DatasetFormat, vid: Any, path: Path
 
 
 def _transcript(value: Any, n: int, vid: Any, path: Path) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, (Sequence, np.ndarray)):
-        raise DataFormatError(f"expected a list of {n} utterance strings, got "
-                              f"{type(value).__name__}", path=path, dialogue=vid,
-                              field="videoSentence")
+    if (isinstance(value, str) or not isinstance(value, (Sequence, np.ndarray))
+            or (isinstance(value, np.ndarray) and value.ndim != 1)):
+        kind = (f"an array of shape {value.shape}" if isinstance(value, np.ndarray)
+                else type(value).__name__)
+        raise DataFormatError(f"expected a list of {n} utterance strings, got {kind}",
+                              path=path, dialogue=vid, field="videoSentence")
     if len(value) != n:
         raise DataFormatError(f"has {len(value)} utterances but videoLabels has {n}",
                               path=path, dialogue=vid, field="videoSentence")

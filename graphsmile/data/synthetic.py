@@ -83,6 +83,9 @@ REAL_SIZES: dict[str, _Sizes] = {
 
 # the MELD dev id absent from the common file, as an offset from the first dev id
 _MELD_MISSING_DEV_OFFSET = 110
+# Upper bound on one split's dialogues (scale or n_dialogues): the features are built in memory,
+# and 100,000 IEMOCAP-length dialogues are already about 120 GB of fp32 features.
+MAX_SPLIT_DIALOGUES = 100_000
 
 # Markov process
 _P_STAY = 0.7            # keep own previous emotion
@@ -378,10 +381,18 @@ def _split_counts(sizes: _Sizes, scale: float, n_dialogues) -> list[int]:
                              f"{n_dialogues!r}")
         if min(counts) < 1:
             raise ValueError(f"n_dialogues must be >= 1 per split, got {n_dialogues!r}")
+        if max(counts) > MAX_SPLIT_DIALOGUES:
+            raise ValueError(f"n_dialogues: at most {MAX_SPLIT_DIALOGUES:,} per split are allowed "
+                             f"(the features are built in memory), got {n_dialogues!r}")
         return counts
     if not (math.isfinite(float(scale)) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-    return [max(1, int(round(s.dialogues * scale))) for s in sizes.splits]
+    counts = [s.dialogues * float(scale) for s in sizes.splits]
+    if not all(c <= MAX_SPLIT_DIALOGUES for c in counts):
+        raise ValueError(f"scale {scale!r} asks for {max(counts):.3g} dialogues in one split; at "
+                         f"most {MAX_SPLIT_DIALOGUES:,} per split are allowed (the features are "
+                         f"built in memory)")
+    return [max(1, int(round(c))) for c in counts]
 
 
 def synthesize(dataset: str, path: str | PathLike, seed: int = 0, scale: float = 1.0, *,

@@ -144,8 +144,10 @@ def check_window(win_p: int, win_f: int, num_modal: int = 2) -> None:
 
 
 def check_shift_win(shift_win: int) -> None:
-    if isinstance(shift_win, bool) or not isinstance(shift_win, int) or not (shift_win == -1 or shift_win > 0):
-        raise ValueError(f"shift_win must be -1 (whole dialogue) or an int > 0, got {shift_win!r}")
+    if (isinstance(shift_win, bool) or not isinstance(shift_win, int)
+            or not (shift_win == -1 or 0 < shift_win <= MAX_WINDOW)):
+        raise ValueError(f"shift_win must be -1 (whole dialogue) or an int from 1 to {MAX_WINDOW}, "
+                         f"got {shift_win!r}")
 
 
 def _row_start(j: torch.Tensor, L: torch.Tensor, win_p: int, win_f: int) -> torch.Tensor:
@@ -284,6 +286,7 @@ def window_edge_index(lengths: Lengths, num_modal: int, win_p: int, win_f: int, 
 def relative_weight_index(lengths: Lengths, num_modal: int, win_p: int, win_f: int, device=None) -> torch.Tensor:
     """For each edge (canonical order), its entry in the flattened relative weight table
     ``[M, M-1, win_p + win_f + 1]``: ``p * (win_p + win_f + 1) + (k - j + win_p)``. ``LongTensor[E]``."""
+    check_window(win_p, win_f, num_modal)
     if win_p < 0 or win_f < 0:
         raise ValueError(f"weight_mode='relative' needs finite windows (win_p, win_f >= 0), got win_p={win_p}, win_f={win_f}")
     ei = window_edge_index(lengths, num_modal, win_p, win_f, device=device)
@@ -317,8 +320,11 @@ def shift_pair_labels(sentiment: torch.Tensor, lengths: Lengths, shift_win: int)
     ``sentiment`` is the packed ``[N]`` vector of per-utterance sentiment classes.
     """
     lens = lengths_to_list(lengths)
-    if not isinstance(sentiment, torch.Tensor) or sentiment.dim() != 1:
-        raise ValueError(f"sentiment must be a 1-D tensor [sum(lengths)], got {getattr(sentiment, 'shape', type(sentiment))}")
+    if (not isinstance(sentiment, torch.Tensor) or sentiment.dim() != 1 or sentiment.dtype.is_floating_point
+            or sentiment.dtype.is_complex or sentiment.dtype == torch.bool):
+        raise ValueError(f"sentiment must be a 1-D integer tensor [sum(lengths)], got "
+                         f"{getattr(sentiment, 'dtype', type(sentiment).__name__)} "
+                         f"{tuple(getattr(sentiment, 'shape', ()))}")
     if sentiment.numel() != sum(lens):
         raise ValueError(f"sentiment has {sentiment.numel()} entries but sum(lengths) = {sum(lens)}")
     idx = shift_pair_index(lens, shift_win, device=sentiment.device)

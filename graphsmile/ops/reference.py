@@ -64,12 +64,15 @@ def masked_rsqrt(d: torch.Tensor) -> torch.Tensor:
 
 
 def window_norm(edge_weight, lengths: Sequence[int], num_modal: int, win_p: int, win_f: int, mode: int):
-    """s = d^{-1/2}, d_i = sum of the weights of edges leaving node i. ``[M*N]``."""
+    """s = d^{-1/2}, d_i = sum of the weights of edges leaving node i. ``[M*N]``, in the weights'
+    dtype; fp16/bf16 degrees are summed in fp32 as by the kernels (an fp16 sum overflows above
+    65504, and ``inf^{-1/2} = 0`` would silently zero those rows)."""
     N = sum(lengths)
-    d = [edge_weight.new_zeros(N) for _ in range(num_modal)]
+    acc_dtype = torch.promote_types(edge_weight.dtype, torch.float32)
+    d = [edge_weight.new_zeros(N, dtype=acc_dtype) for _ in range(num_modal)]
     for m, n, p, delta, valid, slot, col in _diagonals(lengths, num_modal, win_p, win_f, edge_weight.device):
-        d[m] = d[m] + _edge_weights(edge_weight, mode, p, delta, slot, valid, win_p, win_f)
-    return masked_rsqrt(torch.cat(d))
+        d[m] = d[m] + _edge_weights(edge_weight, mode, p, delta, slot, valid, win_p, win_f).to(acc_dtype)
+    return masked_rsqrt(torch.cat(d)).to(edge_weight.dtype)
 
 
 def window_spmm(x, edge_weight, norm, lengths: Sequence[int], num_modal: int, win_p: int, win_f: int, mode: int):

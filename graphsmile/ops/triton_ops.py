@@ -28,8 +28,9 @@ over ``t``: deterministic, no atomics anywhere.
 
 Dtypes: fp16 / bf16 / fp32 use ``tl.dot`` with fp32 accumulation (fp32 at full IEEE precision
 unless ``torch.set_float32_matmul_precision`` allows TF32); fp64 runs a slower non-``tl.dot``
-path with fp64 accumulation. Like the dense original (and unlike the CPU kernels), a non-finite
-feature row may leak NaN into rows that share its column tile (``0 * inf`` inside ``tl.dot``).
+path with fp64 accumulation. Like the dense original and the CPU kernels (16-row tiles there), a
+non-finite feature row may leak NaN into rows that share its column tile (``0 * inf`` inside
+``tl.dot``); the README's note on finite inputs says which rows.
 """
 from __future__ import annotations
 

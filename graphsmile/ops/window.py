@@ -33,7 +33,8 @@ def _check_edge_weight(edge_weight, graph: "WindowGraph") -> None:
             raise ValueError(
                 f"edge_weight has {edge_weight.numel()} entries but this batch has E = {E} edges "
                 f"({len(graph.lengths)} dialogues, {graph.num_nodes} utterances, num_modal={M}, win_p={wp}, win_f={wf}); "
-                "raise edge_capacity, shorten the windows, use smaller batches, or use edge_weights='relative'"
+                "raise edge_capacity, shorten the windows, use smaller batches, or use weight_mode='relative' "
+                "(the model's edge_weights='relative')"
             )
     elif edge_weight.numel() != M * (M - 1) * (wp + wf + 1):
         raise ValueError(
@@ -227,4 +228,4 @@ def window_propagate(
     """
     graph = WindowGraph(lengths, num_modal, win_p, win_f, weight_mode, backend)
     s = graph.norm(edge_weight)
-    return graph.spmm(x, edge_weight, s.to(x.dtype) if s.dtype != x.dtype else s)
+    return graph.spmm(x, edge_weight, s)   # spmm checks x (s has edge_weight's dtype, which x must share)
