@@ -556,8 +556,12 @@ def cmd_train(args) -> int:
         if changed.get("epochs") is not None and config.loss_type == "epoch":
             _err("graphsmile: warning: changing --epochs of a loss_type='epoch' run changes its loss schedule")
         config = config.replace(**changed) if changed else config
-        data = args.data or meta.get("data")
+        data = str(Path(args.data).resolve()) if args.data else meta.get("data")   # absolute in run.json
         demo = meta.get("demo")
+        missing = [k for k in ("seed", "seeds", "valid_from") if k not in meta]
+        if missing:
+            raise CLIError(f"--resume: {run_file} is not a valid run description (no {', '.join(missing)} "
+                           "in its 'training' entry)")
         opts = TrainOptions(out=str(out), data=data, seed=meta["seed"], seeds=meta["seeds"], valid_from=meta["valid_from"],
                             dims=tuple(meta["dims"]) if isinstance(meta.get("dims"), list) else meta.get("dims"),
                             device=args.device or "auto", amp=meta.get("amp", "none"), num_workers=args.num_workers or 0,
@@ -607,6 +611,9 @@ def cmd_train(args) -> int:
     try:
         if opts.tf32:  # before anything is written or replaced
             _check_tf32(device)
+        if opts.sync_bn and not (ctx.distributed and device.type == "cuda"):
+            raise CLIError("--sync_bn needs several processes on CUDA devices (torchrun; SyncBatchNorm has "
+                           f"no CPU implementation), this run has {ctx.world_size} on {device.type}")
         if opts.resume and args.threads == "auto" and meta.get("threads") and device.type == "cpu":
             configure_threads(int(meta["threads"]), device)
             threads = f"{_nthreads(int(meta['threads']))}, as the run so far"
@@ -841,6 +848,8 @@ def _load_for_eval(args):
         ctx.close()
         raise
     names = ["train", "valid", "test"] if args.split == "all" else [args.split]
+    if args.split == "all":   # e.g. no validation split (valid_from none, or too few dialogues): skip it
+        names = [n for n in names if len(getattr(splits, n))] or names
     for n in names:
         if len(getattr(splits, n)) == 0:
             ctx.close()
@@ -888,6 +897,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     out_path = args.output or str(Path(args.checkpoint).parent / f"predictions_{args.split}.{args.format}")
+    if out_path != "-" and Path(out_path).is_dir():
+        raise CLIError(f"--output {out_path} is a folder; give a file name (e.g. {Path(out_path) / ('predictions.' + args.format)})")
     if out_path != "-" and Path(out_path).exists() and not args.overwrite:
         raise CLIError(f"{out_path} exists; use --overwrite to replace it or --output another file")
     ckpt, config, splits, trainer, ctx, names, epoch = _load_for_eval(args)

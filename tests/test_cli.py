@@ -170,6 +170,10 @@ def test_predict_csv_and_json(run_dir, data_dir, tmp_path, capsys):
     capsys.readouterr()
     code = run("predict", "--checkpoint", run_dir / "best.pt", "--data", data_dir / "tiny.pkl")
     assert "--overwrite" in one_error_line(capsys, 1, code)
+    # a folder as --output: named as given (not the temporary file it would have written)
+    code = run("predict", "--checkpoint", run_dir / "best.pt", "--data", data_dir / "tiny.pkl", "--output", tmp_path,
+               "--overwrite")
+    assert f"--output {tmp_path} is a folder" in one_error_line(capsys, 1, code)
 
 
 def test_seeds_mean_std_and_no_validation(data_dir, tmp_path, capsys):
@@ -184,6 +188,10 @@ def test_seeds_mean_std_and_no_validation(data_dir, tmp_path, capsys):
     for sd in ("seed_7", "seed_8"):
         assert (out / sd / "best.pt").exists() and (out / sd / "results.json").exists()
     assert "mean ± std" in capsys.readouterr().out
+    # --split all on a run without a validation split: the splits that exist
+    assert run("evaluate", "--checkpoint", out / "seed_7" / "best.pt", "--data", data_dir / "tiny.pkl", "--split", "all",
+               "--json") == 0
+    assert set(json.loads(capsys.readouterr().out)["splits"]) == {"train", "test"}
 
 
 def test_demo_without_data(tmp_path, capsys, monkeypatch):
@@ -368,6 +376,19 @@ def test_bad_inputs(run_dir, data_dir, tmp_path, capsys):
     assert "best.pt" in one_error_line(capsys, 1, code)
     code = run("evaluate", "--checkpoint", junk, "--data", tiny)
     assert "not a readable torch checkpoint" in one_error_line(capsys, 1, code)
+    # a checkpoint with pickled objects: no advice to pass a flag evaluate does not have
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"kind": "x", "obj": np.zeros(2)}, pickled)
+    line = one_error_line(capsys, 1, run("evaluate", "--checkpoint", pickled, "--data", tiny))
+    assert "holds pickled Python objects" in line and "--trust_pickle" not in line
+    # format versions graphsmile never wrote
+    ck = load_checkpoint(run_dir / "best.pt")
+    ck.pop("path")
+    for version, fragment in (("1", "is not a version graphsmile writes"), (0, "is not a version graphsmile writes"),
+                              (10**6, "is newer than this graphsmile understands")):
+        torch.save(dict(ck, version=version), tmp_path / "v.pt")
+        line = one_error_line(capsys, 1, run("evaluate", "--checkpoint", tmp_path / "v.pt", "--data", tiny))
+        assert f"version {version!r} {fragment}" in line, line
     # TF32 needs a CUDA device in evaluate and predict too; no predictions file is written
     code = run("evaluate", "--checkpoint", run_dir / "best.pt", "--data", tiny, "--device", "cpu", "--tf32")
     assert "--tf32: tf32 needs a CUDA device" in one_error_line(capsys, 1, code)

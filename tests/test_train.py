@@ -302,6 +302,53 @@ def test_resume_refuses_checkpoints_of_another_run(tiny, tmp_path, capsys):
     assert json.loads((d / "results.json").read_text())["training"]["data"].endswith("other.pkl")
 
 
+def test_resume_checks_best_pt_data_path_and_stale_results(tiny, tmp_path, capsys, monkeypatch):
+    """best.pt is checked like last.pt (seed, config, data, options), not only by its epoch; a
+    resume's relative --data is stored absolute; a results.json of fewer epochs than last.pt
+    (an extended run stopped before its reports) is not reported as the run's; --sync_bn on
+    the CPU is refused before --overwrite removes anything."""
+    import shutil
+
+    common = ["train", "--dataset", "IEMOCAP", "--data", tiny, *TINY, "--epochs", 2, "--stop_after", 1]
+    a, other_seed, other_cfg = tmp_path / "a", tmp_path / "seed5", tmp_path / "h8"
+    assert _run(*common, "--out", a) == 0
+    assert _run(*common, "--out", other_seed, "--seed", 5) == 0
+    assert _run(*common[:-2], "--stop_after", 1, "--out", other_cfg, "--hidden_dim", 8) == 0
+    capsys.readouterr()
+    own_best = (a / "best.pt").read_bytes()
+    for src, message in ((other_seed, "best.pt: checkpoint of seed 5, this run uses seed 0"),
+                         (other_cfg, "best.pt: checkpoint config differs from the run's in ['hidden_dim']")):
+        shutil.copyfile(src / "best.pt", a / "best.pt")
+        before = {f.name: f.read_bytes() for f in a.iterdir() if f.is_file()}
+        assert _run("train", "--resume", a) == 1
+        assert message in capsys.readouterr().err
+        assert {f.name: f.read_bytes() for f in a.iterdir() if f.is_file()} == before
+    (a / "best.pt").write_bytes(own_best)
+
+    # --data given relative on resume: run.json holds it absolute (resumable from any folder)
+    shutil.copyfile(tiny, tmp_path / "same.pkl")
+    monkeypatch.chdir(tmp_path)
+    assert _run("train", "--resume", a, "--data", "same.pkl") == 0
+    assert json.loads((a / "run.json").read_text())["data"] == str((tmp_path / "same.pkl").resolve())
+    first = json.loads((a / "results.json").read_text())
+    assert first["epochs_completed"] == 2
+
+    # extended to 3 epochs, then (as if stopped between the last epoch and the reports) the
+    # 2-epoch results.json put back: the resume reports the 3 epochs anew
+    assert _run("train", "--resume", a, "--epochs", 3) == 0
+    (a / "results.json").write_text(json.dumps(first))
+    assert _run("train", "--resume", a) == 0
+    res = json.loads((a / "results.json").read_text())
+    assert res["epochs_completed"] == 3 and len(res["history"]) == 3
+    capsys.readouterr()
+
+    # --sync_bn needs DDP on CUDA: refused before --overwrite touches the finished run
+    before = {f.name: f.read_bytes() for f in a.iterdir() if f.is_file()}
+    assert _run(*common, "--out", a, "--overwrite", "--sync_bn") == 1
+    assert "--sync_bn needs several processes on CUDA devices" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in a.iterdir() if f.is_file()} == before
+
+
 def test_batching_options_and_eval_order(tiny, tmp_path, capsys):
     """Evaluation batches are consecutive dialogues in dataset order (the original's test
     loader), whatever the training batching; --bucket_batches 0 (plain random batches) and

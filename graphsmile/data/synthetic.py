@@ -408,8 +408,9 @@ def synthesize(dataset: str, path: str | PathLike, seed: int = 0, scale: float =
         dataset: ``"IEMOCAP"``, ``"IEMOCAP4"``, ``"MELD"`` or ``"CMUMOSEI7"``.
         path: output file (parent folders are created; written atomically).
         seed: everything is a deterministic function of ``(dataset, seed, arguments)``.
-        scale: multiplies the real number of dialogues of every split (at least 1 each);
-            utterance totals follow so that mean lengths stay real.
+        scale: multiplies the real number of dialogues of every split (at least 1 each, at
+            most ``MAX_SPLIT_DIALOGUES`` = 100,000: the file is built in memory); utterance
+            totals follow so that mean lengths stay real.
         dims: feature widths ``(text, visual, audio)``; default the real ones. With another
             value the file is only loadable with ``load_dataset(..., dims=dims)``.
         length: make every dialogue exactly this long (e.g. 1000 for benchmarks).

@@ -125,7 +125,10 @@ def restore_rng_state(state: Mapping[str, Any], device: Optional[torch.device] =
 # --- reading ------------------------------------------------------------------------------
 
 
-def _torch_load(path: Path, map_location, weights_only: bool = True, mmap: bool = False) -> Any:
+def _torch_load(path: Path, map_location, weights_only: bool = True, mmap: bool = False,
+                trust_hint: str = "") -> Any:
+    """torch.load with errors naming ``path``; ``trust_hint`` ends the message for a file that
+    holds pickled objects (how the caller can allow them, if it can)."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
@@ -141,8 +144,7 @@ def _torch_load(path: Path, map_location, weights_only: bool = True, mmap: bool 
         if weights_only and "weights_only" in str(e):
             raise CheckpointError(
                 f"{path}: holds pickled Python objects, not just tensors (e.g. a whole nn.Module); "
-                "re-save it with torch.save(model.state_dict()), or pass --trust_pickle if you trust "
-                "the file (unpickling runs code named in it)") from None
+                f"re-save it with torch.save(model.state_dict()){trust_hint}") from None
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
     except PermissionError as e:
         raise CheckpointError(f"{path}: cannot read the file ({e.strerror})") from None
@@ -170,7 +172,10 @@ def load_checkpoint(path, map_location="cpu", mmap: bool = False) -> Dict[str, A
                                   f"{path} OUT.pt --dataset NAME")
         raise CheckpointError(f"{path}: not a graphsmile checkpoint (no kind={CHECKPOINT_KIND!r} entry)")
     version = obj.get("version")
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r} is not a version graphsmile "
+                              f"writes (an int from 1 to {CHECKPOINT_VERSION})")
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer than this graphsmile "
                               f"understands ({CHECKPOINT_VERSION}); upgrade graphsmile")
     for key in ("model", "config"):
@@ -216,7 +221,9 @@ def read_original_state_dict(path, trust_pickle: bool = False) -> Dict[str, torc
     ``trust_pickle=True`` (it runs code from the file and needs the original's classes
     importable)."""
     path = Path(path)
-    obj = _torch_load(path, "cpu", weights_only=not trust_pickle)
+    obj = _torch_load(path, "cpu", weights_only=not trust_pickle,
+                      trust_hint=", or pass --trust_pickle if you trust the file (unpickling runs code "
+                                 "named in it)")
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, Mapping) and obj.get("kind") == CHECKPOINT_KIND:

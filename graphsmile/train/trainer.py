@@ -1269,8 +1269,9 @@ def check_checkpoint_pair(last: Mapping[str, Any], best: Optional[Mapping[str, A
     (``best.pt``, or ``None`` when missing) belongs with it: it holds the epoch ``last``
     selected (or the one after, when a crash came between the two writes); without it the
     selected epoch must be ``last``'s own."""
-    if int(last.get("seed", seed)) != seed:
-        raise CheckpointError(f"{last.get('path')}: checkpoint of seed {last.get('seed')}, this run uses seed {seed}")
+    for ck in (last, best):
+        if ck is not None and int(ck.get("seed", seed)) != seed:
+            raise CheckpointError(f"{ck.get('path')}: checkpoint of seed {ck.get('seed')}, this run uses seed {seed}")
     rec_epoch = (last.get("best") or {}).get("epoch")
     if best is not None:
         if best.get("epoch") != rec_epoch and best.get("epoch") != int(last["epoch"]) + 1:
@@ -1292,6 +1293,8 @@ def resume_seed(trainer: Trainer, d: Path, train_meta: Optional[Mapping[str, Any
     last = load_checkpoint(d / "last.pt", map_location=trainer.device)
     best = load_checkpoint(d / "best.pt", map_location="cpu") if (d / "best.pt").exists() else None
     check_resumable(last, d / "last.pt", trainer.config, trainer.ctx.world_size, train_meta)
+    if best is not None:   # the selection's weights: of this run too, not only of the right epoch
+        check_resumable(best, d / "best.pt", trainer.config, trainer.ctx.world_size, train_meta)
     trainer.load(last, best)
     return last
 
@@ -1321,6 +1324,8 @@ def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOpt
                 last = load_checkpoint(d / "last.pt", mmap=True)
                 check_resumable(last, d / "last.pt", config, ctx.world_size, dict(meta, seed=s))
                 best = load_checkpoint(d / "best.pt", mmap=True) if (d / "best.pt").exists() else None
+                if best is not None:
+                    check_resumable(best, d / "best.pt", config, ctx.world_size, dict(meta, seed=s))
                 check_checkpoint_pair(last, best, s)
                 del last, best
     if on_resumable is not None:
@@ -1343,10 +1348,17 @@ def run_training(config: GraphSmileConfig, splits: DatasetSplits, opts: TrainOpt
             log(f"--- seed {s} ({seeds.index(s) + 1}/{len(seeds)}) -> {d}")
         title = f"{splits.dataset} seed {s}" + (" (SYNTHETIC data)" if opts.demo else "")
         meta_s = dict(meta, seed=s)
+        done = None
         if trainer.epoch >= config.epochs and (d / "results.json").exists():
             import json
 
-            res = json.loads((d / "results.json").read_text(encoding="utf-8"))
+            done = json.loads((d / "results.json").read_text(encoding="utf-8"))
+            # a results.json of fewer epochs is an earlier completion's (the run was extended with
+            # --epochs and stopped after its last epoch but before its reports): report anew
+            if done.get("epochs_completed") != trainer.epoch:
+                done = None
+        if done is not None:
+            res = done
         elif trainer.epoch >= config.epochs:
             res = finalize(trainer, d, train_meta=meta_s, log=log, title=title)
         else:
