@@ -584,6 +584,36 @@ def test_table_cache_bypassed_while_capturing(monkeypatch):
 
 
 @needs_triton
+def test_table_cache_one_entry_per_stream(monkeypatch):
+    """A cached table serves only the stream it was built (uploaded, allocated) on: another
+    stream could read it before its upload lands, or after an eviction freed it."""
+    from graphsmile.ops import triton_ops as T
+
+    lens = [5, 8, 3]
+    if ON_GPU:   # real streams
+        first = T.window_meta(lens, 2, 2, 2, DEVICE)
+        side = torch.cuda.Stream(device=DEVICE)
+        with torch.cuda.stream(side):
+            on_side = T.window_meta(lens, 2, 2, 2, DEVICE)
+            assert T.window_meta(lens, 2, 2, 2, DEVICE)[0] is on_side[0]
+        side.synchronize()
+        assert on_side[0] is not first[0] and torch.equal(on_side[1], first[1])
+        assert T.window_meta(lens, 2, 2, 2, DEVICE)[0] is first[0]
+    token = {"value": 11}
+    monkeypatch.setattr(T, "_stream_token", lambda device: token["value"])
+    a = T.window_meta(lens, 2, 3, 1, DEVICE)
+    assert T.window_meta(lens, 2, 3, 1, DEVICE)[0] is a[0]
+    pa = T.pair_lines(lens, 3, DEVICE)
+    token["value"] = 12
+    b = T.window_meta(lens, 2, 3, 1, DEVICE)
+    pb = T.pair_lines(lens, 3, DEVICE)
+    assert b[0] is not a[0] and pb[0] is not pa[0]
+    assert torch.equal(b[1].cpu(), a[1].cpu()) and torch.equal(pb[0].cpu(), pa[0].cpu())
+    token["value"] = 11
+    assert T.window_meta(lens, 2, 3, 1, DEVICE)[0] is a[0]
+
+
+@needs_triton
 def test_torch_compile():
     """fullgraph compile of the three ops with autograd: Inductor on a GPU; on the CPU under the
     interpreter, aot_eager (Inductor cannot compile the interpreted kernels)."""

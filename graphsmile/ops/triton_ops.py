@@ -121,12 +121,24 @@ _CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _CACHE_SIZE = 64
 
 
+def _stream_token(device: torch.device) -> int:
+    """The current CUDA stream of ``device`` (its raw handle), 0 elsewhere."""
+    if device.type != "cuda":
+        return 0
+    return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None
+                                              else torch.cuda.current_device())
+
+
 def _cached(key, device: torch.device, build):
     # Not while capturing a CUDA graph on `device`: a table built then is written only
     # when the graph is replayed, so it must not serve eager calls; and one from the cache would
     # have to outlive the graph, which an eviction does not ensure. The graph gets its own.
     if torch.compiler.is_compiling() or capturing(device):
         return build()
+    # One entry per stream: a table is uploaded and allocated on the stream current when it is
+    # built, so a kernel on another stream could read it before the upload lands, and after an
+    # eviction the allocator could hand its memory out again while that kernel still reads it.
+    key = key + (_stream_token(device),)
     hit = _CACHE.get(key)
     if hit is None:
         hit = build()
