@@ -33,7 +33,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["main", "build_parser", "CLIError", "DEMO_SETTINGS"]
 
@@ -470,6 +470,30 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _launch_ranks() -> Tuple[int, int]:
+    """``(RANK, LOCAL_RANK)`` as torchrun sets them; ``(0, 0)`` outside torchrun."""
+    def env_int(name: str) -> int:
+        try:
+            return int(os.environ.get(name, "0") or 0)
+        except ValueError:
+            return 0
+
+    return env_int("RANK"), env_int("LOCAL_RANK")
+
+
+def _report(message: str, same_on_every_rank: bool, tb: bool = False) -> None:
+    """Print an error line (after the traceback, with ``tb``) once, not once per torchrun
+    process: one that every process meets alike (bad arguments, a missing file, a refused run
+    folder, a loss the ranks agreed on) only by the first process of each node; any other by
+    every process, labelled with its rank beyond rank 0."""
+    rank, local_rank = _launch_ranks()
+    if same_on_every_rank and local_rank != 0:
+        return
+    if tb:
+        traceback.print_exc()
+    _err(message.replace(f"{PROG}: error: ", f"{PROG}: error (rank {rank}): ", 1) if rank else message)
+
+
 def _load_splits(path, dataset: str, valid_from: str = "train10", dims=None):
     from .data import load_dataset
 
@@ -484,7 +508,10 @@ def _load_splits(path, dataset: str, valid_from: str = "train10", dims=None):
 def _config_for(dataset: str, explicit: Dict[str, Any]) -> "Any":
     from .config import GraphSmileConfig
 
-    return GraphSmileConfig.preset(dataset, **explicit)
+    try:
+        return GraphSmileConfig.preset(dataset, **explicit)
+    except ValueError as e:   # a bad option value: the same on every process of a torchrun
+        raise CLIError(str(e)) from None
 
 
 def _with_dims(config, dims):
@@ -1234,7 +1261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
     except _UsageError as e:
-        _err(f"{PROG}: error: {e} (see '{e.prog} --help')")
+        _report(f"{PROG}: error: {e} (see '{e.prog} --help')", same_on_every_rank=True)
         return 2
     except SystemExit as e:  # --help, --version
         return int(e.code or 0) if not isinstance(e.code, str) else 2
@@ -1243,19 +1270,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        _err(f"{PROG}: interrupted" + (f"; continue with: graphsmile train --resume {args.resume or args.out}"
-                                       if args.command == "train" and (args.resume or args.out) else ""))
+        if _launch_ranks()[1] == 0:   # torchrun interrupts every process; say it once per node
+            _err(f"{PROG}: interrupted" + (f"; continue with: graphsmile train --resume {args.resume or args.out}"
+                                           if args.command == "train" and (args.resume or args.out) else ""))
         return 130
     except (CLIError, DataFormatError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
             NotADirectoryError, OSError, KeyError, FloatingPointError, _UsageError) as e:
-        if debug:
-            traceback.print_exc()
-        _err(f"{PROG}: error: {_one_line(e)}")
+        # argument, data and run-folder errors come out alike on every process of a torchrun
+        same = (isinstance(e, (CLIError, DataFormatError, FileNotFoundError, _UsageError))
+                or bool(getattr(e, "same_on_every_rank", False)))
+        _report(f"{PROG}: error: {_one_line(e)}", same, tb=debug)
         return 1
     except RuntimeError as e:
-        if debug:
-            traceback.print_exc()
-        _err(f"{PROG}: error: {_one_line(e)}" + ("" if debug else " (run with --debug for the traceback)"))
+        _report(f"{PROG}: error: {_one_line(e)}" + ("" if debug else " (run with --debug for the traceback)"),
+                bool(getattr(e, "same_on_every_rank", False)), tb=debug)
         return 1
 
 

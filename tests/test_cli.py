@@ -418,6 +418,38 @@ def test_console_script_subprocess(data_dir, tmp_path):
     assert r.stderr.strip() == ""
 
 
+def test_errors_print_once_under_torchrun(tmp_path, capsys, monkeypatch):
+    """Under torchrun (RANK / LOCAL_RANK set) an error every process meets alike (bad arguments,
+    a missing file) is printed by the first process of each node only; any other error by
+    every process, labelled with its rank beyond rank 0."""
+    def bad_args():   # a config value refused by GraphSmileConfig
+        return run("train", "--dataset", "IEMOCAP", "--out", tmp_path / "o", "--drop", "1.5")
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert bad_args() == 1
+    assert capsys.readouterr().err == ""
+    assert run("inspect", tmp_path / "missing.pkl", "--dataset", "IEMOCAP") == 1
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cli, "cmd_inspect", lambda args: (_ for _ in ()).throw(RuntimeError("rank-specific")))
+    assert run("inspect", tmp_path / "missing.pkl", "--dataset", "IEMOCAP") == 1
+    assert "graphsmile: error (rank 1): rank-specific" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "8")                       # the first process of a second node
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert bad_args() == 1
+    assert one_error_line_any(capsys).startswith("graphsmile: error (rank 8): drop must be")
+    monkeypatch.setenv("RANK", "0")
+    assert bad_args() == 1
+    assert "drop must be" in one_error_line(capsys, 1, 1)
+    assert not (tmp_path / "o").exists()
+
+
+def one_error_line_any(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
 def test_missing_checkpoint_message(data_dir, tmp_path, capsys):
     code = run("evaluate", "--checkpoint", tmp_path / "missing.pt", "--data", data_dir / "tiny.pkl")
     assert one_error_line(capsys, 1, code) == f"graphsmile: error: checkpoint not found: {tmp_path / 'missing.pt'}"

@@ -211,6 +211,7 @@ try:
                     "loss": {{k: v.clone() for k, v in tr.loss_fn.state_dict().items()}}}}
     if ctx.is_main:
         torch.save(res, sys.argv[2])
+    ctx.barrier()   # as graphsmile train: every rank done before the group is destroyed
 finally:
     ctx.close()
 ''')

@@ -430,6 +430,7 @@ try:
     if ctx.is_main:
         torch.save({{"before": before, "after": after, "metrics": ev.metrics,
                     "state": {{k: v.clone() for k, v in tr.model.state_dict().items()}}}}, sys.argv[2])
+    ctx.barrier()   # as graphsmile train: every rank done before the group is destroyed
 finally:
     ctx.close()
 ''')
@@ -455,6 +456,34 @@ finally:
     want = single.evaluate(sp.test, 0).metrics
     for k, v in want.items():
         assert res["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+@pytest.mark.parametrize("on_device", ["off", "on"])
+def test_ddp_non_finite_loss_one_error_line(tiny, tmp_path, on_device):
+    """A loss that is not finite on one rank only (one training dialogue with features of
+    3e38: finite, so the loader takes them): every rank stops with the same error, which the
+    CLI prints once (rank 0) and which names the rank and the dialogues, instead of one rank
+    raising alone and the other printing its broken connection."""
+    import pickle
+
+    with open(tiny, "rb") as fh:
+        fields = list(pickle.load(fh, encoding="latin1"))
+    vid = fields[-2][-1]                                   # a training dialogue (validation: the first 10%)
+    for i in range(3, 7):                                  # videoText0..3
+        fields[i] = {**fields[i], vid: np.full_like(np.asarray(fields[i][vid], dtype=np.float32), 3e38)}
+    bad = tmp_path / "bad.pkl"
+    with open(bad, "wb") as fh:
+        pickle.dump(tuple(fields), fh)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "graphsmile", "train", "--dataset", "IEMOCAP", "--data", str(bad), *map(str, TINY),
+           "--epochs", "1", "--out", str(tmp_path / "run"), "--data_on_device", on_device, "--progress", "never"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("graphsmile: error")]
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert errors[0].startswith("graphsmile: error: non-finite training loss"), errors
+    assert " on rank " in errors[0] and "dialogues" in errors[0], errors
 
 
 # --- the optimiser ---------------------------------------------------------------------------

@@ -596,9 +596,10 @@ class Trainer:
         sft_sum, sft_cm = self._shift_terms(sft, y_sft)
         num_pairs = num_shift_pairs(batch.lengths, self.config.shift_win)
         total, parts = self.loss(emo, sen, sft_sum, batch.emotion, batch.sentiment, num_pairs, epoch)
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"non-finite training loss {total.item()} at epoch {epoch + 1} "
-                                     f"(dialogues {batch.ids[:4]}...); try a lower --lr")
+        finite = bool(torch.isfinite(total))
+        # every rank decides together, before backward's gradient all-reduce: a rank raising
+        # alone would leave the others waiting in it
+        self._raise_non_finite(epoch, None if finite else (0, total.item(), "", list(batch.ids[:4])))
         total.backward()
         self._sync_loss_grads()
         return {
@@ -697,6 +698,21 @@ class Trainer:
         stats = torch.stack(vals)
         return stats, emo.detach().argmax(-1), sen.detach().argmax(-1), sft_cm
 
+    def _raise_non_finite(self, epoch: int, found: Optional[Tuple[int, float, str, list]]) -> None:
+        """Raise one FloatingPointError, the same on every rank, if some rank's training loss was
+        not finite. ``found``: this rank's first such step ``(step, loss, where, dialogue ids)``
+        or ``None``. Under DDP the earliest step is reported (lowest rank on a tie): a NaN
+        gradient averaged into every rank's weights makes the others' later losses NaN too."""
+        if not self.ctx.any_true(found is not None, self.device):
+            return
+        reports = self.ctx.all_gather_object(found)
+        step, rank, (_, loss, where, ids) = min((r[0], k, r) for k, r in enumerate(reports) if r is not None)
+        on_rank = f" on rank {rank}" if self.ctx.distributed else ""
+        err = FloatingPointError(f"non-finite training loss {loss} at epoch {epoch + 1}{on_rank} ({where}dialogues "
+                                 f"{ids}...); try a lower --lr")
+        err.same_on_every_rank = True   # graphsmile's CLI prints it once
+        raise err
+
     def _train_epoch_device(self, epoch: int):
         """The device-resident path (``data_on_device``): the same batches as the loader path
         (this rank's share of the sampler's list), gathered on the device; the epoch's only
@@ -726,12 +742,12 @@ class Trainer:
         store = plan.store
         # --- the end of the epoch: one read of the losses, one of the predictions
         rows = torch.stack(stats).tolist() if stats else []
-        for i, row in enumerate(rows):
-            if not math.isfinite(row[0]):
-                e = plan.entries[i]
-                ids = [store.ids[j] for j in e.indices]
-                raise FloatingPointError(f"non-finite training loss {row[0]} at epoch {epoch + 1} (batch {i + 1} of "
-                                         f"{len(rows)}, dialogues {ids[:4]}...); try a lower --lr")
+        first_bad = next((i for i, row in enumerate(rows) if not math.isfinite(row[0])), None)
+        found = None
+        if first_bad is not None:
+            ids = [store.ids[j] for j in plan.entries[first_bad].indices]
+            found = (first_bad, rows[first_bad][0], f"batch {first_bad + 1} of {len(rows)}, ", ids[:4])
+        self._raise_non_finite(epoch, found)
         loss_sums = {"total": 0.0, "emo": 0.0, "sen": 0.0, "sft": 0.0}
         n_utt = 0
         for row, e in zip(rows, plan.entries):
