@@ -172,14 +172,18 @@ def main(argv=None) -> int:
                 rec = dict(base, status="ok", **measure(provider, case, args))
             except torch.cuda.OutOfMemoryError as exc:
                 rec = dict(base, status="oom", provider=provider, case=case["label"], error=str(exc)[:300])
+            except Exception as exc:   # e.g. a capture error: recorded, and the other cases still run
+                rec = dict(base, status="error", provider=provider, case=case["label"],
+                           error=f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
             torch.cuda.empty_cache()
             records.append(rec)
+            # appended one by one: a stage limit that cuts the run keeps the cases already measured
+            common.append_jsonl(args.out, [rec])
             if rec["status"] != "ok":
-                print(f"{case['label']:<14} {provider:<8} {'':>6} {rec['status']}")
+                print(f"{case['label']:<14} {provider:<8} {'':>6} {rec['status']}: {rec.get('error', '')[:120]}")
                 continue
             print(f"{case['label']:<14} {provider:<8} {rec['N']:>6} {fmt_s(rec['eager_s']):>10} {fmt_s(rec['graphed_s']):>10} "
                   f"{rec['ratio']:>13.2f}x {fmt_s(rec['capture_s']):>9}")
-    common.append_jsonl(args.out, records)
     print(f"{len(records)} records appended to {args.out}")
     return 0
 

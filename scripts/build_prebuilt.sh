@@ -72,7 +72,7 @@ mkdir -p "$OUT_DIR"
 cp "$SO" "$OUT_DIR/_C.abi3.so"
 COMMIT="$(cd "$REPO" && git rev-parse HEAD 2>/dev/null || echo unknown)"
 DIRTY="$(cd "$REPO" && { git diff --quiet HEAD -- csrc kernels setup.py 2>/dev/null && echo false || echo true; })"
-SRC_HASH="$(cd "$REPO" && bash scripts/source_hash.sh)"
+SRC_HASH="$(cd "$WORK" && bash scripts/source_hash.sh)"   # of the sources built, not of the tree now
 "$VENV/bin/python" - "$OUT_DIR/meta.json" "$TORCH_VERSION" "$ARCHS" "$COMMIT" "$DIRTY" "$SRC_HASH" <<'EOF'
 import json, sys, datetime, torch
 path, version, archs, commit, dirty, src = sys.argv[1:]

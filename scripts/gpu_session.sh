@@ -31,7 +31,9 @@
 #                with each epoch's top kernels)
 #   ab_step      the T3 training steps with the staged kernels and the split pass B
 #                (GRAPHSMILE_CUDA_FFMA_DTILES=8 with GRAPHSMILE_CUDA_ROWS_FSPLIT=4, then =auto)
-#   epoch_compiled  bench/epoch.py --paths device,compiled (the model under torch.compile)
+#   model_tf32   bench/model.py --preset gpu-targets --tf32: T3 with TF32 products, cuda + original
+#   profile      torch.profiler kernel tables (cuda, triton) + Nsight Compute of window_spmm
+#   epoch_compiled  bench/epoch.py --paths device,compiled (the model under torch.compile; training)
 #   model_compiled  bench/model.py --compile: T3 (16xIEMOCAP, 16x1000) with ours under torch.compile,
 #                against the original (eager), with the verdicts
 #   ab_step_compiled  the same with ab_step's kernels (staged, split pass B): everything built for
@@ -48,14 +50,15 @@
 #                and with the tiled kernel's fast intrinsics, beside ops_cuda's auto (tiled) run
 #                (records carry cuda_shift_nll, cuda_fast_math)
 #   model_triton bench/model.py --preset gpu-targets, triton
-#   model_tf32   bench/model.py --preset gpu-targets --tf32: T3 with TF32 products, cuda + original
 #   stack        bench/ops.py stack + shift sections at L 50 110 250 1000 (cuda, triton, dense, scatter, floor)
-#   profile      torch.profiler kernel tables (cuda, triton) + Nsight Compute of window_spmm
 #   suite        the rest of the test suite
 # A stage is skipped when less time is left than it needs. Everything lands under $OUT as TWO
 # files, because the device tool brings back at most 8 (16 MiB each): summary.txt (also printed
-# last) and session.tgz (logs/, results/*.jsonl, profile/ without the torch-profiler traces),
-# packed on exit, also when a stage or the deadline cuts the run short.
+# last, and written as the stages go) and session.tgz (logs/, results/*.jsonl, profile/ without
+# the torch-profiler traces). The loose files are written to a work folder ($GS_WORK) and the
+# archive is refreshed after every stage, so a run killed from outside (the device tool's limit,
+# SIGKILL included) still leaves every finished stage's files in $OUT; TERM/INT also stop the
+# running stage at once.
 #
 #   GS_STAGES="ext cuda ops_cuda"   a subset (ext is added when a later stage needs it)
 #   GS_DEVICE=cpu GS_QUICK=1        a dry run of the commands on a CPU machine (benchmarks at
@@ -63,13 +66,15 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export OUT="${OUT:-/tmp/graphsmile-gpu-out}"
-mkdir -p "$OUT/logs" "$OUT/results" "$OUT/profile"
+export W="${GS_WORK:-$(mktemp -d /tmp/graphsmile-gpu-work.XXXXXX)}"   # logs/ results/ profile/
+mkdir -p "$OUT" "$W/logs" "$W/results" "$W/profile"
+OUT="$(cd "$OUT" && pwd)"   # absolute: package() writes into it from $W
 export PY="${PY:-python3}"
 export GS_DEVICE="${GS_DEVICE:-cuda}"
 QUICK=""; [ "${GS_QUICK:-0}" = 1 ] && QUICK="--quick"
 export QUICK
 DEADLINE_S="${GS_DEADLINE_S:-560}"
-STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ops_triton triton ab_tc ab_nll model_triton model_tf32 stack profile suite}"
+STAGES="${GS_STAGES:-env ext cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step model_tf32 profile epoch_compiled model_compiled ab_step_compiled ops_triton triton ab_tc ab_nll model_triton stack suite}"
 # the stages that run the C++/CUDA extension (the Triton ones do not): skipped when ext failed
 NEEDS_EXT="cuda ops_cuda ab_ffma model_cuda host graphed epoch ab_step epoch_compiled model_compiled ab_step_compiled ab_tc ab_nll model_tf32 stack profile"
 T0=$(date +%s)
@@ -79,17 +84,22 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 NPROC=$(nproc 2>/dev/null || echo 8)
 
-# On exit (normal or not): logs/, results/ and profile/ into $OUT/session.tgz (the loose files go
-# only once the archive is written); collect_gpu_results.sh unpacks it.
+# After every stage and on exit: logs/, results/ and profile/ into $OUT/session.tgz, written
+# under another name and renamed, so $OUT always holds a whole archive of the stages so far;
+# collect_gpu_results.sh unpacks it.
 package() {
-  [ -n "${PACKAGED:-}" ] && return 0
-  PACKAGED=1
-  if (cd "$OUT" && tar czf session.tgz --exclude='trace_*.json' logs results profile); then
-    rm -rf "$OUT/logs" "$OUT/results" "$OUT/profile"
-  fi
+  (cd "$W" && tar czf "$OUT/.session.tgz.part" --exclude='trace_*.json' logs results profile) \
+    && mv -f "$OUT/.session.tgz.part" "$OUT/session.tgz"
+}
+STAGE_PID=""
+on_signal() {
+  # the stage runs under timeout in a process group of its own: stop it now, not at its limit
+  [ -n "$STAGE_PID" ] && kill -TERM -- "-$STAGE_PID" 2>/dev/null
+  note "interrupted (signal): stopping"
+  exit 143
 }
 trap package EXIT
-trap 'exit 143' TERM INT
+trap on_signal TERM INT
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( DEADLINE_S - $(elapsed) )); }
@@ -98,24 +108,29 @@ want() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # stage NAME MAX_S MIN_S CMD: runs CMD (bash -c) when at least MIN_S are left, killed after
 # min(MAX_S, time left); CMD sees that limit as $LIMIT (benchmarks stop starting new cases at
-# $((LIMIT - 25)) via --time-limit-s). Log: $OUT/logs/NAME.log; its key lines go to the summary.
+# $((LIMIT - 25)) via --time-limit-s). Log: $W/logs/NAME.log; its key lines go to the summary.
 stage() {
   local name=$1 max=$2 min=$3 cmd=$4 t l rc t1
   want "$name" || return 0
   case " $NEEDS_EXT " in
-    *" $name "*) [ -f "$OUT/logs/ext.ok" ] || { note "$name: SKIPPED (the extension did not load: logs/ext.log)"; return 0; } ;;
+    *" $name "*) [ -f "$W/logs/ext.ok" ] || { note "$name: SKIPPED (the extension did not load: logs/ext.log)"; return 0; } ;;
   esac
   l=$(left)
   if [ "$l" -lt "$min" ]; then note "$name: SKIPPED (only ${l}s left, needs ${min}s)"; return 0; fi
   t=$(( max < l ? max : l ))
   t1=$(date +%s)
   note "$name: start (limit ${t}s)"
-  LIMIT=$t timeout --signal=TERM --kill-after=15 "$t" bash -c "$cmd" > "$OUT/logs/$name.log" 2>&1
+  # in the background and waited for, so that a TERM reaches on_signal at once
+  LIMIT=$t timeout --signal=TERM --kill-after=15 "$t" bash -c "$cmd" > "$W/logs/$name.log" 2>&1 &
+  STAGE_PID=$!
+  wait "$STAGE_PID"
   rc=$?
+  STAGE_PID=""
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then note "$name: TIMEOUT after $(( $(date +%s) - t1 ))s"
   else note "$name: rc=$rc in $(( $(date +%s) - t1 ))s"; fi
-  grep -E "passed|failed|[0-9] error|PASS|MISS|GB/s|FAIL|Error|using the prebuilt|building here" "$OUT/logs/$name.log" \
+  grep -E "passed|failed|[0-9] error|PASS|MISS|GB/s|FAIL|Error|using the prebuilt|building here" "$W/logs/$name.log" \
     | tail -n 14 | cut -c1-220 | sed 's/^/    /' >> "$SUMMARY"
+  package
   return 0
 }
 
@@ -188,7 +203,7 @@ else
   echo "dry run on $GS_DEVICE: the extension already in the tree is used"
   smoke
 fi
-touch "$OUT/logs/ext.ok"
+touch "$W/logs/ext.ok"
 '
 NEED_EXT=0  # every stage but env imports graphsmile, so it needs the package (ext) in place
 for s in $STAGES; do [ "$s" = env ] || NEED_EXT=1; done
@@ -201,14 +216,14 @@ $PY -c "import xdist" 2>/dev/null && [ "$GS_DEVICE" = cuda ] && XDIST="-n 8"
 # summary line and junit file
 $PY -c "import pytest_timeout" 2>/dev/null && XDIST="$XDIST --timeout=120"
 export XDIST
-OPS='$PY bench/ops.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $((LIMIT - 25)) --out $OUT/results/ops.jsonl'
+OPS='$PY bench/ops.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $((LIMIT - 25)) --out $W/results/ops.jsonl'
 # the backend of the "cuda" stages: the CPU kernels in a dry run
 BE=cuda; [ "$GS_DEVICE" = cuda ] || BE=cpu
-MODEL='$PY bench/model.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $((LIMIT - 25)) --out $OUT/results/model.jsonl'
+MODEL='$PY bench/model.py --device $GS_DEVICE --isolate none $QUICK --time-limit-s $((LIMIT - 25)) --out $W/results/model.jsonl'
 
 # --- issue #3: the CUDA tests; issue #8: the CUDA benchmarks ---------------------------------------
 # (issue #4, the Triton tests, passed on the first H200 run: they come after the figures now)
-stage cuda 150 40 '$PYTEST $XDIST tests/test_cuda.py --junitxml=$OUT/logs/cuda.xml'
+stage cuda 150 40 '$PYTEST $XDIST tests/test_cuda.py --junitxml=$W/logs/cuda.xml'
 # --kernel-times: T1's bandwidth also from the kernels' own device time (torch.profiler), as the
 # CUDA-event time of a 50-100 us layer includes the host's launch gaps
 KT=""; [ "$GS_DEVICE" = cuda ] && KT="--kernel-times"
@@ -220,20 +235,44 @@ stage ab_ffma 80 30 "GRAPHSMILE_CUDA_FFMA_DTILES=8 $FFMA_AB; GRAPHSMILE_CUDA_FFM
 stage model_cuda 100 40 "$MODEL --preset gpu-targets --providers $BE,original --reps 3"
 # the host time of a step (T3/T4 are bound by it): C++ autograd, WindowGraph, fused AdamW since the first run
 # (and with the Triton kernels, auto's choice for fp16/bf16: their launches are Python calls)
-HOST='$PY bench/host.py --device $GS_DEVICE $QUICK --out $OUT/results/host.jsonl'
+HOST='$PY bench/host.py --device $GS_DEVICE $QUICK --out $W/results/host.jsonl'
 stage host 60 15 "$HOST && { [ \"\$GS_DEVICE\" != cuda ] || $HOST --backend triton --reps 3; }"
 # the same T3 steps replayed from a CUDA graph: the step's GPU time with the host's work removed
 # (CUDA graphs need a GPU: nothing to do in a dry run)
-stage graphed 90 30 '[ "$GS_DEVICE" != cuda ] && echo "no CUDA graphs on $GS_DEVICE" || $PY bench/graphed.py $QUICK --reps 3 --out $OUT/results/graphed.jsonl'
-stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $OUT/results/epoch.jsonl'
+stage graphed 90 30 '[ "$GS_DEVICE" != cuda ] && echo "no CUDA graphs on $GS_DEVICE" || $PY bench/graphed.py $QUICK --reps 3 --out $W/results/graphed.jsonl'
+stage epoch 60 20 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --out $W/results/epoch.jsonl'
 # the small-batch training step (T3) with the staged kernels and pass B split over the features
 # beside model_cuda's defaults: GRAPHSMILE_CUDA_ROWS_FSPLIT=4 (128 features per block: 192 blocks
 # at 16xIEMOCAP, D = 512; split at every size) and auto (the candidate default: 32 features per
 # block, 768 blocks, at 16xIEMOCAP; unsplit at 16x1000 and 1x20000)
 AB_STEP="$MODEL --preset gpu-targets --providers $BE --reps 3 --no-check"
 stage ab_step 80 25 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=4 $AB_STEP; GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROWS_FSPLIT=auto $AB_STEP"
-# torch.compile of the whole model (T4: fewer, fused kernels per step); its warm-up epoch compiles
-stage epoch_compiled 150 60 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --paths device,compiled --out $OUT/results/epoch.jsonl'
+# (before the compiled stages, whose cold compiles can take the rest of the deadline)
+# T3 with every provider's fp32 products in TF32 (graphsmile train --tf32), the original's too:
+# what the GEMMs (about half of the 16x1000 and 1x20000 steps, GPU_NOTES item 9) cost on tensor cores
+stage model_tf32 80 30 "$MODEL --preset gpu-targets --providers $BE,original --reps 3 --no-check --tf32"
+# Nsight Compute of the staged kernels (GPU_NOTES item 8) and the profiler's kernel tables
+PROFILE_SIZE=""; [ -n "$QUICK" ] && PROFILE_SIZE="--lengths 40 30 --dim 16"
+stage profile 60 25 "
+PROF_BE=cuda; [ \$GS_DEVICE = cuda ] || PROF_BE=cpu
+\$PY bench/profile_ops.py --device \$GS_DEVICE --backend \$PROF_BE $PROFILE_SIZE --torch-profiler \$W/profile/trace_\$PROF_BE.json > \$W/profile/kernels_\$PROF_BE.txt 2>&1
+tail -30 \$W/profile/kernels_\$PROF_BE.txt
+if [ \$GS_DEVICE = cuda ]; then
+  \$PY bench/profile_ops.py --backend triton --torch-profiler \$W/profile/trace_triton.json > \$W/profile/kernels_triton.txt 2>&1
+  tail -30 \$W/profile/kernels_triton.txt
+  if command -v ncu >/dev/null; then
+    ncu --clock-control none -k regex:window_spmm -c 3 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      \$PY bench/profile_ops.py --backend cuda --iters 1 > \$W/profile/ncu_window_spmm.txt 2>&1
+    tail -80 \$W/profile/ncu_window_spmm.txt
+    ncu --clock-control none -k regex:shift_pair_nll -c 2 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+      \$PY bench/profile_ops.py --backend cuda --iters 1 > \$W/profile/ncu_shift_pair_nll.txt 2>&1
+    tail -40 \$W/profile/ncu_shift_pair_nll.txt
+  fi
+fi"
+# torch.compile of the whole model (T4: fewer, fused kernels per step); its warm-up epoch compiles.
+# Training only, one timed epoch: every graph is a cold inductor compile (3 for training, 2 more for
+# evaluation), and the records are written only when the stage ends
+stage epoch_compiled 150 60 '$PY bench/epoch.py --device $GS_DEVICE $QUICK --paths device,compiled --no-eval --epochs 1 --out $W/results/epoch.jsonl'
 # T3 with ours under torch.compile (after epoch_compiled: inductor's cache has the model's kernels)
 stage model_compiled 150 60 "$MODEL --preset gpu-targets --providers $BE,original --reps 3 --no-check --no-single --compile"
 # all of T3's options at once: torch.compile and ab_step's kernels (the env vars change only the
@@ -242,48 +281,28 @@ stage ab_step_compiled 100 40 "GRAPHSMILE_CUDA_FFMA_DTILES=8 GRAPHSMILE_CUDA_ROW
 stage ops_triton 120 45 "TRITON_PRINT_AUTOTUNING=1 $OPS --preset gpu-targets --providers triton,floor --reps 3 $KT"
 # the tests autotune under xdist (8 processes on one GPU): their timings must not be cached for
 # the benchmarks' tile choice
-stage triton 270 60 'GRAPHSMILE_TRITON_AUTOTUNE_CACHE=0 $PYTEST $XDIST tests/test_triton.py --junitxml=$OUT/logs/triton.xml'
+stage triton 270 60 'GRAPHSMILE_TRITON_AUTOTUNE_CACHE=0 $PYTEST $XDIST tests/test_triton.py --junitxml=$W/logs/triton.xml'
 # --- issue #8: the A/B comparisons, the rest ------------------------------------------------------
-TC_AB="$OPS --preset gpu-bandwidth --dtype bfloat16 --dim 512 --providers $BE --reps 3 --no-check"
+TC_AB="$OPS --preset gpu-bandwidth --dtype bfloat16 --dim 512 --providers $BE --reps 3 --no-check $KT"
 stage ab_tc 80 30 "GRAPHSMILE_CUDA_TENSOR_CORES=0 $TC_AB; GRAPHSMILE_CUDA_TC_DTILES=1 $TC_AB"
-NLL_AB="$OPS --preset gpu-shift --sections shift_loss --dtype float32 bfloat16 --providers $BE --reps 3 --no-check"
+NLL_AB="$OPS --preset gpu-shift --sections shift_loss --dtype float32 bfloat16 --providers $BE --reps 3 --no-check $KT"
 stage ab_nll 60 25 "GRAPHSMILE_CUDA_SHIFT_NLL=two_pass $NLL_AB; GRAPHSMILE_CUDA_SHIFT_NLL=tiled GRAPHSMILE_CUDA_FAST_MATH=1 $NLL_AB"
 stage model_triton 80 40 "$MODEL --preset gpu-targets --providers triton --reps 3"
-# T3 with every provider's fp32 products in TF32 (graphsmile train --tf32), the original's too:
-# what the GEMMs (about half of the 16x1000 and 1x20000 steps, GPU_NOTES item 9) cost on tensor cores
-stage model_tf32 80 30 "$MODEL --preset gpu-targets --providers $BE,original --reps 3 --no-check --tf32"
 # --- the rest -----------------------------------------------------------------------------------
 STACK_LENGTHS="50 110 250 1000"; [ -n "$QUICK" ] && STACK_LENGTHS="20 50"
 stage stack 90 30 "$OPS --sections stack,shift --lengths $STACK_LENGTHS --providers cuda,triton,dense,scatter,floor,cpu --reps 3 --budget-s 15"
-PROFILE_SIZE=""; [ -n "$QUICK" ] && PROFILE_SIZE="--lengths 40 30 --dim 16"
-stage profile 60 25 "
-PROF_BE=cuda; [ \$GS_DEVICE = cuda ] || PROF_BE=cpu
-\$PY bench/profile_ops.py --device \$GS_DEVICE --backend \$PROF_BE $PROFILE_SIZE --torch-profiler \$OUT/profile/trace_\$PROF_BE.json > \$OUT/profile/kernels_\$PROF_BE.txt 2>&1
-tail -30 \$OUT/profile/kernels_\$PROF_BE.txt
-if [ \$GS_DEVICE = cuda ]; then
-  \$PY bench/profile_ops.py --backend triton --torch-profiler \$OUT/profile/trace_triton.json > \$OUT/profile/kernels_triton.txt 2>&1
-  tail -30 \$OUT/profile/kernels_triton.txt
-  if command -v ncu >/dev/null; then
-    ncu --clock-control none -k regex:window_spmm -c 3 --section SpeedOfLight --section MemoryWorkloadAnalysis \
-      \$PY bench/profile_ops.py --backend cuda --iters 1 > \$OUT/profile/ncu_window_spmm.txt 2>&1
-    tail -80 \$OUT/profile/ncu_window_spmm.txt
-    ncu --clock-control none -k regex:shift_pair_nll -c 2 --section SpeedOfLight --section ComputeWorkloadAnalysis \
-      \$PY bench/profile_ops.py --backend cuda --iters 1 > \$OUT/profile/ncu_shift_pair_nll.txt 2>&1
-    tail -40 \$OUT/profile/ncu_shift_pair_nll.txt
-  fi
-fi"
 stage suite 240 60 'GRAPHSMILE_TRITON_AUTOTUNE_CACHE=0 $PYTEST $XDIST tests --ignore=tests/test_cuda.py --ignore=tests/test_triton.py'
 
 note "done in $(elapsed)s; files under $OUT"
 echo "================ summary ================"
 cat "$SUMMARY"
 # what each T3 step's GPU time is made of (bench/model.py's profiled step: one line per case and provider)
-if [ -f "$OUT/logs/model_cuda.log" ]; then
+if [ -f "$W/logs/model_cuda.log" ]; then
   echo "---- model_cuda.log: GPU time of one step by kind"
-  grep -E '^  train step |^      [a-z]+ +[0-9.]+ [mu]?s in [0-9]+ launches' "$OUT/logs/model_cuda.log" | cut -c1-220
+  grep -E '^  train step |^      [a-z]+ +[0-9.]+ [mu]?s in [0-9]+ launches' "$W/logs/model_cuda.log" | cut -c1-220
 fi
 # the benchmarks' verdict blocks, last, so they are in the tool's output tail
-for f in "$OUT"/logs/ops_cuda.log "$OUT"/logs/model_cuda.log "$OUT"/logs/epoch.log "$OUT"/logs/epoch_compiled.log "$OUT"/logs/model_compiled.log "$OUT"/logs/ab_step_compiled.log "$OUT"/logs/ops_triton.log "$OUT"/logs/model_triton.log; do
+for f in "$W"/logs/ops_cuda.log "$W"/logs/model_cuda.log "$W"/logs/epoch.log "$W"/logs/epoch_compiled.log "$W"/logs/model_compiled.log "$W"/logs/ab_step_compiled.log "$W"/logs/ops_triton.log "$W"/logs/model_triton.log; do
   [ -f "$f" ] && { echo "---- $(basename "$f")"; sed -n '/^=== targets/,$p' "$f" | cut -c1-200 | tail -n 20; }
 done
 exit 0

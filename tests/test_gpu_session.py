@@ -102,3 +102,75 @@ def test_stages_that_need_the_extension_are_skipped_when_it_failed(tmp_path):
 def test_collect_refuses_a_folder_that_is_not_a_session_output(tmp_path):
     c = subprocess.run(["bash", "scripts/collect_gpu_results.sh", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert c.returncode == 2 and "summary.txt" in c.stderr
+
+
+def _start_session(out, stages: str, deadline_s: int):
+    """gpu_session.sh as a dry run in its own session (process group), not waited for."""
+    import signal  # noqa: F401  (the callers signal it)
+
+    env = dict(os.environ, OUT=str(out), GS_DEVICE="cpu", GS_QUICK="1", PY=sys.executable, OMP_NUM_THREADS="1",
+               GS_STAGES=stages, GS_DEADLINE_S=str(deadline_s), GS_WORK=str(out.parent / "work"))
+    return subprocess.Popen(["bash", "scripts/gpu_session.sh"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_for(path: Path, text: str, timeout_s: float) -> None:
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {path} after {timeout_s} s: {path.read_text() if path.exists() else '-'}")
+
+
+def _archived(out: Path) -> set:
+    import tarfile
+
+    with tarfile.open(out / "session.tgz") as tf:
+        return set(tf.getnames())
+
+
+def test_killed_session_keeps_the_finished_stages(tmp_path):
+    """SIGKILL (the device tool's limit) gives the script no chance to pack on exit: the archive
+    refreshed after every stage still holds the stages that finished, and $OUT holds no loose
+    files (the tool returns at most 8)."""
+    import signal
+
+    out = tmp_path / "out"
+    proc = _start_session(out, "env ops_cuda", 300)
+    try:
+        _wait_for(out / "summary.txt", "ops_cuda: start", 120)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    names = _archived(out)
+    assert {"logs/env.log", "logs/ext.log", "logs/ext.ok"} <= names, names
+    assert {p.name for p in out.iterdir()} <= {"session.tgz", "summary.txt", ".session.tgz.part"}
+
+
+def test_terminated_session_stops_its_stage_at_once(tmp_path):
+    """TERM to the script stops the running stage now (it runs under timeout in a process group
+    of its own), and the exit still packs the stage's partial log."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = _start_session(out, "env ops_cuda", 300)
+    try:
+        _wait_for(out / "summary.txt", "ops_cuda: start", 120)
+        time.sleep(1)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        stopped_in = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 143 and stopped_in < 10, (rc, stopped_in)
+    assert "interrupted (signal)" in (out / "summary.txt").read_text()
+    assert "logs/ops_cuda.log" in _archived(out)
+    assert sorted(p.name for p in out.iterdir()) == ["session.tgz", "summary.txt"]
