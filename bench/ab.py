@@ -25,7 +25,7 @@ import argparse
 import json
 import math
 import sys
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -148,6 +148,9 @@ def _model_parts(rows: List[Dict[str, Any]]):
     return (lambda r: (_median(r, "time_s"), _median(r, "pipelined_s"))), "step phase-timed, back-to-back", ("step", "back-to-back")
 
 
+#: workload settings beside the case name: records that differ in one are never compared
+SETTINGS = ("layers", "shift_win", "shift_loss", "win_p", "win_f", "B", "hidden_dim")
+
 #: per results file: the benchmark's name, a record's case within it, and (from the case's
 #: records) the function giving a record's two compared times, what they are, and their two
 #: column names
@@ -189,8 +192,16 @@ def compare(recs: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
     for name, bench_of, key_of, times_of in GROUPINGS:
         grouped: "OrderedDict[tuple, List[Dict[str, Any]]]" = OrderedDict()
         for r in recs.get(name, []):
-            grouped.setdefault((bench_of(r), key_of(r)), []).append(r)
-        for (bench, key), rows in grouped.items():
+            # never compare across cards, --quick sizes or other workload settings
+            apart = (("device", r.get("device_name")), ("quick", bool(r.get("quick"))),
+                     *((f, r.get(f)) for f in SETTINGS if r.get(f) is not None))
+            grouped.setdefault((bench_of(r), key_of(r), apart), []).append(r)
+        shared = Counter((bench, key) for bench, key, _ in grouped)
+        for (bench, key, apart), rows in grouped.items():
+            if shared[(bench, key)] > 1:   # name what sets this group apart from its namesakes
+                others = [a for b, k, a in grouped if (b, k) == (bench, key) and a != apart]
+                differs = [f"{f}={v}" for f, v in apart if any(dict(o).get(f) != v for o in others)]
+                key = f"{key} [{', '.join(differs)}]"
             add(bench, key, rows, *times_of(rows))
 
     summary = []

@@ -30,7 +30,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-if str(REPO) not in sys.path:  # run as `python bench/ops.py` from a checkout
+# run as `python bench/ops.py` from a checkout: this tree's graphsmile, unless the caller chose
+# another one on PYTHONPATH (host.py --compare-tree's children measure the other tree)
+if str(REPO) not in sys.path and not os.environ.get("GRAPHSMILE_BENCH_TREE"):
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402

@@ -83,8 +83,11 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None, help="where the synthetic file is written and reused "
                                                      "(default: <tmp>/graphsmile-bench)")
-    ap.add_argument("--out", default=str(common.RESULTS / "epoch.jsonl"), help="JSON-lines file to append to")
+    ap.add_argument("--out", default=None, help="JSON-lines file to append to (default bench/results/epoch.jsonl, "
+                    "or quick/epoch.jsonl with --quick)")
     args = ap.parse_args(argv)
+    if args.out is None:   # quick runs never land in the results the README and ab.py read
+        args.out = str(common.RESULTS / ("quick" if args.quick else "") / "epoch.jsonl")
     d = QUICK if args.quick else FULL
     args.epochs = d["epochs"] if args.epochs is None else args.epochs
     args.warmup = d["warmup"] if args.warmup is None else args.warmup

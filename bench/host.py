@@ -379,13 +379,18 @@ def compare(args, run_id: str) -> List[Dict[str, Any]]:
         for rep in range(args.reps):
             for k in ("other", "this") if rep % 2 else ("this", "other"):
                 out = os.path.join(tmp, f"{k}-{rep}.json")
-                env = dict(os.environ, PYTHONPATH=str(trees[k]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                env = dict(os.environ, PYTHONPATH=str(trees[k]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                           GRAPHSMILE_BENCH_TREE=str(trees[k]))
                 cmd = [sys.executable, str(Path(__file__).resolve()), *child_args(args, 1, out)]
                 if commits[k]:
                     cmd += ["--tree-commit", commits[k], "--tree-dirty", str(int(dirty[k]))]
                 subprocess.run(cmd, env=env, check=True)
                 with open(out) as f:
                     recs = json.load(f)
+                measured = {Path(r["graphsmile_path"]).resolve() for r in recs if r.get("graphsmile_path")}
+                if measured != {(Path(trees[k]) / "graphsmile").resolve()}:
+                    raise RuntimeError(f"the {k} tree's run imported graphsmile from {sorted(map(str, measured))}, "
+                                       f"not from {trees[k]}")
                 if not merged[k]:
                     merged[k] = recs
                     continue

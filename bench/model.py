@@ -526,10 +526,13 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     by = {(r["case"], r["provider"]): r for r in recs}
     ours = [p for p in dict.fromkeys(r["provider"] for r in recs) if opbench.is_ours(p)]
 
-    def verdict(r, passed: bool, applies: bool = True) -> str:
+    def verdict(r, passed: bool, applies: bool = True, orig=None) -> str:
         if r.get("device") != "cuda":
             return "n/a (not a GPU)"
-        return ("PASS" if passed else "MISS") if applies else "n/a"
+        if not applies:
+            return "n/a"
+        wrong = opbench.failed_check(r, orig)   # a fast wrong result (or unlike maths) passes nothing
+        return f"MISS ({wrong})" if wrong else "PASS" if passed else "MISS"
 
     for r in recs:
         p = r["provider"]
@@ -538,8 +541,7 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         orig = by.get((r["case"], "original"))
         # the opt-in kernel variants (bench/common.py records them only when set), so that an A/B
         # stage's verdict lines say what they measured
-        opts = [f"{k[5:]} {r[k]}" for k in ("cuda_ffma_dtiles", "cuda_rows_fsplit") if r.get(k)]
-        what = (f"{p}{' compiled' if r.get('compile_backend') else ''}{' (' + ', '.join(opts) + ')' if opts else ''} "
+        what = (f"{p}{' compiled' if r.get('compile_backend') else ''}{opbench.variant_label(r)} "
                 f"{r['dtype']}{' tf32' if r.get('tf32') else ''} {r['case']} (N = {r['N']})")
         t = fmt_s(r["time_s"]["median"]) if r["status"] == "ok" else r["status"]
         if r.get("lengths_varied"):
@@ -547,7 +549,7 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             if r["status"] == "ok" and orig is not None and orig["status"] == "ok":
                 sp = orig["time_s"]["median"] / r["time_s"]["median"]
                 line.update(measured=f"ours {t}, original {fmt_s(orig['time_s']['median'])}: {sp:.1f}x", values={"speedup": sp},
-                            verdict=verdict(r, sp >= TARGET_IEMOCAP_SPEEDUP))
+                            verdict=verdict(r, sp >= TARGET_IEMOCAP_SPEEDUP, orig=orig))
             else:
                 line.update(measured=f"ours {t}, original {orig['status'] if orig else 'not run'}",
                             verdict=opbench.failed_verdict(r) if r["status"] != "ok" else "n/a (original not measured)")
@@ -560,7 +562,7 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 out.append({"target": "T3 IEMOCAP batch speed-up, back-to-back steps", "case": what,
                             "threshold": f">= {TARGET_IEMOCAP_SPEEDUP:g}x the original",
                             "measured": f"ours {fmt_s(ours_bb)}, original {fmt_s(orig_bb)} per step: {sp:.1f}x",
-                            "values": {"speedup": sp}, "verdict": verdict(r, sp >= TARGET_IEMOCAP_SPEEDUP)})
+                            "values": {"speedup": sp}, "verdict": verdict(r, sp >= TARGET_IEMOCAP_SPEEDUP, orig=orig)})
         elif r["L"] == 1000 and r["B"] > 1:
             line = {"target": "T3 L=1000 speed-up", "case": what, "threshold": f">= {TARGET_L1000_SPEEDUP:g}x the original, or it cannot run"}
             if r["status"] != "ok":
@@ -568,7 +570,7 @@ def model_targets(recs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             elif orig is not None and orig["status"] == "ok":
                 sp = orig["time_s"]["median"] / r["time_s"]["median"]
                 line.update(measured=f"ours {t}, original {fmt_s(orig['time_s']['median'])}: {sp:.1f}x", values={"speedup": sp},
-                            verdict=verdict(r, sp >= TARGET_L1000_SPEEDUP))
+                            verdict=verdict(r, sp >= TARGET_L1000_SPEEDUP, orig=orig))
             elif orig is not None and orig["status"] in CANNOT_RUN and (orig["status"] != "skipped" or "would need" in str(orig.get("reason"))):
                 line.update(measured=f"ours {t}; original cannot run: {orig['status']} ({str(orig.get('reason', ''))[:80]})",
                             verdict=verdict(r, True))
@@ -717,7 +719,7 @@ def main(argv=None) -> int:
     print(f"\n{n_written} records appended to {out_path} in {time.time() - t_start:.0f} s. Draw: python bench/plot.py" + (" --quick" if args.quick else ""))
     lines = model_targets(all_recs)
     tpath = opbench.write_targets(lines, out_path, dict(bench="model", run_id=run_id, device_name=env["device_name"], date=env["date"],
-                                                        git_commit=env["git_commit"], git_dirty=env["git_dirty"]))
+                                                        git_commit=env["git_commit"], git_dirty=env["git_dirty"], env=env))
     opbench.print_targets(lines, f"targets, {env['device_name']}, run {run_id}" + (f" (also in {tpath})" if tpath else ""))
     return 0
 

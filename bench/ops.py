@@ -737,6 +737,33 @@ def _gpu(r: Dict[str, Any]) -> bool:
     return r.get("device") == "cuda"
 
 
+def failed_check(*recs: Optional[Dict[str, Any]]) -> Optional[str]:
+    """Why a verdict built on ``recs`` cannot pass on speed alone: a record whose correctness
+    check (against the reference) or fingerprint check (the original against ours) failed.
+    None when every check that ran passed."""
+    for r in recs:
+        for key in ("check", "fingerprint_check"):
+            c = (r or {}).get(key)
+            if isinstance(c, dict) and c.get("ok") is False:
+                err = c.get("max_rel_err")
+                return (f"{r.get('provider')} failed its {key.replace('_', ' ')}"
+                        + (f" (max rel err {err:.2g} > {c.get('tol')})" if isinstance(err, (int, float)) else ""))
+    return None
+
+
+# the extension's opt-in launch options (bench/common.py records them) and their defaults
+CUDA_OPTION_DEFAULTS = {"cuda_tensor_cores": True, "cuda_tc_dtiles": "4", "cuda_shift_nll": "auto",
+                        "cuda_fast_math": False, "cuda_ffma_dtiles": None, "cuda_rows_fsplit": None}
+
+
+def variant_label(r: Dict[str, Any]) -> str:
+    """The non-default kernel options a record ran with, e.g. ``" (tensor_cores False, tc_dtiles 1)"``;
+    empty for the defaults: so that an A/B stage's verdict lines say what they measured."""
+    opts = [f"{k[5:]} {r[k]}" for k, default in CUDA_OPTION_DEFAULTS.items()
+            if k in r and r[k] is not None and r[k] != default]
+    return f" ({', '.join(opts)})" if opts else ""
+
+
 def failed_verdict(r: Dict[str, Any]) -> str:
     """Verdict of a target case that did not run ok: MISS on a GPU (out of memory, error,
     timeout, skipped by the memory guard), n/a when only --time-limit-s kept it from running."""
@@ -756,7 +783,7 @@ def bandwidth_targets(recs: List[Dict[str, Any]], worst: bool = True) -> List[Di
     for r in recs:
         if r.get("op") != "propagate" or r.get("provider") == "scatter" or not (_gpu(r) or r.get("bench_preset")):
             continue
-        what = f"{r['provider']} {r['dtype']} D={r['D']} {r['case']} ({r.get('nodes', M * r['N'])} nodes)"
+        what = f"{r['provider']}{variant_label(r)} {r['dtype']} D={r['D']} {r['case']} ({r.get('nodes', M * r['N'])} nodes)"
         line = {"target": "T1 propagate bandwidth", "case": what, "threshold": f">= {TARGET_BW_FRAC:.0%} of peak, fwd and bwd"}
         if not _ok(r):
             line.update(measured=f"{r['status']}: {str(r.get('reason', ''))[:120]}", verdict=failed_verdict(r))
@@ -776,12 +803,15 @@ def bandwidth_targets(recs: List[Dict[str, Any]], worst: bool = True) -> List[Di
         why = ("not a GPU" if not _gpu(r) else "peak bandwidth of this GPU unknown" if fr["fwd"] is None
                else f"D < {TARGET_BW_MIN_DIM}" if r["D"] < TARGET_BW_MIN_DIM
                else f"< {TARGET_BW_MIN_NODES} nodes" if r["nodes"] < TARGET_BW_MIN_NODES else None)
+        wrong = failed_check(r)
         if why:
             line["verdict"] = f"n/a ({why})"
         else:
-            line["verdict"] = "PASS" if min(fr.values()) >= TARGET_BW_FRAC else "MISS"
-            worst_of.setdefault((r["provider"], r["dtype"]), []).append(
-                (fr["fwd"], fr["bwd"], bw.get("kernel_fwd_frac_of_peak"), bw.get(f"kernel_{issue_ph['bwd']}_frac_of_peak")))
+            line["verdict"] = (f"MISS ({wrong})" if wrong else "PASS" if min(fr.values()) >= TARGET_BW_FRAC
+                               else "MISS")
+            worst_of.setdefault((r["provider"] + variant_label(r), r["dtype"]), []).append(
+                (fr["fwd"], fr["bwd"], bw.get("kernel_fwd_frac_of_peak"), bw.get(f"kernel_{issue_ph['bwd']}_frac_of_peak"),
+                 wrong is None))
         line["values"] = {k: bw[k] for k in ("fwd_GBps", "bwd_GBps", "bwd_issue_GBps", "fwd_frac_of_peak", "bwd_frac_of_peak",
                                              "bwd_issue_frac_of_peak", "kernel_fwd_GBps", "kernel_bwd_GBps",
                                              "kernel_bwd_issue_GBps", "kernel_fwd_frac_of_peak", "kernel_bwd_frac_of_peak",
@@ -789,13 +819,15 @@ def bandwidth_targets(recs: List[Dict[str, Any]], worst: bool = True) -> List[Di
         out.append(line)
     for (p, dt), fr in (worst_of.items() if worst else ()):
         f, b = min(x[0] for x in fr), min(x[1] for x in fr)
-        kern = [x[2:] for x in fr if None not in x[2:]]
+        kern = [x[2:4] for x in fr if None not in x[2:4]]
+        checks_ok = all(x[4] for x in fr)
         meas = f"fwd {_pct(f)}, bwd {_pct(b)} of peak"
         if kern:
             meas += f" (kernels alone: fwd {_pct(min(k[0] for k in kern))}, bwd {_pct(min(k[1] for k in kern))})"
         out.append({"target": "T1 propagate bandwidth", "case": f"{p} {dt}: worst of {len(fr)} target cases",
                     "measured": meas, "threshold": f">= {TARGET_BW_FRAC:.0%}",
-                    "verdict": "PASS" if min(f, b) >= TARGET_BW_FRAC else "MISS"})
+                    "verdict": ("MISS (a correctness check failed)" if not checks_ok
+                                else "PASS" if min(f, b) >= TARGET_BW_FRAC else "MISS")})
     return out
 
 
@@ -837,7 +869,7 @@ def shift_targets(recs: List[Dict[str, Any]], copy_bw: Optional[float]) -> List[
     for r in recs:
         if r.get("op") not in ("shift", "shift_loss") or r.get("shift_win") != -1 or not is_ours(r["provider"]):
             continue
-        what = f"{r['provider']} {r['dtype']} {r['case']} shift_win -1 (P = {r.get('P', '?')}) vs propagate D={r['D']}"
+        what = f"{r['provider']}{variant_label(r)} {r['dtype']} {r['case']} shift_win -1 (P = {r.get('P', '?')}) vs propagate D={r['D']}"
         target = "T2 shift vs one propagate layer" if r["op"] == "shift" else "T2 fused shift loss (shift_pair_nll) vs one propagate layer"
         line = {"target": target, "case": what, "threshold": f"< {TARGET_SHIFT_RATIO:.0%}"}
         v = r.get("vs_propagate_layer") or shift_ratio(r, recs, copy_bw)
@@ -857,7 +889,10 @@ def shift_targets(recs: List[Dict[str, Any]], copy_bw: Optional[float]) -> List[
         line["measured"] = meas
         line["values"] = v
         target_case = _gpu(r) and r["B"] == 1 and r["L"] >= TARGET_SHIFT_MIN_L and r["D"] >= TARGET_SHIFT_DIM
-        line["verdict"] = ("PASS" if v["ratio"] < TARGET_SHIFT_RATIO else "MISS") if target_case else \
+        prop = next((q for q in recs if q.get("op") == "propagate" and _ok(q)
+                     and (q["provider"], q["case"], q["dtype"], q["D"]) == (r["provider"], r["case"], r["dtype"], r["D"])), None)
+        wrong = failed_check(r, prop)
+        line["verdict"] = (f"MISS ({wrong})" if wrong else "PASS" if v["ratio"] < TARGET_SHIFT_RATIO else "MISS") if target_case else \
             "n/a (" + ("not a GPU" if not _gpu(r) else f"not one dialogue of >= {TARGET_SHIFT_MIN_L} at D >= {TARGET_SHIFT_DIM}") + ")"
         out.append(line)
     return out
@@ -897,6 +932,9 @@ def write_targets(lines: List[Dict[str, Any]], out_path: Path, meta: Dict[str, A
     if not lines:
         return None
     path = out_path.with_name(out_path.stem + "_targets.jsonl")
+    # the run's kernel options travel with its verdict lines (the case strings name the non-default ones)
+    meta = {**meta, **{k: v for k, v in meta.get("env", {}).items() if k in CUDA_OPTION_DEFAULTS}}
+    meta.pop("env", None)
     common.append_jsonl(path, [{**meta, **ln} for ln in lines])
     return path
 
@@ -1104,7 +1142,7 @@ def main(argv=None) -> int:
           + (" --quick" if args.quick else ""))
     lines = bandwidth_targets(all_recs) + shift_targets(all_recs, env0.get("copy_bw_gbps")) + spec9_targets(all_recs)
     tpath = write_targets(lines, out_path, dict(bench="ops", run_id=run_id, device_name=env0["device_name"], date=env0["date"],
-                                                git_commit=env0["git_commit"], git_dirty=env0["git_dirty"]))
+                                                git_commit=env0["git_commit"], git_dirty=env0["git_dirty"], env=env0))
     print_targets(lines, f"targets, {env0['device_name']}, run {run_id}" + (f" (also in {tpath})" if tpath else ""))
     return 0
 

@@ -14,6 +14,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -136,13 +137,17 @@ def test_host_bench(tmp_path):
     assert "graphsmile.window_spmm" not in dict(map(tuple, steps["no_window_ops"]["top_ops"]["fwd"]))
     assert model_fwd.get("graphsmile.window_spmm", 21) == 21  # 3 modules x 7 layers (when among the top 8)
     assert all(c["time_s"] > 0 for c in calls.values())
-    # side by side: the same tree twice
+    # side by side with another tree (a copy of the package): each side imports its own tree
+    other = tmp_path / "other-tree"
+    shutil.copytree(REPO / "graphsmile", other / "graphsmile", ignore=shutil.ignore_patterns("__pycache__"))
     out2 = tmp_path / "compare.jsonl"
-    stdout = _run([str(BENCH / "host.py"), "--steps", "2", "--reps", "1", "--call-reps", "10", "--compare-tree", str(REPO),
+    stdout = _run([str(BENCH / "host.py"), "--steps", "2", "--reps", "1", "--call-reps", "10", "--compare-tree", str(other),
                    "--out", str(out2)])
     assert "this / other" in stdout
     recs = [json.loads(line) for line in out2.read_text().splitlines()]
     assert {r["compare"] for r in recs} == {"this", "other"} and len(recs) == 2 * len(steps) + 2 * len(calls)
+    paths = {r["compare"]: {Path(q["graphsmile_path"]) for q in recs if q["compare"] == r["compare"]} for r in recs}
+    assert paths == {"this": {REPO / "graphsmile"}, "other": {other.resolve() / "graphsmile"}}, paths
 
 
 def test_graphed_bench(tmp_path):
@@ -317,6 +322,7 @@ def test_target_verdicts():
         recs.append(r)
     small = _rec("propagate", "cuda", "16x50", nodes=1600, E=ops.num_edges([50] * 16, 2, 17, 17))
     bench_ops.add_bandwidth(small, env)
+    recs_bw = list(recs)
     lines = bench_ops.bandwidth_targets(recs + [small])
     verdicts = [ln["verdict"] for ln in lines]
     assert verdicts[:3] == ["PASS", "MISS", "n/a (< 100000 nodes)"]
@@ -354,6 +360,20 @@ def test_target_verdicts():
     ab = dict(recs[0], compile_backend="inductor", cuda_ffma_dtiles="8", cuda_rows_fsplit="4")
     assert bench_model.model_targets([ab, recs[1]])[0]["case"] == (
         "cuda compiled (ffma_dtiles 8, rows_fsplit 4) float32 16xIEMOCAP (N = 800)")
+    # a fast result that failed its correctness check passes nothing (T1, T2, T3)
+    bad = {"ok": False, "max_rel_err": 0.36, "tol": 0.03, "against": "reference"}
+    assert bench_model.model_targets([dict(recs[0], check=bad), recs[1]])[0]["verdict"] == (
+        "MISS (cuda failed its check (max rel err 0.36 > 0.03))")
+    assert bench_model.model_targets([recs[0], dict(recs[1], fingerprint_check=dict(bad, against="cuda"))])[0][
+        "verdict"].startswith("MISS (original failed its fingerprint check")
+    t1 = bench_ops.bandwidth_targets([dict(r, check=bad) if r["provider"] == "cuda" else r for r in recs_bw])
+    assert [ln["verdict"] for ln in t1 if ln["case"].startswith("cuda")] == [
+        "MISS (cuda failed its check (max rel err 0.36 > 0.03))", "MISS (a correctness check failed)"]
+    t2 = bench_ops.shift_targets([dict(prop, check=bad), layer, fast], copy_bw=3000.0)
+    assert t2[0]["verdict"].startswith("MISS (cuda failed its check")
+    # the kernel options of an A/B run are named in its T1/T2 lines
+    tc = bench_ops.bandwidth_targets([dict(recs_bw[0], cuda_tensor_cores=False, cuda_tc_dtiles="4")])
+    assert tc[0]["case"].startswith("cuda (tensor_cores False) float32 D=512")
     tf = [dict(recs[0], tf32=True), dict(recs[1], tf32=True)]  # --tf32: both providers' products in TF32
     assert bench_model.model_targets(tf)[0]["case"] == "cuda float32 tf32 16xIEMOCAP (N = 800)"
     assert bench_ab.variant_of(tf[1]) == (("tf32", True),) and bench_ab.variant_of(recs[1]) == ()
@@ -384,10 +404,10 @@ def test_bench_epoch_targets():
 
 def _ab_rec(op, case, fwd, bwd, date, commit="c0ffee1", provider="cuda", **opts):
     """A bench/ops.py-shaped GPU record with kernel times (for bench/ab.py)."""
-    return dict(bench="ops", op=op, provider=provider, case=case, D=512, dtype="float32", device="cuda",
-                device_name="NVIDIA H200", status="ok", date=date, git_commit=commit, run_id=date,
-                fwd_s={"median": 2 * fwd}, bwd_s={"median": 2 * bwd}, kernel_s={"fwd": fwd, "bwd": bwd},
-                cuda_tensor_cores=True, cuda_tc_dtiles="4", cuda_shift_nll="auto", cuda_fast_math=False, **opts)
+    return {**dict(bench="ops", op=op, provider=provider, case=case, D=512, dtype="float32", device="cuda",
+                   device_name="NVIDIA H200", status="ok", date=date, git_commit=commit, run_id=date,
+                   fwd_s={"median": 2 * fwd}, bwd_s={"median": 2 * bwd}, kernel_s={"fwd": fwd, "bwd": bwd},
+                   cuda_tensor_cores=True, cuda_tc_dtiles="4", cuda_shift_nll="auto", cuda_fast_math=False), **opts}
 
 
 def test_ab_tables(tmp_path):
@@ -443,6 +463,22 @@ def test_ab_tables(tmp_path):
     (tmp_path / "epoch.jsonl").write_text("{not json\n")
     p = subprocess.run([sys.executable, str(BENCH / "ab.py"), "--results-dir", str(tmp_path)], capture_output=True, text=True)
     assert p.returncode == 2 and "epoch.jsonl:1: not a JSON line" in p.stderr
+
+
+def test_ab_never_pairs_cards_quick_runs_or_other_settings():
+    """A variant is compared only with the defaults' run on the same card, at the same size
+    (--quick apart) and workload settings (layers, shift_win, ...)."""
+    recs = [_ab_rec("propagate", "16x3200", 1.0e-3, 2.0e-3, "2026-12-01T10:00"),
+            _ab_rec("propagate", "16x3200", 0.5e-3, 1.0e-3, "2026-12-01T10:01", cuda_tc_dtiles="1",
+                    device_name="NVIDIA H100 80GB HBM3"),
+            _ab_rec("propagate", "16x3200", 0.5e-3, 1.0e-3, "2026-12-01T10:02", cuda_tc_dtiles="1", quick=True),
+            _ab_rec("propagate", "16x3200", 0.5e-3, 1.0e-3, "2026-12-01T10:03", cuda_tc_dtiles="1", layers=1)]
+    result = bench_ab.compare({"ops": recs})
+    assert result["groups"] == [] and result["summary"] == []      # every variant alone in its group
+    recs.append(_ab_rec("propagate", "16x3200", 2.0e-3, 4.0e-3, "2026-12-01T10:04", device_name="NVIDIA H100 80GB HBM3"))
+    groups = bench_ab.compare({"ops": recs})["groups"]
+    assert len(groups) == 1 and groups[0]["key"].startswith("cuda 16x3200 D=512 float32 [device=NVIDIA H100 80GB HBM3")
+    assert groups[0]["rows"][1]["ratios"] == pytest.approx((4.0, 4.0))
 
 
 def test_ab_model_kernels_alone():
