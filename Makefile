@@ -2,7 +2,7 @@
 #   make run    main job: train the IEMOCAP preset on a synthetic IEMOCAP-shaped set (CPU ok)
 #   make test   the test suite
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY := "$(VENV)/bin/python"
 export VENV
 
 .PHONY: setup run test test-triton bench cmake-build clean
@@ -25,7 +25,7 @@ bench: setup
 
 # The same operator library built with CMake for C++ users.
 cmake-build: setup
-	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" -DPython3_EXECUTABLE=$(PY)
+	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build build/cmake -j2
 
 clean:

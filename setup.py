@@ -26,7 +26,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # CPython's stable ABI (see the docstring). torch >= 2.6 defines Py_LIMITED_API itself for a
 # py_limited_api extension; older torch needs the macro from us.
 _TORCH_MAJOR_MINOR = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
-LIMITED_API = [] if _TORCH_MAJOR_MINOR >= (2, 6) else [("Py_LIMITED_API", "0x03090000")]
+DEFINE_MACROS = [] if _TORCH_MAJOR_MINOR >= (2, 6) else [("Py_LIMITED_API", "0x03090000")]
+# csrc/graphsmile.cpp defines the Python module's init only here (not in the CMake library)
+DEFINE_MACROS.append(("GRAPHSMILE_PYTHON_MODULE", None))
 # The wheel tag of that ABI: torch >= 2.6 targets CPython 3.10's limited API.
 ABI_TAG = "cp310" if _TORCH_MAJOR_MINOR >= (2, 6) else "cp39"
 
@@ -88,7 +90,7 @@ def extensions():
                 include_dirs=include_dirs,
                 extra_compile_args={"cxx": cxx + ["-DGRAPHSMILE_WITH_CUDA"], "nvcc": nvcc},
                 extra_link_args=ldflags,
-                define_macros=LIMITED_API,
+                define_macros=DEFINE_MACROS,
                 py_limited_api=True,
             )
         ]
@@ -96,7 +98,7 @@ def extensions():
     return [
         cpp_extension.CppExtension(
             "graphsmile._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}, extra_link_args=ldflags,
-            define_macros=LIMITED_API, py_limited_api=True,
+            define_macros=DEFINE_MACROS, py_limited_api=True,
         )
     ]
 

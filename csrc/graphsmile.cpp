@@ -4,9 +4,12 @@
 // Python, in graphsmile/ops/_registry.py.
 //
 // Importing graphsmile._C loads this library; it exposes no Python functions of its own (the
-// ops are reached through torch.ops.graphsmile.*).
-#include <Python.h>
+// ops are reached through torch.ops.graphsmile.*). setup.py defines GRAPHSMILE_PYTHON_MODULE; the
+// CMake build for C++ users does not, so its library needs no libpython.
 #include <torch/library.h>
+
+#ifdef GRAPHSMILE_PYTHON_MODULE
+#include <Python.h>
 
 extern "C" {
 // A module with no methods: `import graphsmile._C` only has to run the static registrations.
@@ -15,6 +18,7 @@ PyObject* PyInit__C(void) {
   return PyModule_Create(&module_def);
 }
 }
+#endif
 
 TORCH_LIBRARY(graphsmile, m) {
   // s = d^{-1/2} (0 where d == 0), d_i = sum of the weights of the edges leaving node i. [M*N]

@@ -1,15 +1,18 @@
 """The compiled extension: registration per dispatch key, and the pure-torch fallback when it
 cannot be loaded."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 import graphsmile.ops as ops
 
+REPO = Path(__file__).resolve().parents[1]
 OPS = ["window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward", "shift_pair_sum", "shift_pair_sum_backward",
        "shift_pair_nll"]
 
@@ -72,12 +75,30 @@ def test_fallback_without_extension_warns_once_and_works():
         ours = [str(c.message) for c in caught if "graphsmile" in str(c.message)]
         assert len(ours) == 1, ours
         assert "fall back to the pure-torch reference" in ours[0], ours
+        assert "unset GRAPHSMILE_NO_EXTENSION" in ours[0], ours
         print("fallback ok")
         """,
         GRAPHSMILE_NO_EXTENSION="1",
     )
     assert proc.returncode == 0, proc.stderr
     assert "fallback ok" in proc.stdout
+
+
+def test_fallback_warning_names_a_package_without_its_compiled_module(tmp_path):
+    """A graphsmile/ with no _C*.so (a source tree hiding an installed copy, or never built): the
+    warning names the folder and both ways out, instead of only 'rebuild'."""
+    copy = tmp_path / "tree"
+    shutil.copytree(REPO / "graphsmile", copy / "graphsmile",
+                    ignore=shutil.ignore_patterns("__pycache__", "_C*.so"))
+    # without the editable install's finder, which would fetch this checkout's _C for the copy
+    code = ("import sys, warnings\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', type(f).__name__)]\n"
+            "warnings.simplefilter('always')\nimport graphsmile.ops as o\nprint(o.HAS_EXTENSION)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(copy)))
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+    assert f"there is no compiled module in {copy / 'graphsmile'}" in proc.stderr, proc.stderr
+    assert "run from outside the source tree" in proc.stderr
 
 
 def test_shift_loss_row_loop_vectorises(tmp_path):

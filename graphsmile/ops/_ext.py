@@ -28,11 +28,21 @@ try:  # importing the module runs the TORCH_LIBRARY registrations
     HAS_EXTENSION = True
 except Exception as exc:  # ImportError, or an undefined-symbol OSError from a torch mismatch
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+    _package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.environ.get("GRAPHSMILE_NO_EXTENSION", "0") == "1":
+        _advice = "unset GRAPHSMILE_NO_EXTENSION to use the C++/CUDA kernels."
+    elif not any(f.startswith("_C") and f.endswith(".so") for f in os.listdir(_package)):
+        # e.g. run from a source checkout whose graphsmile/ hides an installed, built copy
+        _advice = (f"there is no compiled module in {_package}: build it there with "
+                   "`pip install --no-build-isolation -e .`, or, if graphsmile is installed elsewhere, "
+                   "run from outside the source tree so that the installed copy is imported.")
+    else:
+        _advice = ("rebuild with `pip install --no-build-isolation -e .` against the installed torch to get "
+                   "the C++/CUDA kernels.")
     warnings.warn(
         "graphsmile: the compiled extension graphsmile._C could not be loaded "
         f"({LOAD_ERROR}); the graph ops fall back to the pure-torch reference implementation, "
-        "which is correct but slower. Rebuild with `pip install --no-build-isolation -e .` "
-        "against the installed torch to get the C++/CUDA kernels.",
+        f"which is correct but slower; {_advice}",
         RuntimeWarning,
         stacklevel=2,
     )
