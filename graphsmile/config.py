@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+import numbers
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .ops import BACKENDS as _BACKENDS
@@ -68,6 +69,21 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "CMUMOSEI7": dict(lr=8e-5, batch_size=32, drop=0.4, heter_n_layers=(2, 2, 2), win=(5, 5), shift_win=2,
                       lambd=(1.0, 0.8, 1.0), hidden_dim=256, epochs=60),
 }
+
+
+def _plain(v: Any) -> Any:
+    """numpy (or other numbers-ABC) integer and real scalars as Python ``int`` / ``float``, also
+    inside lists and tuples: a config built from numpy values (a sweep's grid) then validates,
+    compares and serialises like one built from literals."""
+    if isinstance(v, (bool, str)) or v is None:
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_plain(x) for x in v)
+    return v
 
 
 def _is_int(v) -> bool:
@@ -152,6 +168,8 @@ class GraphSmileConfig:
     shift_loss: str = "fused"
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _plain(getattr(self, f.name)))
         if self.dataset not in DATASET_DIMS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
         if self.textf_mode not in TEXTF_MODES:

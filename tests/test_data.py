@@ -329,6 +329,13 @@ def test_meld_valid_from(tmp_path):
         load_dataset(info.path, "IEMOCAP", valid_from="validVid")
     with pytest.raises(ValueError, match="valid_from must be one of"):
         load_dataset(info.path, "MELD", valid_from="dev")
+    # an empty validVid, asked for: refused (it would silently leave no validation split)
+    raw = _read_raw(tmp_path / "m2.pkl")
+    raw[13] = []
+    empty = _write_raw(tmp_path / "m3.pkl", raw)
+    with pytest.raises(DataFormatError, match="validVid is empty; use valid_from='train10'"):
+        load_dataset(empty, "MELD", dims=TINY, valid_from="validVid")
+    assert len(load_dataset(empty, "MELD", dims=TINY).valid) == 3          # train10 still reads it
 
 
 # ---------------------------------------------------------------------------------------------

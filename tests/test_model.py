@@ -224,6 +224,14 @@ def test_config_roundtrip_and_derivation():
         GraphSmileConfig.from_dict({**d, "bogus": 1})
     assert GraphSmileConfig.from_dict({**d, "bogus": 1}, strict=False) == c
     assert GraphSmileConfig(win=[3, 4], heter_n_layers=[1, 2, 3]).win == (3, 4)
+    # numpy scalars (a sweep's grid) are taken as plain ints and floats: valid, equal, serialisable
+    import numpy as np
+    cn = GraphSmileConfig.preset("IEMOCAP", hidden_dim=np.int64(64), win=(np.int32(3), 3), lr=np.float32(0.5),
+                                 heter_n_layers=[np.int64(1), 2, 3], lambd=tuple(np.array([1.0, 0.5, 0.25])))
+    assert cn == GraphSmileConfig.preset("IEMOCAP", hidden_dim=64, win=(3, 3), lr=0.5, heter_n_layers=(1, 2, 3),
+                                         lambd=(1.0, 0.5, 0.25))
+    assert type(cn.hidden_dim) is int and type(cn.win[0]) is int and type(cn.lr) is float
+    assert GraphSmileConfig.from_dict(json.loads(json.dumps(cn.to_dict()))) == cn
 
 
 @pytest.mark.parametrize(

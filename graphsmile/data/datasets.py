@@ -593,6 +593,9 @@ def load_dataset(path: str | PathLike, dataset: str, *, valid_from: str = "train
                     "valid_from='train10'", path=path, field="validVid")
         else:
             valid_ids = _id_list(vv, "validVid", path)
+            if not valid_ids:   # asked for validVid's split: an empty one would silently drop selection
+                raise DataFormatError("validVid is empty; use valid_from='train10' (the first 10% of "
+                                      "trainVid) or 'none' (no validation split)", path=path, field="validVid")
             bad = set(valid_ids) & set(test_ids)
             if bad:
                 raise DataFormatError(f"{len(bad)} dialogue id(s) are in both validVid and "
