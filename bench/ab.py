@@ -36,12 +36,7 @@ from common import fmt_s  # noqa: E402
 #: the options a record may carry, and their values when not set (the backend's defaults)
 OPTION_DEFAULTS: "OrderedDict[str, Any]" = OrderedDict([
     ("compile_backend", None),
-    ("cuda_ffma_dtiles", None),
-    ("cuda_rows_fsplit", None),
-    ("cuda_tensor_cores", True),
-    ("cuda_tc_dtiles", "4"),
-    ("cuda_shift_nll", "auto"),
-    ("cuda_fast_math", False),
+    *common.CUDA_OPTION_DEFAULTS.items(),
     ("path", "device"),   # bench/epoch.py's data path (loader, device, compiled)
     ("tf32", False),      # bench/model.py --tf32: every provider's fp32 products in TF32
 ])
@@ -56,9 +51,7 @@ def variant_of(rec: Dict[str, Any]) -> Tuple[Tuple[str, Any], ...]:
     bench/epoch.py's records name none: they run the model's default backend, on a GPU (fp32)
     the CUDA one."""
     keys = tuple(OPTION_DEFAULTS) if rec.get("provider", "cuda") == "cuda" else OTHER_OPTIONS
-    # compared as text: records written before an option existed lack it, and a JSON round trip
-    # may turn "4" into 4
-    return tuple((k, rec[k]) for k in keys if str(rec.get(k, OPTION_DEFAULTS[k])) != str(OPTION_DEFAULTS[k]))
+    return tuple((k, rec[k]) for k in keys if common.differs_from_default(rec.get(k), OPTION_DEFAULTS[k]))
 
 
 def variant_label(variant: Tuple[Tuple[str, Any], ...]) -> str:

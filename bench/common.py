@@ -379,6 +379,23 @@ def fmt_s(t: Optional[float]) -> str:
 # --- timing -------------------------------------------------------------------------------
 
 
+# --- the CUDA extension's opt-in launch options ---------------------------------------------
+
+#: The options :func:`env_info` records (``cuda_*``, from the ``GRAPHSMILE_CUDA_*`` variables) and
+#: their values when not set: a record whose values differ ran a kernel variant (bench/ab.py's
+#: variants, the verdict lines' labels).
+CUDA_OPTION_DEFAULTS: Dict[str, Any] = {
+    "cuda_ffma_dtiles": None, "cuda_rows_fsplit": None, "cuda_tensor_cores": True, "cuda_tc_dtiles": "4",
+    "cuda_shift_nll": "auto", "cuda_fast_math": False,
+}
+
+
+def differs_from_default(value: Any, default: Any) -> bool:
+    """Compared as text: records written before an option existed lack it (``None``: the
+    default), and a JSON round trip may turn "4" into 4."""
+    return value is not None and str(value) != str(default)
+
+
 # --- what the GPU's time is made of --------------------------------------------------------
 
 #: Kinds of device activity, tried in order on each kineto event name: the first pattern that

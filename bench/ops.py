@@ -751,16 +751,12 @@ def failed_check(*recs: Optional[Dict[str, Any]]) -> Optional[str]:
     return None
 
 
-# the extension's opt-in launch options (bench/common.py records them) and their defaults
-CUDA_OPTION_DEFAULTS = {"cuda_tensor_cores": True, "cuda_tc_dtiles": "4", "cuda_shift_nll": "auto",
-                        "cuda_fast_math": False, "cuda_ffma_dtiles": None, "cuda_rows_fsplit": None}
-
-
 def variant_label(r: Dict[str, Any]) -> str:
-    """The non-default kernel options a record ran with, e.g. ``" (tensor_cores False, tc_dtiles 1)"``;
-    empty for the defaults: so that an A/B stage's verdict lines say what they measured."""
-    opts = [f"{k[5:]} {r[k]}" for k, default in CUDA_OPTION_DEFAULTS.items()
-            if k in r and r[k] is not None and r[k] != default]
+    """The non-default kernel options a record ran with (:data:`common.CUDA_OPTION_DEFAULTS`),
+    e.g. ``" (tensor_cores False, tc_dtiles 1)"``; empty for the defaults: so that an A/B
+    stage's verdict lines say what they measured."""
+    opts = [f"{k[5:]} {r[k]}" for k, default in common.CUDA_OPTION_DEFAULTS.items()
+            if common.differs_from_default(r.get(k), default)]
     return f" ({', '.join(opts)})" if opts else ""
 
 
@@ -933,7 +929,7 @@ def write_targets(lines: List[Dict[str, Any]], out_path: Path, meta: Dict[str, A
         return None
     path = out_path.with_name(out_path.stem + "_targets.jsonl")
     # the run's kernel options travel with its verdict lines (the case strings name the non-default ones)
-    meta = {**meta, **{k: v for k, v in meta.get("env", {}).items() if k in CUDA_OPTION_DEFAULTS}}
+    meta = {**meta, **{k: v for k, v in meta.get("env", {}).items() if k in common.CUDA_OPTION_DEFAULTS}}
     meta.pop("env", None)
     common.append_jsonl(path, [{**meta, **ln} for ln in lines])
     return path

@@ -471,14 +471,18 @@ def _err(msg: str) -> None:
 
 
 def _launch_ranks() -> Tuple[int, int]:
-    """``(RANK, LOCAL_RANK)`` as torchrun sets them; ``(0, 0)`` outside torchrun."""
-    def env_int(name: str) -> int:
-        try:
-            return int(os.environ.get(name, "0") or 0)
-        except ValueError:
-            return 0
+    """``(RANK, LOCAL_RANK)`` as torchrun sets them (:func:`~graphsmile.train.distributed.torchrun_env`);
+    ``(0, 0)`` outside torchrun or when its variables are inconsistent (this runs while reporting
+    an error: it must not raise)."""
+    if "WORLD_SIZE" not in os.environ:   # no torchrun: no need to import torch to print an error
+        return 0, 0
+    from .train.distributed import torchrun_env
 
-    return env_int("RANK"), env_int("LOCAL_RANK")
+    try:
+        env = torchrun_env()
+    except ValueError:
+        return 0, 0
+    return (env[1], env[2]) if env else (0, 0)
 
 
 def _report(message: str, same_on_every_rank: bool, tb: bool = False) -> None:
@@ -554,6 +558,9 @@ def cmd_train(args) -> int:
             run = json.loads(run_file.read_text(encoding="utf-8"))
             config = GraphSmileConfig.from_dict(run["config"])
             meta = run["training"]
+            missing = [k for k in ("seed", "seeds", "valid_from") if k not in meta]   # TrainOptions needs them
+            if missing:
+                raise ValueError(f"no {', '.join(missing)} in its 'training' entry")
         except (ValueError, KeyError, TypeError) as e:
             raise CLIError(f"--resume: {run_file} is not a valid run description ({e})") from None
         if args.dataset and args.dataset != config.dataset:
@@ -585,10 +592,6 @@ def cmd_train(args) -> int:
         config = config.replace(**changed) if changed else config
         data = str(Path(args.data).resolve()) if args.data else meta.get("data")   # absolute in run.json
         demo = meta.get("demo")
-        missing = [k for k in ("seed", "seeds", "valid_from") if k not in meta]
-        if missing:
-            raise CLIError(f"--resume: {run_file} is not a valid run description (no {', '.join(missing)} "
-                           "in its 'training' entry)")
         opts = TrainOptions(out=str(out), data=data, seed=meta["seed"], seeds=meta["seeds"], valid_from=meta["valid_from"],
                             dims=tuple(meta["dims"]) if isinstance(meta.get("dims"), list) else meta.get("dims"),
                             device=args.device or "auto", amp=meta.get("amp", "none"), num_workers=args.num_workers or 0,

@@ -66,7 +66,10 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export OUT="${OUT:-/tmp/graphsmile-gpu-out}"
-export W="${GS_WORK:-$(mktemp -d /tmp/graphsmile-gpu-work.XXXXXX)}"   # logs/ results/ profile/
+# the loose files (logs/ results/ profile/): GS_WORK, kept; by default a fresh temporary folder,
+# removed on exit once the final archive is written
+if [ -n "${GS_WORK:-}" ]; then W="$GS_WORK"; W_TEMP=0; else W="$(mktemp -d /tmp/graphsmile-gpu-work.XXXXXX)"; W_TEMP=1; fi
+export W
 mkdir -p "$OUT" "$W/logs" "$W/results" "$W/profile"
 OUT="$(cd "$OUT" && pwd)"   # absolute: package() writes into it from $W
 export PY="${PY:-python3}"
@@ -98,7 +101,8 @@ on_signal() {
   note "interrupted (signal): stopping"
   exit 143
 }
-trap package EXIT
+finish() { package && [ "$W_TEMP" = 1 ] && rm -rf "$W"; }
+trap finish EXIT
 trap on_signal TERM INT
 
 elapsed() { echo $(( $(date +%s) - T0 )); }

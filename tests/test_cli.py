@@ -425,6 +425,7 @@ def test_errors_print_once_under_torchrun(tmp_path, capsys, monkeypatch):
     def bad_args():   # a config value refused by GraphSmileConfig
         return run("train", "--dataset", "IEMOCAP", "--out", tmp_path / "o", "--drop", "1.5")
 
+    monkeypatch.setenv("WORLD_SIZE", "16")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert bad_args() == 1

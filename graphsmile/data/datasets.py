@@ -316,19 +316,14 @@ def _int_labels(value: Any, n_classes: int, field_name: str, vid: Any, path: Pat
 
 def _score_labels(value: Any, vid: Any, path: Path) -> np.ndarray:
     try:
-        kind = np.asarray(value).dtype.kind
+        raw = np.asarray(value)
     except Exception as e:
         raise DataFormatError(f"expected continuous scores in [-3, 3]: {e}", path=path,
                               dialogue=vid, field="videoLabels") from e
-    if kind not in "fiu":   # np.asarray(..., float64) would silently convert strings and bools
-        raise DataFormatError(f"expected continuous scores in [-3, 3] (numbers), got dtype "
-                              f"{np.asarray(value).dtype}", path=path, dialogue=vid,
-                              field="videoLabels")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except Exception as e:
-        raise DataFormatError(f"expected continuous scores in [-3, 3]: {e}", path=path,
-                              dialogue=vid, field="videoLabels") from e
+    if raw.dtype.kind not in "fiu":   # a float64 conversion would silently take strings and bools
+        raise DataFormatError(f"expected continuous scores in [-3, 3] (numbers), got dtype {raw.dtype}",
+                              path=path, dialogue=vid, field="videoLabels")
+    arr = raw.astype(np.float64)
     if arr.ndim != 1:
         raise DataFormatError(f"expected a flat list of scores, got shape {arr.shape}",
                               path=path, dialogue=vid, field="videoLabels")

@@ -6,7 +6,7 @@ The closed forms mirror ``kernels/window_index.h``, which the C++ and CUDA kerne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 
@@ -148,6 +148,15 @@ def check_shift_win(shift_win: int) -> None:
             or not (shift_win == -1 or 0 < shift_win <= MAX_WINDOW)):
         raise ValueError(f"shift_win must be -1 (whole dialogue) or an int from 1 to {MAX_WINDOW}, "
                          f"got {shift_win!r}")
+
+
+def check_sentiment(sentiment: Any, num_nodes: int) -> None:
+    """``sentiment`` must be a 1-D integer tensor (the packed ``[N]`` classes, ``N = num_nodes``);
+    its length is checked by the callers."""
+    if (not isinstance(sentiment, torch.Tensor) or sentiment.dim() != 1 or sentiment.dtype.is_floating_point
+            or sentiment.dtype.is_complex or sentiment.dtype == torch.bool):
+        raise ValueError(f"sentiment must be a 1-D integer tensor [sum(lengths)] = [{num_nodes}], got "
+                         f"{getattr(sentiment, 'dtype', type(sentiment).__name__)} {tuple(getattr(sentiment, 'shape', ()))}")
 
 
 def _row_start(j: torch.Tensor, L: torch.Tensor, win_p: int, win_f: int) -> torch.Tensor:
@@ -320,11 +329,7 @@ def shift_pair_labels(sentiment: torch.Tensor, lengths: Lengths, shift_win: int)
     ``sentiment`` is the packed ``[N]`` vector of per-utterance sentiment classes.
     """
     lens = lengths_to_list(lengths)
-    if (not isinstance(sentiment, torch.Tensor) or sentiment.dim() != 1 or sentiment.dtype.is_floating_point
-            or sentiment.dtype.is_complex or sentiment.dtype == torch.bool):
-        raise ValueError(f"sentiment must be a 1-D integer tensor [sum(lengths)], got "
-                         f"{getattr(sentiment, 'dtype', type(sentiment).__name__)} "
-                         f"{tuple(getattr(sentiment, 'shape', ()))}")
+    check_sentiment(sentiment, sum(lens))
     if sentiment.numel() != sum(lens):
         raise ValueError(f"sentiment has {sentiment.numel()} entries but sum(lengths) = {sum(lens)}")
     idx = shift_pair_index(lens, shift_win, device=sentiment.device)

@@ -12,7 +12,7 @@ from typing import Tuple
 import torch
 
 from . import _backend, dense, reference
-from .index import Lengths, check_shift_win, lengths_to_list, num_shift_pairs, shift_pair_labels  # noqa: F401
+from .index import Lengths, check_sentiment, check_shift_win, lengths_to_list, num_shift_pairs, shift_pair_labels  # noqa: F401
 
 REDUCTIONS = ("mean", "sum")
 
@@ -183,10 +183,7 @@ def shift_pair_nll(
     _check_head(u, weight, bias, num_classes=2)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if (not isinstance(sentiment, torch.Tensor) or sentiment.dim() != 1 or sentiment.dtype.is_floating_point
-            or sentiment.dtype.is_complex or sentiment.dtype == torch.bool):
-        raise ValueError(f"sentiment must be a 1-D integer tensor [sum(lengths)] = [{sum(lens)}], got "
-                         f"{getattr(sentiment, 'dtype', type(sentiment).__name__)} {tuple(getattr(sentiment, 'shape', ()))}")
+    check_sentiment(sentiment, sum(lens))
     if sentiment.shape[0] != sum(lens):
         raise ValueError(f"sentiment must be [sum(lengths)] = [{sum(lens)}], got shape {tuple(sentiment.shape)}")
     if sentiment.device != u.device:
