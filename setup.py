@@ -65,7 +65,7 @@ def extensions():
         cxx += ["-fopenmp"]
         ldflags += ["-fopenmp"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "kernels")]
+    include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "kernels"), os.path.join(ROOT, "include")]
     use_cuda, why = _want_cuda()
     if use_cuda:
         cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))

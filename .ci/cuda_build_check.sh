@@ -87,7 +87,7 @@ for cu in "${CU_FILES[@]}"; do
   [ -n "$obj" ] || fail "$cu was not compiled (no object file)"
   say "compiled $cu -> ${obj#$WORK/src/} ($(stat -c %s "$obj") bytes)"
 done
-WARN=$(grep -E "(csrc|kernels)/[^ ]*(\.cu|\.cuh|\.h|\.cpp)[(:][0-9]+.*warning" "$LOG" | sort -u || true)
+WARN=$(grep -E "(csrc|kernels|include)/[^ ]*(\.cu|\.cuh|\.h|\.cpp)[(:][0-9]+.*warning" "$LOG" | sort -u || true)
 if [ -n "$WARN" ]; then
   say "compiler warnings in graphsmile sources:"
   echo "$WARN"

@@ -75,7 +75,7 @@ GS_HD int64_t modal_pair_index(int64_t m, int64_t n, int64_t num_modal) {
 }
 
 // How edge weights are addressed (SPEC 5).
-enum WeightMode : int64_t {
+enum WeightModeId : int64_t {  // (the public API's enum class is graphsmile::WeightMode)
   kPerEdge = 0,   // entry `edge id` of a vector
   kRelative = 1,  // entry [p, k - j + win_p] of a [M*(M-1), win_p + win_f + 1] table
 };

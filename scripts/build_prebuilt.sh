@@ -62,16 +62,16 @@ import torch
 from graphsmile.ops import _ext
 assert _ext.HAS_EXTENSION, _ext.LOAD_ERROR
 for op in ("window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward", "shift_pair_sum", "shift_pair_sum_backward", "shift_pair_nll"):
-    for key in ("CPU", "CUDA"):
+    for key in ("CPU", "CUDA", "Autograd"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{op}", key), (op, key)
 assert torch._C._dispatch_has_kernel_for_dispatch_key("graphsmile::upload_by_value", "CompositeExplicitAutograd")
-print("  loads; CPU and CUDA kernels registered for all seven ops, and upload_by_value")
+print("  loads; CPU, CUDA and autograd kernels registered for all seven ops, and upload_by_value")
 EOF
 
 mkdir -p "$OUT_DIR"
 cp "$SO" "$OUT_DIR/_C.abi3.so"
 COMMIT="$(cd "$REPO" && git rev-parse HEAD 2>/dev/null || echo unknown)"
-DIRTY="$(cd "$REPO" && { git diff --quiet HEAD -- csrc kernels setup.py 2>/dev/null && echo false || echo true; })"
+DIRTY="$(cd "$REPO" && { git diff --quiet HEAD -- csrc kernels include setup.py 2>/dev/null && echo false || echo true; })"
 SRC_HASH="$(cd "$WORK" && bash scripts/source_hash.sh)"   # of the sources built, not of the tree now
 "$VENV/bin/python" - "$OUT_DIR/meta.json" "$TORCH_VERSION" "$ARCHS" "$COMMIT" "$DIRTY" "$SRC_HASH" <<'EOF'
 import json, sys, datetime, torch

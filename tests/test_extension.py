@@ -25,6 +25,28 @@ def test_schemas_and_cpu_kernels_registered():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{name}", "CPU")
 
 
+def test_autograd_of_every_op_is_registered_in_cpp():
+    """Every forward and backward op has a C++ autograd kernel (csrc/autograd.cpp), so a C++
+    program gets gradients through the dispatcher with no Python; the Python side registers
+    fake implementations only."""
+    for name in OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{name}", "Autograd"), name
+    registry = (REPO / "graphsmile" / "ops" / "_registry.py").read_text()
+    assert "register_autograd" not in registry
+
+
+def test_cpp_api_version_is_the_package_version():
+    """include/graphsmile/graphsmile.h's GRAPHSMILE_VERSION (the C++ API's and the CMake
+    package's version) is graphsmile.__version__."""
+    import re
+
+    import graphsmile
+
+    header = (REPO / "include" / "graphsmile" / "graphsmile.h").read_text()
+    found = re.findall(r'^#define GRAPHSMILE_VERSION "([^"]+)"$', header, flags=re.M)
+    assert found == [graphsmile.__version__]
+
+
 def test_auto_backend_is_cpu_kernel_on_cpu():
     assert ops._backend.resolve("auto", torch.device("cpu")) == "cpu"
 

@@ -30,7 +30,8 @@ def test_source_hash_is_stable_and_tracks_sources(tmp_path):
     # a copy with one kernel file changed hashes differently
     copy = tmp_path / "repo"
     (copy / "scripts").mkdir(parents=True)
-    subprocess.run(["cp", "-r", str(REPO / "csrc"), str(REPO / "kernels"), str(REPO / "setup.py"), str(copy)], check=True)
+    subprocess.run(["cp", "-r", str(REPO / "csrc"), str(REPO / "kernels"), str(REPO / "include"), str(REPO / "setup.py"), str(copy)],
+                   check=True)
     subprocess.run(["cp", str(REPO / "scripts" / "source_hash.sh"), str(copy / "scripts")], check=True)
     same = subprocess.run(["bash", "scripts/source_hash.sh"], cwd=copy, capture_output=True, text=True, check=True).stdout.strip()
     assert same == h1
@@ -38,6 +39,11 @@ def test_source_hash_is_stable_and_tracks_sources(tmp_path):
         f.write("\n// changed\n")
     changed = subprocess.run(["bash", "scripts/source_hash.sh"], cwd=copy, capture_output=True, text=True, check=True).stdout.strip()
     assert changed != h1
+    # the C++ API's header is a source of the extension too (csrc/api.cpp includes it)
+    with open(copy / "include" / "graphsmile" / "graphsmile.h", "a") as f:
+        f.write("\n// changed\n")
+    changed_api = subprocess.run(["bash", "scripts/source_hash.sh"], cwd=copy, capture_output=True, text=True, check=True).stdout.strip()
+    assert changed_api not in (h1, changed)
 
 
 def _session(out, device: str, stages: str, deadline_s: int):

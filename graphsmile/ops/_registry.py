@@ -1,21 +1,15 @@
-"""Fake (meta) implementations of the C++ ops ``torch.ops.graphsmile.*``, and the autograd
-formulas of the shift ops.
+"""Fake (meta) implementations of the C++ ops ``torch.ops.graphsmile.*``.
 
 Registered with ``torch.library`` so the ops work under ``torch.compile(fullgraph=True)`` and
-``torch.library.opcheck``. Backward formulas call the registered backward ops, so they stay
-traceable. Imported only when the extension loaded.
+``torch.library.opcheck``. Imported only when the extension loaded.
 
-The window ops' autograd (``window_norm``, ``window_spmm``) is registered in C++
-(csrc/autograd.cpp): they run once per graph layer, and the Python autograd path's host time
-(about 40 us per forward call, 70 us per backward call) is a large share of a small training
-step on a GPU. The shift ops run once per step and keep the Python registration below.
+Every op's autograd is registered in C++ (csrc/autograd.cpp), so that C++ programs get gradients
+without Python and a training step's host time stays small (the window ops run once per graph
+layer; the Python autograd path costs about 40 us per forward call and 70 us per backward call).
 """
 from __future__ import annotations
 
 import torch
-
-from ._grad import first_order_backward
-from .shift import nll_input_grads, nll_setup_context
 
 _lib = "graphsmile::"
 
@@ -67,37 +61,3 @@ def _shift_pair_nll_fake(a, b, sentiment, lengths, shift_win, with_grad):
 def _upload_by_value_fake(values, device):
     return torch.empty(values.shape, dtype=torch.long, device=device)
 
-
-# --- autograd -----------------------------------------------------------------------------
-
-
-def _pair_setup(ctx, inputs, output):
-    a, b, lengths, num_pairs, shift_win = inputs
-    ctx.save_for_backward(lengths)
-    ctx.num_nodes = a.shape[0]
-    ctx.shift_win = shift_win
-
-
-@first_order_backward("shift_pair_sum")
-def _pair_backward(ctx, grad):
-    (lengths,) = ctx.saved_tensors
-    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])]
-    if not any(mask):
-        return (None,) * 5
-    ga, gb = torch.ops.graphsmile.shift_pair_sum_backward(grad, lengths, ctx.num_nodes, ctx.shift_win, mask)
-    return ga, gb, None, None, None
-
-
-def _nll_setup(ctx, inputs, output):
-    a, b, sentiment, lengths, shift_win, with_grad = inputs
-    nll_setup_context(ctx, with_grad, a, b, output)
-
-
-@first_order_backward("shift_pair_nll")
-def _nll_backward(ctx, grad_loss, _grad_confusion, _grad_row, _grad_col):
-    ga, gb = nll_input_grads(ctx, grad_loss, "graphsmile::shift_pair_nll")
-    return ga, gb, None, None, None, None
-
-
-torch.library.register_autograd(_lib + "shift_pair_sum", _pair_backward, setup_context=_pair_setup)
-torch.library.register_autograd(_lib + "shift_pair_nll", _nll_backward, setup_context=_nll_setup)

@@ -2,7 +2,7 @@
 
 Chain: kernels/window_index.h (pair ids), kernels/shift_nll.h (the fused loss's per-pair
 term) -> csrc/cpu/shift_pair_cpu.cpp, csrc/cuda/shift_pair_cuda.cu (kernels/shift_pair.cuh) and
-triton_ops.py -> graphsmile/ops/_registry.py -> this file -> tests/test_shift_pairs.py,
+triton_ops.py -> csrc/autograd.cpp (autograd) and graphsmile/ops/_registry.py (fake) -> this file -> tests/test_shift_pairs.py,
 tests/test_shift_nll.py -> bench/ops.py.
 """
 from __future__ import annotations
@@ -105,9 +105,10 @@ def shift_pair_embeddings(u: torch.Tensor, v: torch.Tensor, lengths: Lengths, sh
 
 
 def nll_setup_context(ctx, with_grad: bool, a: torch.Tensor, b: torch.Tensor, output) -> None:
-    """Autograd set-up shared by the fused-loss ops (``graphsmile::shift_pair_nll`` and its
-    Triton twin): their outputs are ``(loss, confusion, row_r, col_r)``; only ``loss`` is
-    differentiable, and its gradient needs the residual sums."""
+    """Autograd set-up of the Triton fused-loss op (``graphsmile_triton::shift_pair_nll``; the C++
+    op's autograd, ``PairNll`` in csrc/autograd.cpp, is the same formula): its outputs are
+    ``(loss, confusion, row_r, col_r)``; only ``loss`` is differentiable, and its gradient needs
+    the residual sums."""
     _, confusion, row_r, col_r = output
     ctx.mark_non_differentiable(confusion, row_r, col_r)
     ctx.with_grad = with_grad
@@ -117,7 +118,7 @@ def nll_setup_context(ctx, with_grad: bool, a: torch.Tensor, b: torch.Tensor, ou
 
 
 def nll_input_grads(ctx, grad_loss: torch.Tensor, op_name: str):
-    """``(grad_a, grad_b)`` of a fused-loss op. The loss is a sum over pairs, so its gradient is
+    """``(grad_a, grad_b)`` of the Triton fused-loss op. The loss is a sum over pairs, so its gradient is
     the residual sums the forward computed (``d/dz_1 = r``, ``d/dz_0 = -r``), scaled by the
     incoming scalar gradient."""
     if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
