@@ -58,12 +58,13 @@ c10::TypedOperatorHandle<Fn> typed_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
 }
 
-// The same words as graphsmile/ops/_grad.py's message for the Python-registered ops.
+// The same words as graphsmile/ops/_grad.py's message for the Triton ops (for C++ programs too,
+// so the Python advice is marked as such).
 [[noreturn]] void refuse_double_backward(const char* op) {
   TORCH_CHECK(false, "graphsmile: the gradient of ", op,
-              " cannot be differentiated again (double backward): on the cpu, cuda and triton backends its "
-              "backward runs kernels that autograd cannot see through. Use backend='reference' (plain torch, "
-              "twice differentiable) for higher-order gradients.");
+              " cannot be differentiated again (double backward): its backward runs compiled kernels that "
+              "autograd cannot see through, so they give first-order gradients only. From Python, "
+              "backend='reference' (plain torch) is twice differentiable.");
 }
 
 // The integer arguments every window op shares, kept in the context between the passes.

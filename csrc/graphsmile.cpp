@@ -1,7 +1,11 @@
 // The graphsmile operator library: schemas, defined once. Kernels are registered per dispatch
-// key in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); the window ops' autograd in
-// csrc/autograd.cpp; the shift ops' autograd and every op's fake (meta) implementation from
-// Python, in graphsmile/ops/_registry.py.
+// key in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA); every op's autograd in
+// csrc/autograd.cpp; every op's fake (meta) implementation from Python, in
+// graphsmile/ops/_registry.py. The C++ API over these ops is csrc/api.cpp.
+//
+// The Python extension (graphsmile._C) and the CMake library (libgraphsmile_ops.so) both hold
+// these registrations, so one process must load only one of them: torch allows one
+// TORCH_LIBRARY per namespace and ends the process when a second one registers.
 //
 // Importing graphsmile._C loads this library; it exposes no Python functions of its own (the
 // ops are reached through torch.ops.graphsmile.*). setup.py defines GRAPHSMILE_PYTHON_MODULE; the

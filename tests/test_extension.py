@@ -74,6 +74,35 @@ def _run(code: str, **env):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, timeout=120)
 
 
+def test_extension_without_the_shift_ops_autograd_is_refused():
+    """An extension built before the shift ops' autograd moved to C++ has the window ops'
+    autograd but not theirs: loaded, the shift head would get no gradient (torch only warns).
+    It is refused like one that does not load, naming the ops. (Simulated: the dispatcher is
+    told to report no autograd kernel for the shift ops before graphsmile is imported.)"""
+    proc = _run(
+        """
+        import warnings
+        import torch
+        real = torch._C._dispatch_has_kernel_for_dispatch_key
+        def stale(name, key):
+            if key == "Autograd" and name.startswith("graphsmile::shift_pair"):
+                return False
+            return real(name, key)
+        torch._C._dispatch_has_kernel_for_dispatch_key = stale
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import graphsmile.ops as ops
+        assert not ops.HAS_EXTENSION
+        assert "older sources" in ops._ext.LOAD_ERROR and "shift_pair_nll" in ops._ext.LOAD_ERROR, ops._ext.LOAD_ERROR
+        assert "window_spmm" not in ops._ext.LOAD_ERROR, ops._ext.LOAD_ERROR
+        assert any("could not be loaded" in str(c.message) for c in caught)
+        assert ops._backend.resolve("auto", torch.device("cpu")) == "reference"
+        print("refused")
+        """
+    )
+    assert proc.returncode == 0 and "refused" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_fallback_without_extension_warns_once_and_works():
     proc = _run(
         """

@@ -14,17 +14,23 @@ import torch
 
 HAS_EXTENSION = False
 LOAD_ERROR: str | None = None
+# the differentiable ops and their backward ops (the latter's autograd refuses a double backward)
+_AUTOGRAD_OPS = ("window_norm", "window_norm_backward", "window_spmm", "window_spmm_backward", "shift_pair_sum",
+                 "shift_pair_sum_backward", "shift_pair_nll")
 
 try:  # importing the module runs the TORCH_LIBRARY registrations
     if os.environ.get("GRAPHSMILE_NO_EXTENSION", "0") == "1":
         raise ImportError("disabled by GRAPHSMILE_NO_EXTENSION=1")
     from graphsmile import _C  # noqa: F401
 
-    # The window ops' autograd is in C++ (csrc/autograd.cpp); an extension built from
-    # older sources would leave them without gradients (torch would only warn), so it is
-    # refused like one that does not load.
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("graphsmile::window_spmm", "Autograd"):
-        raise ImportError("graphsmile._C was built from older sources (no autograd kernels for the window ops)")
+    # Every op's autograd is in C++ (csrc/autograd.cpp); an extension built from older
+    # sources would leave some ops without gradients (torch would only warn, and the shift
+    # head would silently stop learning), so it is refused like one that does not load.
+    _no_autograd = [op for op in _AUTOGRAD_OPS
+                    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"graphsmile::{op}", "Autograd")]
+    if _no_autograd:
+        raise ImportError("graphsmile._C was built from older sources (no autograd kernels for "
+                          + ", ".join(_no_autograd) + ")")
     HAS_EXTENSION = True
 except Exception as exc:  # ImportError, or an undefined-symbol OSError from a torch mismatch
     LOAD_ERROR = f"{type(exc).__name__}: {exc}"

@@ -16,9 +16,9 @@ import torch
 
 
 def _message(op: str) -> str:
-    return (f"graphsmile: the gradient of {op} cannot be differentiated again (double backward): on the cpu, "
-            "cuda and triton backends its backward runs kernels that autograd cannot see through. Use "
-            "backend='reference' (plain torch, twice differentiable) for higher-order gradients.")
+    return (f"graphsmile: the gradient of {op} cannot be differentiated again (double backward): its backward "
+            "runs compiled kernels that autograd cannot see through, so they give first-order gradients only. "
+            "From Python, backend='reference' (plain torch) is twice differentiable.")
 
 
 class _RefuseDoubleBackward(torch.autograd.Function):

@@ -13,6 +13,10 @@
 // that only does that references no symbol of the library, so link it with -Wl,--no-as-needed
 // or call one function of this header (for example graphsmile::version()) to keep it loaded.
 //
+// The library holds the same op registrations as the Python extension graphsmile._C: load one or
+// the other in a process, never both (torch allows one TORCH_LIBRARY(graphsmile) and aborts at the
+// second).
+//
 // Layout, as in Python (SPEC 1): node features are [num_modal * N, D], modality-major (row
 // m*N + t is utterance t of modality m), N = sum(lengths), dialogues packed in batch order.
 #pragma once
