@@ -33,10 +33,23 @@ at::Tensor lengths_tensor(c10::IntArrayRef lengths) {
   return at::tensor(lengths, at::TensorOptions().dtype(at::kLong));
 }
 
+// The kernels exist for CPU tensors, and for CUDA tensors where the library was built with them;
+// anything else would reach torch's generic "could not run" error, which names no argument.
+// (The other tensors of a call are checked against this one by the kernels.)
+void check_device(const at::Tensor& t, const char* name) {
+  const c10::DeviceType type = t.device().type();
+  const bool cuda = has_cuda_kernels();
+  TORCH_CHECK_VALUE(type == c10::DeviceType::CPU || (cuda && type == c10::DeviceType::CUDA), "graphsmile: ", name,
+                    " is on ", t.device(), ", but this build of the library has kernels for ",
+                    cuda ? "CPU and CUDA tensors only"
+                         : "CPU tensors only (for CUDA tensors, build it with -DGRAPHSMILE_WITH_CUDA=ON)");
+}
+
 // u, v: [N, D] of one dtype and device; weight [C, 2D] (C == classes where given); bias [C] or undefined.
 void check_head(const at::Tensor& u, const at::Tensor& v, int64_t num_nodes, const at::Tensor& weight,
                 const at::Tensor& bias, int64_t classes) {
   TORCH_CHECK_VALUE(u.defined() && v.defined(), "graphsmile: u and v must be defined tensors");
+  check_device(u, "u");
   check_float_tensor(u, "u");
   TORCH_CHECK_VALUE(u.dim() == 2 && u.size(0) == num_nodes, "graphsmile: u must be [sum(lengths), D] = [", num_nodes,
                     ", D], got shape ", u.sizes());
@@ -104,6 +117,7 @@ WindowGraph::WindowGraph(c10::IntArrayRef lengths, int64_t num_modal, int64_t wi
 
 at::Tensor WindowGraph::norm(const at::Tensor& edge_weight) const {
   TORCH_CHECK_VALUE(edge_weight.defined(), "graphsmile: edge_weight must be a defined tensor");
+  check_device(edge_weight, "edge_weight");
   static const auto op = typed_op<NormFn>("graphsmile::window_norm");
   return op.call(edge_weight, lengths_, c10::SymInt(num_nodes_), num_modal_, win_p_, win_f_,
                  static_cast<int64_t>(weight_mode_));
@@ -112,6 +126,7 @@ at::Tensor WindowGraph::norm(const at::Tensor& edge_weight) const {
 at::Tensor WindowGraph::spmm(const at::Tensor& x, const at::Tensor& edge_weight, const at::Tensor& norm) const {
   TORCH_CHECK_VALUE(x.defined() && edge_weight.defined() && norm.defined(),
                     "graphsmile: x, edge_weight and norm must be defined tensors");
+  check_device(x, "x");
   static const auto op = typed_op<SpmmFn>("graphsmile::window_spmm");
   return op.call(x, edge_weight, norm, lengths_, num_modal_, win_p_, win_f_, static_cast<int64_t>(weight_mode_));
 }

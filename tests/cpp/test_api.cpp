@@ -256,9 +256,17 @@ void test_bad_arguments() {
   check_throws([&] { graph.propagate(x.to(at::kLong), w); }, "floating-point", "integer features");
   check_throws([&] { graph.propagate(at::Tensor(), w); }, "defined", "an undefined x");
   check_throws([&] { graph.spmm(x, w, at::ones({13})); }, "norm", "norm of the wrong length");
+  // a device the library has no kernels for (meta here; CUDA in a CPU-only build) is named
+  const std::string no_kernels = "but this build of the library has kernels for CPU";
+  check_throws([&] { graph.propagate(x.to(at::kMeta), w.to(at::kMeta)); }, "edge_weight is on meta, " + no_kernels,
+               "tensors on a device without kernels (norm)");
+  check_throws([&] { graph.spmm(x.to(at::kMeta), w, at::ones({14})); }, "x is on meta, " + no_kernels,
+               "tensors on a device without kernels (spmm)");
 
   const at::Tensor u = at::randn({7, 3}), W = at::randn({2, 6}), s = at::randint(0, 3, {7}, at::kLong);
   check_throws([&] { graphsmile::num_shift_pairs(lengths, 0); }, "shift_win must be -1", "shift_win = 0");
+  check_throws([&] { graphsmile::shift_pair_logits(u.to(at::kMeta), u.to(at::kMeta), lengths, 3, W, at::Tensor()); },
+               "u is on meta, " + no_kernels, "shift features on a device without kernels");
   check_throws([&] { graphsmile::shift_pair_logits(u, u, lengths, 0, W, at::Tensor()); }, "shift_win", "logits, shift_win 0");
   check_throws([&] { graphsmile::shift_pair_logits(u, u.slice(0, 1), lengths, 3, W, at::Tensor()); }, "u and v",
                "u and v of two shapes");
