@@ -11,23 +11,13 @@
 #include <array>
 #include <tuple>
 
+#include "op_handles.h"
 #include "window_common.h"
 
 namespace graphsmile {
 namespace {
 
-template <typename Fn>
-c10::TypedOperatorHandle<Fn> typed_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
-
-using NormFn = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, int64_t, int64_t, int64_t);
-using SpmmFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                          int64_t, int64_t);
-using PairSumFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t);
-using PairNllFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                             const at::Tensor&, const at::Tensor&,
-                                                                             int64_t, bool);
+using namespace graphsmile::ops;  // the op signatures and typed_op (op_handles.h)
 
 at::Tensor lengths_tensor(c10::IntArrayRef lengths) {
   return at::tensor(lengths, at::TensorOptions().dtype(at::kLong));
@@ -93,8 +83,7 @@ bool has_cuda_kernels() {
 }
 
 int64_t num_edges(c10::IntArrayRef lengths, int64_t num_modal, int64_t win_p, int64_t win_f) {
-  check_windows(num_modal, win_p, win_f, kPerEdge);
-  return make_window_meta(lengths_tensor(lengths), num_modal, win_p, win_f).num_edges;
+  return WindowGraph(lengths, num_modal, win_p, win_f).num_edges();
 }
 
 int64_t num_shift_pairs(c10::IntArrayRef lengths, int64_t shift_win) {

@@ -24,6 +24,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "op_handles.h"
+
 #include <array>
 #include <string>
 #include <vector>
@@ -35,28 +37,7 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
-using NormFn = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, int64_t, int64_t, int64_t);
-using NormBackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                  int64_t, int64_t, int64_t);
-using SpmmFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
-                          int64_t, int64_t);
-using SpmmBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                       const at::Tensor&, const at::Tensor&,
-                                                                       const at::Tensor&, int64_t, int64_t, int64_t,
-                                                                       int64_t, std::array<bool, 3>);
-using PairSumFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t);
-using PairSumBackwardFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t,
-                                                             std::array<bool, 2>);
-using PairNllFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                             const at::Tensor&, const at::Tensor&,
-                                                                             int64_t, bool);
-
-// The handle of a registered op, looked up where it is called, once (a function-local static:
-// the schemas are registered before any call can reach these kernels).
-template <typename Fn>
-c10::TypedOperatorHandle<Fn> typed_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
+using namespace graphsmile::ops;  // the op signatures and typed_op (op_handles.h)
 
 // The same words as graphsmile/ops/_grad.py's message for the Triton ops (for C++ programs too,
 // so the Python advice is marked as such).
@@ -314,10 +295,7 @@ struct PairNll : public torch::autograd::Function<PairNll> {
       if (ctx->needs_input_grad(0)) out[0] = grad_loss.mul(at::stack({row_r.neg(), row_r}, 1)).to(saved[2].scalar_type());
       if (ctx->needs_input_grad(1)) out[1] = grad_loss.mul(at::stack({col_r.neg(), col_r}, 1)).to(saved[3].scalar_type());
     }
-    variable_list firsts{out[0], out[1]};
-    first_order_only("shift_pair_nll", firsts, {grad_loss, saved[2], saved[3]});
-    out[0] = firsts[0];
-    out[1] = firsts[1];
+    first_order_only("shift_pair_nll", out, {grad_loss, saved[2], saved[3]});  // (slots 2.. are undefined)
     return out;
   }
 };
